@@ -1,0 +1,82 @@
+"""Stage 2, export: the quantized model to ONNX with QuantizeLinear/DequantizeLinear.
+
+torch 2.11 and 2.14 both still carry the TorchScript-based exporter (`dynamo=False`), the only torch exporter
+that understands eager-mode quantized modules. What it produces for quint8-symmetric models (seen on 2.14):
+uint8 Q/DQ with zero-point 128, a no-op Cast(to=uint8) between every Q and DQ, int32 biases behind a
+DequantizeLinear whose zero-point is a ConstantOfShape->Cast chain, per-channel weight DQ on axis 0, and the
+scales/zero-points as Constant nodes. The passes turn that into what TensorRT wants.
+"""
+from __future__ import annotations
+
+import io
+
+import onnx
+import torch
+from torch import nn
+
+from .errors import BridgeError
+from .load import LoadedModel
+from .quantize import QUANT_ENGINE, quiet_torch_warnings
+
+DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+_QINT8_ACTIVATION_ERRORS = ("Expected activation data type QUInt8", "should be QUint8")
+
+
+def infer_input_shape(module: nn.Module) -> tuple[int, ...] | None:
+    """(1, C, 224, 224) from the first 2-d convolution, or (1, in_features) from a leading Linear."""
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        weight = weight() if callable(weight) else weight
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if weight.dim() == 4:
+            return (1, weight.shape[1] * getattr(sub, "groups", 1), 224, 224)
+        if weight.dim() == 2:
+            return (1, weight.shape[1])
+        return None
+    return None
+
+
+def resolve_input_shape(loaded: LoadedModel, override: tuple[int, ...] | None) -> tuple[int, ...]:
+    shape = override or loaded.input_shape
+    if shape is None and not isinstance(loaded.module, torch.jit.ScriptModule):
+        shape = infer_input_shape(loaded.module)
+    if shape is None:
+        raise BridgeError("the input shape of this model is unknown (no metadata in the file)",
+                          "pass --input-shape N,C,H,W, e.g. --input-shape 1,3,224,224")
+    return tuple(int(d) for d in shape)
+
+
+def check_runs(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Run the model once so input-shape and dtype problems surface as one clear error, not an exporter trace."""
+    torch.backends.quantized.engine = QUANT_ENGINE
+    try:
+        with torch.no_grad(), quiet_torch_warnings():
+            module(torch.zeros(shape))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        if any(marker in str(exc) for marker in _QINT8_ACTIVATION_ERRORS):
+            raise BridgeError("the model quantizes activations as qint8, which PyTorch's CPU kernels no longer run "
+                              f"({first})", "re-quantize with quint8 symmetric activations: "
+                              "qdq_bridge.quantize.trt_qconfig()") from None
+        raise BridgeError(f"input shape {shape} does not fit the model ({first})",
+                          "pass the right --input-shape N,C,H,W") from None
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Export through torch's TorchScript-based exporter and return the ONNX model (nothing written to disk)."""
+    check_runs(module, input_shape)
+    buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        with torch.no_grad(), quiet_torch_warnings():
+            torch.onnx.export(module, (torch.zeros(input_shape),), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    except Exception as exc:  # the exporter raises many types; each is a model it cannot express
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BridgeError(f"torch.onnx could not export this model ({first})",
+                          "quantized modules must be eager-mode torch.ao.nn.quantized ones; see the README's list of "
+                          "supported modules") from None
+    return onnx.load_from_string(buffer.getvalue())

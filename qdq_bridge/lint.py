@@ -1,0 +1,166 @@
+"""Stage 4, lint: check an ONNX graph against TensorRT's explicit-quantization rules and name each violating node.
+
+Rules follow NVIDIA's TensorRT documentation on explicit quantization (Q/DQ): int8 with zero-point 0, constant
+positive scales, per-tensor activations, per-channel weight scales along output channels, Q always paired with
+DQ, and (TensorRT 8.6) `kernel_shape` on convolutions whose weights come through a DQ.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import BridgeError
+from .passes import OUTPUT_CHANNEL_AXIS, QDQ_OPS
+
+# Ops TensorRT computes in int8 when fed by DQ, and ops it moves Q/DQ across or fuses into its neighbours.
+INT8_COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+INT8_PASSTHROUGH_OPS = {
+    "Add", "Mul", "Sub", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Reshape", "Flatten",
+    "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Resize", "Identity", "Split", "Gather",
+    "ReduceMean", "BatchNormalization", *QDQ_OPS,
+}
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    severity: str  # "error": TensorRT rejects or mis-builds the graph; "warning": legal but slow or lossy
+    node: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper():7} {self.rule} node '{self.node}': {self.message}"
+
+
+def _constant(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """Values of an initializer or of a Constant node's output; None for anything computed at run time."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    if tensor is not None and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        return value.values if isinstance(value, gs.Constant) else None
+    return None
+
+
+def _lint_qdq(node: gs.Node, opset: int) -> list[Violation]:
+    found = []
+
+    def add(rule, message, severity="error"):
+        found.append(Violation(rule, severity, node.name or node.op, message))
+
+    scale = _constant(node.inputs[1])
+    has_zp = len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name
+    zp = _constant(node.inputs[2]) if has_zp else np.zeros((), np.uint8)
+    if scale is None:
+        add("QDQ003", "scale is computed at run time; TensorRT needs a constant scale")
+    elif not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        add("QDQ003", f"scale has non-positive or non-finite values (min {float(np.min(scale)):g})")
+    if zp is None:
+        add("QDQ001", "zero-point is computed at run time; TensorRT needs a constant 0")
+    else:
+        if zp.dtype != np.int8:
+            add("QDQ002", f"quantizes to {zp.dtype.name}; TensorRT's explicit quantization is int8 "
+                          "(run the int8_zero_point and fold_bias_dequantize passes)")
+        if np.any(zp != 0):
+            add("QDQ001", f"zero-point {zp.ravel()[:4].tolist()} is not 0; TensorRT quantizes symmetrically")
+    per_channel = scale is not None and scale.size > 1
+    if per_channel and opset < 13:
+        add("QDQ009", f"per-channel scales need opset 13 or newer (model is opset {opset})")
+    data = _constant(node.inputs[0])
+    if per_channel and data is None and node.op == "QuantizeLinear":
+        add("QDQ004", f"activation quantized per channel ({scale.size} scales); TensorRT quantizes activations "
+                      "per tensor")
+    if node.op == "QuantizeLinear":
+        consumers = node.outputs[0].outputs
+        if not consumers or any(c.op not in ("DequantizeLinear", "Cast") for c in consumers):
+            add("QDQ007", "QuantizeLinear output does not go only to DequantizeLinear; TensorRT needs Q/DQ pairs")
+        if any(c.op == "Cast" for c in consumers):
+            add("QDQ006", "Cast between QuantizeLinear and DequantizeLinear (run remove_cast_between_q_dq)")
+    return found
+
+
+def _lint_weight(consumer: gs.Node, opset_ok: bool) -> list[Violation]:
+    """The weight input of Conv/ConvTranspose/Gemm/MatMul: DQ of constant int8, scales along output channels."""
+    if len(consumer.inputs) < 2:
+        return []
+    weight = consumer.inputs[1]
+    dq = weight.inputs[0] if len(weight.inputs) == 1 and weight.inputs[0].op == "DequantizeLinear" else None
+    if dq is None:
+        return []
+    name = consumer.name or consumer.op
+    values = _constant(dq.inputs[0])
+    found = []
+    if values is None:
+        q = dq.inputs[0].inputs[0] if dq.inputs[0].inputs else None
+        if not (q is not None and q.op == "QuantizeLinear" and _constant(q.inputs[0]) is not None):
+            found.append(Violation("QDQ010", "error", name, "weights reach the DequantizeLinear at run time; "
+                                   "TensorRT needs constant weights"))
+        else:
+            found.append(Violation("QDQ010", "warning", name, "weights are float constants quantized by a "
+                                   "QuantizeLinear; store int8 initializers (run quantize_weight_constants)"))
+        return found
+    scale = _constant(dq.inputs[1])
+    if consumer.op in ("Conv", "ConvTranspose") and "kernel_shape" not in consumer.attrs:
+        found.append(Violation("QDQ008", "error", name, "no kernel_shape attribute on a convolution with DQ'd "
+                               "weights; TensorRT 8.6's parser fails on it (run conv_kernel_shape)"))
+    if scale is not None and scale.size > 1 and opset_ok:
+        want = OUTPUT_CHANNEL_AXIS[consumer.op](values.ndim, consumer.attrs)
+        axis = dq.attrs.get("axis", 1)
+        axis = axis + values.ndim if axis < 0 else axis
+        if axis != want or values.shape[want] != scale.size:
+            found.append(Violation("QDQ005", "error", name, f"per-channel weight scales run along axis {axis} "
+                                   f"({scale.size} scales, weight shape {list(values.shape)}); TensorRT needs them "
+                                   f"along the output channels, axis {want}"))
+    return found
+
+
+def _lint_unquantizable(node: gs.Node) -> list[Violation]:
+    if node.op in INT8_COMPUTE_OPS or node.op in INT8_PASSTHROUGH_OPS:
+        return []
+    if any(t.inputs and t.inputs[0].op == "DequantizeLinear" for t in node.inputs if t is not None):
+        return [Violation("QDQ011", "warning", node.name or node.op, f"TensorRT runs {node.op} in floating point; "
+                          "the Q/DQ feeding it only adds a dequantize")]
+    return []
+
+
+def lint_model(model: onnx.ModelProto) -> list[Violation]:
+    """Every violation of TensorRT's explicit-quantization rules in the model, errors first."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    graph = gs.import_onnx(model)
+    found = []
+    if not any(node.op in QDQ_OPS for node in graph.nodes):
+        found.append(Violation("QDQ000", "error", graph.name or "graph", "no QuantizeLinear/DequantizeLinear "
+                               "nodes: the model is not quantized"))
+    for node in graph.nodes:
+        if node.op in QDQ_OPS:
+            found += _lint_qdq(node, opset)
+        elif node.op in OUTPUT_CHANNEL_AXIS:
+            found += _lint_weight(node, opset >= 13)
+        found += _lint_unquantizable(node)
+    return sorted(found, key=lambda v: v.severity != "error")
+
+
+def lint_file(path: str | Path) -> list[Violation]:
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"ONNX file '{path}' not found", "check the path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and others for corrupt files
+        raise BridgeError(f"'{path}' is not a readable ONNX file ({type(exc).__name__})",
+                          "pass an .onnx model file") from None
+    return lint_model(model)
+
+
+def errors(violations: list[Violation]) -> list[Violation]:
+    return [v for v in violations if v.severity == "error"]
+
+
+def to_json(violations: list[Violation]) -> str:
+    return json.dumps([asdict(v) for v in violations], indent=2)

@@ -1,0 +1,190 @@
+"""Stage 1, load: TorchScript, pickled modules, state_dict + architecture; QAT and float models are converted.
+
+Whatever comes in, what goes out is an eval-mode quantized eager or TorchScript module, plus what is known
+about its input (shape, dataset) from the file's metadata.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import quantize
+from .data import Dataset
+from .errors import BridgeError
+
+METADATA_FILE = "qdq_bridge.json"  # extra file in TorchScript archives: {"input_shape": [...], "dataset": "..."}
+TORCHVISION_INPUT = (1, 3, 224, 224)
+
+
+@dataclass
+class LoadedModel:
+    """A quantized model ready to export, with what is known about its input."""
+
+    module: nn.Module
+    kind: str  # torchscript | pickled-module | state_dict; with "+qat-convert" / "+ptq" when qdq_bridge converted it
+    input_shape: tuple[int, ...] | None = None
+    dataset: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def save_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], dataset: str | None = None):
+    """Script a quantized model and save it with qdq_bridge's metadata so `convert` needs no --input-shape."""
+    scripted = torch.jit.script(model)
+    meta = json.dumps({"input_shape": list(input_shape), "dataset": dataset})
+    torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: meta})
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as exc:
+        raise BridgeError(f"'{path}' is a corrupt TorchScript archive ({str(exc).splitlines()[0]})",
+                          "re-save it with torch.jit.save") from None
+    meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+    return LoadedModel(module.eval(), "torchscript", shape, meta.get("dataset"))
+
+
+def _torch_load(path: Path, trust_pickle: bool):
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle and "Weights only load failed" in str(exc):
+            raise BridgeError(f"'{path}' is a pickled module, and unpickling runs code stored in the file",
+                              "pass --trust-pickle if you trust its source, or save a state_dict or TorchScript "
+                              "instead") from None
+        raise BridgeError(f"'{path}' is not a PyTorch model file ({str(exc).splitlines()[0]})",
+                          "pass a TorchScript .pt, a torch.save'd module or a state_dict") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise BridgeError(f"'{path}' is not a readable PyTorch model file ({str(exc).splitlines()[0]})",
+                          "pass a TorchScript .pt, a torch.save'd module or a state_dict") from None
+
+
+def resolve_arch(spec: str) -> Callable[[], nn.Module]:
+    """`torchvision:resnet18` (a quantizable torchvision model) or `package.module:factory`."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not attr:
+        raise BridgeError(f"architecture '{spec}' is not of the form 'module:factory'",
+                          "use e.g. torchvision:resnet18 or qdq_bridge.models:digits_resnet")
+    if module_name == "torchvision":
+        import torchvision.models.quantization as tvq
+        factory = getattr(tvq, attr, None)
+        if factory is None:
+            raise BridgeError(f"torchvision has no quantizable model '{attr}'",
+                              "use one of resnet18, resnet50, mobilenet_v2, mobilenet_v3_large, googlenet, "
+                              "shufflenet_v2_x1_0, inception_v3, resnext101_32x8d")
+        return lambda: factory(weights=None, quantize=False)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BridgeError(f"cannot import architecture '{spec}' ({exc})",
+                          "check the module is on PYTHONPATH and defines that factory") from None
+    return factory
+
+
+def state_dict_kind(state: dict) -> str:
+    """quantized | qat | float, from the keys and values eager-mode quantization leaves in a state_dict."""
+    if any(k.endswith("fake_quant_enabled") or k.endswith("observer_enabled") for k in state):
+        return "qat"
+    if any("_packed_params" in k for k in state) or any(
+            isinstance(v, torch.Tensor) and v.is_quantized for v in state.values()):
+        return "quantized"
+    return "float"
+
+
+def module_kind(module: nn.Module) -> str:
+    """quantized | qat | float, from the module types eager-mode quantization inserts."""
+    if any(isinstance(m, torch.ao.quantization.FakeQuantizeBase) for m in module.modules()):
+        return "qat"
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") and not isinstance(m, torch.ao.nn.quantized.FloatFunctional)
+           for m in module.modules()):
+        return "quantized"
+    return "float"
+
+
+def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BridgeError(f"the state_dict does not fit the architecture {where} ({str(exc).splitlines()[1].strip()})",
+                          "pass the --arch the weights were trained with") from None
+
+
+def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
+               calibration: Dataset | None = None, observer: str = "histogram",
+               calibration_batch: int = 32) -> LoadedModel:
+    """Load any supported model file and return it quantized (converting QAT and quantizing float models)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"model file '{path}' not found", "check the path")
+    if _is_torchscript(path):
+        loaded = _load_torchscript(path)
+    else:
+        obj = _torch_load(path, trust_pickle)
+        if isinstance(obj, nn.Module):
+            loaded = LoadedModel(obj, "pickled-module")
+        elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+            loaded = _from_state_dict(obj, arch)
+        else:
+            raise BridgeError(f"'{path}' holds a {type(obj).__name__}, not a model",
+                              "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")
+    if torchvision_arch(arch) and loaded.input_shape is None:
+        loaded.input_shape = TORCHVISION_INPUT
+    return _quantized(loaded, calibration, observer, calibration_batch)
+
+
+def torchvision_arch(arch: str | None) -> bool:
+    return bool(arch) and arch.startswith("torchvision:")
+
+
+def _from_state_dict(state: dict, arch: str | None) -> LoadedModel:
+    if arch is None:
+        raise BridgeError("the file is a state_dict, which holds weights but no architecture",
+                          "pass --arch torchvision:resnet18 or --arch package.module:factory")
+    model = resolve_arch(arch)()
+    kind = state_dict_kind(state)
+    if kind == "quantized":  # build the quantized module structure; scales and weights come from the state
+        quantize.prepare_ptq(model, observer="minmax")
+        quantize.convert(model)
+    elif kind == "qat":
+        quantize.prepare_qat(model)
+    _load_state_dict(model, state, arch)
+    return LoadedModel(model.eval(), "state_dict")
+
+
+def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> LoadedModel:
+    if loaded.kind == "torchscript":
+        return loaded  # TorchScript files come out of torch.jit.script of an already quantized model
+    kind = module_kind(loaded.module)
+    if kind == "qat":
+        quantize.convert(loaded.module)
+        loaded.kind += "+qat-convert"
+        loaded.notes.append("QAT fake-quant modules converted to quantized modules by qdq_bridge")
+    elif kind == "float":
+        if calibration is None:
+            raise BridgeError("the model is a float model with no quantization",
+                              "pass --calibrate digits|data.npz so qdq_bridge quantizes it (PTQ), or quantize it "
+                              "first")
+        n_batches = -(-len(calibration) // batch)
+        quantize.quantize_ptq(loaded.module, calibration.batches(batch), observer, total=n_batches)
+        loaded.kind += "+ptq"
+        loaded.notes.append(f"quantized by qdq_bridge: PTQ, {observer} observer, {len(calibration)} calibration "
+                            f"samples of {calibration.name}")
+    loaded.module.eval()
+    return loaded

@@ -1,0 +1,245 @@
+"""Stage 3, graph surgery: rewrite the exported Q/DQ ONNX into the form TensorRT's explicit quantization takes.
+
+Each pass is a small function `(gs.Graph) -> gs.Graph`, idempotent, registered in `PASSES` in the order
+`run_passes` applies them. The default (`faithful`) set keeps every quantization point of the PyTorch model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import BridgeError
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# The op whose weight input (index 1) a per-channel DQ feeds -> the axis of its output channels for a weight
+# of rank r and the node's attributes (TensorRT's rule: per-channel scales run along output channels).
+OUTPUT_CHANNEL_AXIS: dict[str, Callable[[int, dict], int]] = {
+    "Conv": lambda rank, attrs: 0,
+    "ConvTranspose": lambda rank, attrs: 1,
+    "Gemm": lambda rank, attrs: 0 if attrs.get("transB", 0) else 1,
+    "MatMul": lambda rank, attrs: rank - 1,
+}
+
+
+def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
+    return tensor.values if isinstance(tensor, gs.Constant) else None
+
+
+def zero_point(node: gs.Node) -> np.ndarray:
+    """The node's zero-point; ONNX's default (absent input) is uint8 zero."""
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+        values = constant_values(node.inputs[2])
+        if values is not None:
+            return values
+    return np.zeros((), np.uint8)
+
+
+def axis_of(node: gs.Node, rank: int) -> int:
+    axis = node.attrs.get("axis", 1)
+    return axis + rank if axis < 0 else axis
+
+
+def module_path(node: gs.Node) -> str:
+    """torch's exporter names nodes '/layer1/0/conv1/QuantizeLinear': the module is layer1.0.conv1."""
+    parts = [p for p in node.name.split("/") if p][:-1]
+    return ".".join(parts) or "<top level>"
+
+
+def _reroute(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
+    """Point every consumer of `old` at `new`; graph outputs keep their names, so those are left alone."""
+    if old in graph.outputs:
+        return False
+    for consumer in list(old.outputs):
+        for index, tensor in enumerate(consumer.inputs):
+            if tensor is old:
+                consumer.inputs[index] = new
+    return True
+
+
+def _producer(tensor: gs.Tensor, op: str) -> gs.Node | None:
+    return tensor.inputs[0] if len(tensor.inputs) == 1 and tensor.inputs[0].op == op else None
+
+
+def _tidy(graph: gs.Graph) -> gs.Graph:
+    return graph.cleanup().toposort()
+
+
+# --- the passes -----------------------------------------------------------------------------------------------
+
+def fold_constants(graph: gs.Graph) -> gs.Graph:
+    """Fold Constant/ConstantOfShape/Cast chains into initializers, never folding Q/DQ (int8 weights stay int8)."""
+    graph.fold_constants(should_exclude_node=lambda node: node.op in QDQ_OPS, error_ok=False)
+    return _tidy(graph)
+
+
+def remove_cast_between_q_dq(graph: gs.Graph) -> gs.Graph:
+    """Drop Cast nodes between QuantizeLinear and DequantizeLinear that cast to the type Q already produces."""
+    for cast in [n for n in graph.nodes if n.op == "Cast"]:
+        q = _producer(cast.inputs[0], "QuantizeLinear")
+        if q is None or cast.attrs.get("to") != onnx.helper.np_dtype_to_tensor_dtype(zero_point(q).dtype):
+            continue
+        if all(consumer.op == "DequantizeLinear" for consumer in cast.outputs[0].outputs):
+            _reroute(graph, cast.outputs[0], cast.inputs[0])
+    return _tidy(graph)
+
+
+def fold_bias_dequantize(graph: gs.Graph) -> gs.Graph:
+    """Replace DequantizeLinear of constant int32 tensors (quantized biases) with float32 constants."""
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+        values = constant_values(dq.inputs[0])
+        scale = constant_values(dq.inputs[1])
+        if values is None or scale is None or values.dtype != np.int32:
+            continue
+        shape = [1] * values.ndim
+        if scale.size > 1:
+            shape[axis_of(dq, values.ndim)] = scale.size
+        dequantized = (values.astype(np.float64) - zero_point(dq).astype(np.float64).reshape(
+            shape if zero_point(dq).size > 1 else ())) * scale.astype(np.float64).reshape(shape if scale.size > 1 else ())
+        _reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantized.astype(np.float32)))
+    return _tidy(graph)
+
+
+def int8_zero_point(graph: gs.Graph) -> gs.Graph:
+    """Turn uint8 Q/DQ with zero-point 128 into int8 with zero-point 0 (exact: q_int8 = q_uint8 - 128).
+
+    Any other 8-bit zero-point is affine quantization, which TensorRT's symmetric int8 cannot represent
+    without clipping: refused with the node and module named.
+    """
+    for node in [n for n in graph.nodes if n.op in QDQ_OPS]:
+        zp = zero_point(node)
+        if zp.dtype == np.int8 and not zp.any() or zp.dtype not in (np.uint8, np.int8):
+            continue
+        if zp.dtype == np.int8 or not np.all(zp == 128):
+            raise BridgeError(
+                f"node '{node.name}' (module {module_path(node)}) quantizes affinely ({zp.dtype.name}, "
+                f"zero_point={zp.ravel()[:4].tolist()}), which TensorRT's symmetric int8 cannot represent",
+                "re-quantize with per_tensor_symmetric activations (qdq_bridge.quantize.trt_qconfig())")
+        zero = gs.Constant(f"{node.name}_zero_point_int8", np.zeros(zp.shape, np.int8))
+        if len(node.inputs) > 2:
+            node.inputs[2] = zero
+        else:
+            node.inputs.append(zero)
+        if node.op == "QuantizeLinear":
+            node.outputs[0].dtype = np.int8
+        elif (values := constant_values(node.inputs[0])) is not None:
+            node.inputs[0] = gs.Constant(node.inputs[0].name + "_int8", (values.astype(np.int16) - 128).astype(np.int8))
+    return _tidy(graph)
+
+
+def quantize_weight_constants(graph: gs.Graph) -> gs.Graph:
+    """Store weights as int8 initializers + DQ: fold QuantizeLinear of a constant float tensor into its int8 result."""
+    for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+        values, scale = constant_values(q.inputs[0]), constant_values(q.inputs[1])
+        if values is None or scale is None:
+            continue
+        zp = zero_point(q)
+        shape = [1] * values.ndim
+        if scale.size > 1:
+            shape[axis_of(q, values.ndim)] = scale.size
+        info = np.iinfo(zp.dtype)
+        quantized = np.rint(values / scale.reshape(shape if scale.size > 1 else ())) + zp.reshape(
+            shape if zp.size > 1 else ())  # ONNX QuantizeLinear rounds half to even, as np.rint does
+        weight = gs.Constant(q.outputs[0].name + "_quantized", np.clip(quantized, info.min, info.max).astype(zp.dtype))
+        _reroute(graph, q.outputs[0], weight)
+    return _tidy(graph)
+
+
+def fold_weight_transpose(graph: gs.Graph) -> gs.Graph:
+    """Fold Transpose after a constant weight's DQ into the int8 initializer and remap the DQ's per-channel axis.
+
+    TensorRT wants the weight DQ directly on its Conv/Gemm/MatMul with scales along output channels; exporters
+    emit DQ -> Transpose -> MatMul for Linear layers on N-d inputs. Negative axes are made non-negative.
+    """
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+        values = constant_values(dq.inputs[0])
+        if values is None:
+            continue
+        if dq.attrs.get("axis", 1) < 0:
+            dq.attrs["axis"] = axis_of(dq, values.ndim)
+        consumers = dq.outputs[0].outputs
+        if len(consumers) != 1 or consumers[0].op != "Transpose" or dq.outputs[0] in graph.outputs:
+            continue
+        transpose = consumers[0]
+        perm = transpose.attrs.get("perm", list(range(values.ndim))[::-1])
+        scale = constant_values(dq.inputs[1])
+        new_dq = gs.Node("DequantizeLinear", dq.name + "_transposed", dict(dq.attrs),
+                         [gs.Constant(dq.inputs[0].name + "_transposed", np.ascontiguousarray(values.transpose(perm))),
+                          *dq.inputs[1:]], [gs.Variable(dq.outputs[0].name + "_transposed", np.float32)])
+        if scale is not None and scale.size > 1:
+            new_dq.attrs["axis"] = list(perm).index(axis_of(dq, values.ndim))
+        if _reroute(graph, transpose.outputs[0], new_dq.outputs[0]):
+            graph.nodes.append(new_dq)
+    return _tidy(graph)
+
+
+def drop_redundant_dq_q(graph: gs.Graph) -> gs.Graph:
+    """DequantizeLinear followed by QuantizeLinear with equal scale, zero-point and axis is the identity: drop it."""
+    for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+        dq = _producer(q.inputs[0], "DequantizeLinear")
+        if dq is None:
+            continue
+        same = [constant_values(dq.inputs[1]), constant_values(q.inputs[1])]
+        if any(v is None for v in same) or not np.array_equal(*same):
+            continue
+        zps = zero_point(dq), zero_point(q)
+        if zps[0].dtype != zps[1].dtype or not np.array_equal(*zps) or dq.attrs.get("axis", 1) != q.attrs.get("axis", 1):
+            continue
+        _reroute(graph, q.outputs[0], dq.inputs[0])
+    return _tidy(graph)
+
+
+def conv_kernel_shape(graph: gs.Graph) -> gs.Graph:
+    """Set `kernel_shape` on Conv/ConvTranspose from their (DQ'd) constant weights; TensorRT 8.6's parser needs it."""
+    for conv in [n for n in graph.nodes if n.op in ("Conv", "ConvTranspose") and "kernel_shape" not in n.attrs]:
+        weight = conv.inputs[1]
+        dq = _producer(weight, "DequantizeLinear")
+        values = constant_values(dq.inputs[0] if dq is not None else weight)
+        if values is not None:
+            conv.attrs["kernel_shape"] = list(values.shape[2:])
+    return _tidy(graph)
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    name: str
+    run: Callable[[gs.Graph], gs.Graph]
+
+    @property
+    def summary(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f) for f in (
+    fold_constants,
+    remove_cast_between_q_dq,
+    fold_bias_dequantize,
+    int8_zero_point,
+    quantize_weight_constants,
+    fold_weight_transpose,
+    drop_redundant_dq_q,
+    conv_kernel_shape,
+))
+PASS_NAMES = tuple(p.name for p in PASSES)
+
+
+def run_passes(model: onnx.ModelProto, disabled: Iterable[str] = ()) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply every registered pass not in `disabled`, in order; returns the new model and the passes applied."""
+    disabled = set(disabled)
+    unknown = disabled - set(PASS_NAMES)
+    if unknown:
+        raise BridgeError(f"unknown pass {', '.join(sorted(unknown))}", f"choose from {', '.join(PASS_NAMES)}")
+    graph = gs.import_onnx(model)
+    applied = []
+    for graph_pass in PASSES:
+        if graph_pass.name not in disabled:
+            graph = graph_pass.run(graph)
+            applied.append(graph_pass.name)
+    out = gs.export_onnx(graph)
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    out.ir_version = model.ir_version
+    return out, applied

@@ -1,0 +1,142 @@
+"""TensorRT-legal eager-mode quantization: qconfig presets, PTQ with calibration, QAT preparation/conversion.
+
+TensorRT wants per-channel symmetric int8 weights and per-tensor symmetric int8 activations. PyTorch's CPU
+kernels no longer run qint8 activations, so activations use quint8 with zero-point 128: a uint8 value q is
+exactly the int8 value q - 128 with zero-point 0 at the same scale, which the `int8_zero_point` pass applies.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao.quantization import (FakeQuantize, HistogramObserver, MinMaxObserver,
+                                   MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+                                   PerChannelMinMaxObserver, QConfig)
+from tqdm import tqdm
+
+from .errors import BridgeError
+
+# quint8 symmetric activations: torch picks zero-point 128 over the full 0..255 range (= int8 -128..127).
+# quant_min/quant_max stay unset on purpose: with an explicit 0..255 range torch picks zero-point 127.
+ACTIVATION = dict(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric)
+WEIGHT = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-128, quant_max=127, ch_axis=0)
+QUANT_ENGINE = "x86"
+
+
+class PercentileObserver(HistogramObserver):
+    """Symmetric range from a percentile of |x| over the calibration histogram (like TensorRT's percentile calib)."""
+
+    def __init__(self, percentile: float = 99.99, **kwargs):
+        super().__init__(**kwargs)
+        self.percentile = percentile
+
+    @torch.jit.export
+    def calculate_qparams(self):
+        if self.histogram.sum() == 0:
+            return super().calculate_qparams()
+        edges = torch.linspace(float(self.min_val), float(self.max_val), self.histogram.numel() + 1)
+        centres = ((edges[:-1] + edges[1:]) / 2).abs()
+        order = torch.argsort(centres)
+        cdf = torch.cumsum(self.histogram[order], 0) / self.histogram.sum()
+        index = int(torch.searchsorted(cdf, torch.tensor(self.percentile / 100.0)).clamp(max=len(order) - 1))
+        amax = centres[order][index].clamp(min=1e-8)
+        return self._calculate_qparams(-amax, amax)
+
+
+OBSERVERS = {
+    "minmax": MinMaxObserver,
+    "histogram": HistogramObserver,
+    "percentile": PercentileObserver,
+}
+
+
+def trt_qconfig(observer: str = "histogram") -> QConfig:
+    """PTQ qconfig TensorRT accepts: per-tensor symmetric activations, per-channel symmetric int8 weights."""
+    if observer not in OBSERVERS:
+        raise BridgeError(f"unknown observer '{observer}'", f"choose one of {', '.join(OBSERVERS)}")
+    return QConfig(activation=OBSERVERS[observer].with_args(**ACTIVATION),
+                   weight=PerChannelMinMaxObserver.with_args(**WEIGHT))
+
+
+def trt_qat_qconfig() -> QConfig:
+    """QAT qconfig with the same quantization scheme as `trt_qconfig`, as fake-quant modules."""
+    return QConfig(activation=FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, **ACTIVATION),
+                   weight=FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, **WEIGHT))
+
+
+@contextlib.contextmanager
+def quiet_torch_warnings():
+    """torch.ao.quantization and the TorchScript exporter warn on every call that they are deprecated; the eager
+    quantization API is still what users' models come from, so keep the console readable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+        yield
+
+
+def _fuse(model: nn.Module, is_qat: bool) -> None:
+    """Fuse conv/bn/relu through the model's own `fuse_model` (torchvision's and our convention), if it has one."""
+    if hasattr(model, "fuse_model"):
+        try:
+            model.fuse_model(is_qat=is_qat)
+        except TypeError:  # older fuse_model() signatures take no argument
+            model.fuse_model()
+
+
+def prepare_ptq(model: nn.Module, observer: str = "histogram") -> nn.Module:
+    """Fuse and insert observers into a float model (in place); calibrate it, then call `convert`."""
+    torch.backends.quantized.engine = QUANT_ENGINE
+    model.eval()
+    _fuse(model, is_qat=False)
+    model.qconfig = trt_qconfig(observer)
+    with quiet_torch_warnings():
+        torch.ao.quantization.prepare(model, inplace=True)
+    return model
+
+
+def prepare_qat(model: nn.Module) -> nn.Module:
+    """Fuse and insert fake-quant modules into a float model (in place) for quantization-aware training."""
+    torch.backends.quantized.engine = QUANT_ENGINE
+    model.train()
+    _fuse(model, is_qat=True)
+    model.qconfig = trt_qat_qconfig()
+    with quiet_torch_warnings():
+        torch.ao.quantization.prepare_qat(model, inplace=True)
+    return model
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Convert an observed (PTQ) or fake-quantized (QAT) model to a quantized model, in place."""
+    torch.backends.quantized.engine = QUANT_ENGINE
+    model.eval()
+    with quiet_torch_warnings():
+        torch.ao.quantization.convert(model, inplace=True)
+    return model
+
+
+def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None = None) -> None:
+    """Run calibration batches through an observed model, with a progress bar."""
+    with torch.no_grad():
+        for batch in tqdm(batches, total=total, desc="calibrating", unit="batch", leave=False):
+            try:
+                model(torch.as_tensor(batch))
+            except RuntimeError as exc:
+                raise BridgeError(f"calibration failed ({str(exc).splitlines()[0]})",
+                                  "check --input-shape and that the data matches the model") from None
+
+
+def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str = "histogram",
+                 total: int | None = None) -> nn.Module:
+    """Post-training quantization of a float eager-mode model with the TensorRT-legal scheme."""
+    if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
+        raise BridgeError("the float model has no QuantStub, so eager-mode quantization cannot place its inputs",
+                          "add QuantStub/DeQuantStub (and FloatFunctional for adds) or use a torchvision "
+                          "quantizable model (torchvision.models.quantization)")
+    prepare_ptq(model, observer)
+    calibrate(model, batches, total)
+    return convert(model)
