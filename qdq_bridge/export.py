@@ -23,6 +23,25 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 _QINT8_ACTIVATION_ERRORS = ("Expected activation data type QUInt8", "should be QUint8")
 
 
+def _quantized_constant_chunk(g, tensor, chunks, dim):
+    """`x.chunk(n, dim)` on a quantized tensor (ShuffleNetV2's channel split), which torch's own symbolic rejects:
+    dequantize, Split, and quantize each part with the input's scale and zero-point (exact)."""
+    from torch.onnx import symbolic_helper, symbolic_opset9
+
+    if not symbolic_helper._is_tuple_construct(tensor):
+        return symbolic_opset9.prim_constant_chunk(g, tensor, chunks, dim)
+    value, scale, zero_point, _ = symbolic_helper.dequantize_helper(g, tensor)
+    size = symbolic_helper._get_tensor_dim_size(next(tensor.node().inputs()), dim)
+    part = (size + chunks - 1) // chunks
+    sizes = g.op("Constant", value_t=torch.tensor([part] * (chunks - 1) + [size - part * (chunks - 1)]))
+    parts = g.op("Split", value, sizes, axis_i=dim, outputs=chunks)
+    return [symbolic_helper.quantize_helper(g, p, scale, zero_point) for p in parts]
+
+
+def _register_symbolics(opset: int) -> None:
+    torch.onnx.register_custom_op_symbolic("prim::ConstantChunk", _quantized_constant_chunk, opset)
+
+
 def infer_input_shape(module: nn.Module) -> tuple[int, ...] | None:
     """(1, C, 224, 224) from the first 2-d convolution, or (1, in_features) from a leading Linear."""
     for sub in module.modules():
@@ -68,6 +87,10 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DE
                 dynamic_batch: bool = True) -> onnx.ModelProto:
     """Export through torch's TorchScript-based exporter and return the ONNX model (nothing written to disk)."""
     check_runs(module, input_shape)
+    if opset < DEFAULT_OPSET:
+        raise BridgeError(f"opset {opset} cannot express per-channel weight quantization",
+                          f"use --opset {DEFAULT_OPSET} or newer")
+    _register_symbolics(opset)
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:

@@ -37,9 +37,9 @@ class LoadedModel:
 
 def save_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], dataset: str | None = None):
     """Script a quantized model and save it with qdq_bridge's metadata so `convert` needs no --input-shape."""
-    scripted = torch.jit.script(model)
     meta = json.dumps({"input_shape": list(input_shape), "dataset": dataset})
-    torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: meta})
+    with quantize.quiet_torch_warnings():
+        torch.jit.save(torch.jit.script(model), str(path), _extra_files={METADATA_FILE: meta})
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -52,7 +52,8 @@ def _is_torchscript(path: Path) -> bool:
 def _load_torchscript(path: Path) -> LoadedModel:
     extra = {METADATA_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with quantize.quiet_torch_warnings():
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as exc:
         raise BridgeError(f"'{path}' is a corrupt TorchScript archive ({str(exc).splitlines()[0]})",
                           "re-save it with torch.jit.save") from None

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 from .errors import BridgeError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+FIXED_RANGE_OPS = ("Sigmoid", "HardSigmoid")
 # The op whose weight input (index 1) a per-channel DQ feeds -> the axis of its output channels for a weight
 # of rank r and the node's attributes (TensorRT's rule: per-channel scales run along output channels).
 OUTPUT_CHANNEL_AXIS: dict[str, Callable[[int, dict], int]] = {
@@ -100,6 +101,22 @@ def fold_bias_dequantize(graph: gs.Graph) -> gs.Graph:
         dequantized = (values.astype(np.float64) - zero_point(dq).astype(np.float64).reshape(
             shape if zero_point(dq).size > 1 else ())) * scale.astype(np.float64).reshape(shape if scale.size > 1 else ())
         _reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantized.astype(np.float32)))
+    return _tidy(graph)
+
+
+def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
+    """Drop the uint8 Q/DQ PyTorch forces on Sigmoid/HardSigmoid outputs; TensorRT computes those in float.
+
+    Eager-mode quantization gives these ops fixed qparams (scale 1/256, zero-point 0: the range [0, 1)), which int8
+    with zero-point 0 cannot hold at the same scale. Keeping the value in float is at least as accurate.
+    """
+    for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+        source = q.inputs[0].inputs[0] if q.inputs[0].inputs else None
+        zp = zero_point(q)
+        if source is None or source.op not in FIXED_RANGE_OPS or zp.dtype != np.uint8 or zp.any():
+            continue
+        for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
+            _reroute(graph, dq.outputs[0], q.inputs[0])
     return _tidy(graph)
 
 
@@ -217,6 +234,7 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f) for f in (
     fold_constants,
     remove_cast_between_q_dq,
     fold_bias_dequantize,
+    float_fixed_range_outputs,
     int8_zero_point,
     quantize_weight_constants,
     fold_weight_transpose,

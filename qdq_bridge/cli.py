@@ -1,0 +1,122 @@
+"""Command line: a thin layer over `qdq_bridge.pipeline.convert`, `qdq_bridge.lint` and the pass registry."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import BridgeError
+from .lint import errors, lint_file, to_json
+from .passes import PASS_NAMES, PASSES
+from .pipeline import ConvertOptions, convert
+from .quantize import OBSERVERS
+
+EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m qdq_bridge", description=(
+        "Turn PyTorch eager-mode quantized models into TensorRT-legal Q/DQ ONNX and check their parity."))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    conv = commands.add_parser("convert", help="load, export, rewrite, lint and verify a quantized model",
+                               description="Writes <name>.qdq.onnx, report.json and report.md into the output "
+                                           "folder. Exit status: 0 ok, 1 lint errors or parity below thresholds, "
+                                           "2 bad input.")
+    conv.add_argument("model", help="TorchScript .pt, torch.save'd module (needs --trust-pickle) or state_dict "
+                                    "(needs --arch); quantized, QAT (fake-quant) or float (needs --calibrate)")
+    conv.add_argument("-o", "--output-dir", help="output folder (default: ./<model name>_qdq)")
+    conv.add_argument("--input-shape", type=_shape, help="N,C,H,W of one example batch (default: from the "
+                                                         "file's metadata or the first convolution, 224x224)")
+    conv.add_argument("--arch", help="architecture for a state_dict: torchvision:resnet18 or package.module:factory")
+    conv.add_argument("--trust-pickle", action="store_true",
+                      help="allow loading a pickled module (unpickling runs code from the file)")
+    conv.add_argument("--calibrate", metavar="DATA", help="quantize a float model by PTQ on this data: 'digits' "
+                                                          "or an .npz with array x")
+    conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
+                      help="activation observer for --calibrate (default: histogram)")
+    conv.add_argument("--dataset", metavar="DATA", help="labelled data for parity and accuracy: 'digits' or an "
+                                                        ".npz with arrays x, y (default: from the file's metadata)")
+    conv.add_argument("--random-inputs", type=int, default=64, metavar="N",
+                      help="also compare on N standard-normal inputs (default: 64; 0 to skip)")
+    conv.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",
+                      help="skip a graph pass (repeatable); 'python -m qdq_bridge passes' lists them")
+    conv.add_argument("--opset", type=int, default=13, help="ONNX opset (default: 13; per-channel Q/DQ needs 13+)")
+    conv.add_argument("--static-batch", action="store_true", help="export a fixed batch dimension")
+    conv.add_argument("--batch-size", type=int, default=64, help="inference batch size for parity (default: 64)")
+    conv.add_argument("--min-agreement", type=float, default=0.995,
+                      help="minimum top-1 agreement, 0..1 (default: 0.995)")
+    conv.add_argument("--max-accuracy-gap", type=float, default=0.2,
+                      help="maximum accuracy difference in percentage points (default: 0.2)")
+
+    lint = commands.add_parser("lint", help="check an ONNX file against TensorRT's explicit-quantization rules",
+                               description="Prints one line per violation. Exit status: 0 no errors, 1 errors, "
+                                           "2 bad input.")
+    lint.add_argument("onnx", help="ONNX model file")
+    lint.add_argument("--json", action="store_true", help="print the violations as JSON")
+
+    commands.add_parser("passes", help="list the graph passes in the order convert applies them")
+    return parser
+
+
+def _print_convert(console: Console, result) -> None:
+    table = Table(title=f"{result.report['model']} -> {result.onnx_path}")
+    for column in ("dataset", "candidate", "samples", "top-1 agreement", "accuracy (ref / cand)", "max |diff|"):
+        table.add_column(column)
+    for c in result.parity:
+        accuracy = "–" if c.reference_accuracy is None else \
+            f"{c.reference_accuracy * 100:.2f}% / {c.candidate_accuracy * 100:.2f}%"
+        table.add_row(c.dataset, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
+                      f"{c.max_abs_diff:.4g}")
+    console.print(table)
+    n_errors = len(errors(result.lint))
+    console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
+                  f"reports: {result.report_md}, {result.report_json}")
+    console.print("[green]PASS[/green]" if result.ok else "[red]FAIL[/red]: see the report")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "passes":
+            for graph_pass in PASSES:
+                console.print(f"[bold]{graph_pass.name:28}[/bold] {graph_pass.summary}", highlight=False)
+            return EXIT_OK
+        if args.command == "lint":
+            violations = lint_file(args.onnx)
+            if args.json:
+                print(to_json(violations))
+            else:
+                for violation in violations:
+                    print(violation)
+                print(f"{len(errors(violations))} errors, {len(violations) - len(errors(violations))} warnings")
+            return EXIT_FAILED_CHECKS if errors(violations) else EXIT_OK
+        options = ConvertOptions(
+            input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
+            observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
+            disabled_passes=tuple(args.disable_pass), opset=args.opset, dynamic_batch=not args.static_batch,
+            batch_size=args.batch_size, min_agreement=args.min_agreement,
+            max_accuracy_gap_points=args.max_accuracy_gap)
+        result = convert(args.model, args.output_dir, options)
+        _print_convert(console, result)
+        return EXIT_OK if result.ok else EXIT_FAILED_CHECKS
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

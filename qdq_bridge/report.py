@@ -1,0 +1,45 @@
+"""Stage 6, report: report.json (everything, machine-readable) and report.md (the same, for people)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.2f}%"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# qdq_bridge report: {report['model']}", "",
+             f"- source: `{report['source']}` ({report['kind']})",
+             f"- input shape: {report['input_shape']}, opset {report['opset']}",
+             f"- ONNX: `{report['onnx']}`",
+             f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** "
+             f"(top-1 agreement ≥ {report['thresholds']['min_agreement'] * 100:g}%, accuracy gap ≤ "
+             f"{report['thresholds']['max_accuracy_gap_points']:g} points, no lint errors)"]
+    lines += [f"- note: {note}" for note in report["notes"]]
+    lines += ["", "## Parity", "",
+              "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
+              "| max abs diff | mean abs diff |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c in report["parity"]:
+        lines.append(f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {c['samples']} | "
+                     f"{_pct(c['top1_agreement'])} | {_pct(c['reference_accuracy'])} | "
+                     f"{_pct(c['candidate_accuracy'])} | {c['max_abs_diff']:.4g} | {c['mean_abs_diff']:.4g} |")
+    lines += ["", "## Graph", "", "| op | count |", "|---|---:|"]
+    lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
+    lines += ["", f"Passes applied: {', '.join(report['passes']) or 'none'}",
+              f"{', '.join(report['passes_disabled'])} disabled." if report["passes_disabled"] else "",
+              "", "## Lint", ""]
+    lines += [f"- {v['severity']} {v['rule']} `{v['node']}`: {v['message']}" for v in report["lint"]] or \
+             ["No violations of TensorRT's explicit-quantization rules."]
+    lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {stage} | {sec:.2f} |" for stage, sec in report["stage_seconds"].items()]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_reports(report: dict, folder: Path) -> tuple[Path, Path]:
+    json_path, md_path = folder / "report.json", folder / "report.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path

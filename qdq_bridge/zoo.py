@@ -1,0 +1,74 @@
+"""Quantized torchvision models for structural tests and benchmarks, with no weight downloads.
+
+A network with random weights answers random inputs with near-equal logits and is chaotic: one rounding step
+of difference in an early layer grows to tens of steps at the output (measured here on mobilenet_v2), so two
+correct int8 backends disagree on its top-1 for no fault of either. Real deployments quantize trained
+networks, which are decisive and damp such perturbations. So `quantized_torchvision` briefly trains the
+randomly initialised model on a synthetic task (`template_task`: one of ten fixed smooth random patterns plus
+noise), then quantizes it with qdq_bridge's TensorRT-legal PTQ preset. `torchvision_float` gives the untrained
+model (for speed benchmarks, where the weights do not matter).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import quantize
+from .data import Dataset
+
+TORCHVISION_FAMILIES = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "googlenet",
+                        "shufflenet_v2_x1_0")
+
+
+def torchvision_float(name: str, num_classes: int = 1000, seed: int = 0) -> nn.Module:
+    """A quantizable torchvision model (torchvision.models.quantization) with random weights, not yet quantized."""
+    import torchvision.models.quantization as tvq
+
+    torch.manual_seed(seed)
+    kwargs: dict = {"num_classes": num_classes}
+    if name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=True)
+    return getattr(tvq, name)(weights=None, quantize=False, **kwargs)
+
+
+def template_task(input_shape: tuple[int, ...], count: int, num_classes: int = 10, seed: int = 0,
+                  noise: float = 1.0) -> Dataset:
+    """Labelled random inputs: template[label] + noise * N(0, 1); the templates are fixed smooth random fields
+    (7x7, upsampled), the same for every seed."""
+    coarse = torch.from_numpy(np.random.default_rng(1234).standard_normal((num_classes, input_shape[1], 7, 7)))
+    templates = torch.nn.functional.interpolate(coarse.float(), size=tuple(input_shape[2:]), mode="bilinear",
+                                                align_corners=False).numpy()
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, count)
+    x = templates[labels] + noise * rng.standard_normal((count, *input_shape[1:]), dtype=np.float32)
+    return Dataset(f"template-task x{count}", x.astype(np.float32), labels.astype(np.int64))
+
+
+def train_on_task(model: nn.Module, input_shape: tuple[int, ...], steps: int, num_classes: int, seed: int,
+                  batch: int = 32) -> None:
+    """A few Adam steps on fresh `template_task` batches."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        data = template_task(input_shape, batch, num_classes, seed=seed * 100_000 + step)
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x)), torch.from_numpy(data.y))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+
+
+def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,
+                          steps: int = 60, seed: int = 0, observer: str = "histogram") -> nn.Module:
+    """A torchvision family member trained briefly on `template_task`, then PTQ-quantized for TensorRT."""
+    model = torchvision_float(name, num_classes, seed)
+    train_on_task(model, input_shape, steps, num_classes, seed)
+    calibration = template_task(input_shape, 64, num_classes, seed=seed + 1)
+    return quantize.quantize_ptq(model, calibration.batches(16), observer)
+
+
+def logit_margins(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit per sample: how decisive each prediction is."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
