@@ -23,7 +23,7 @@ INT8_PASSTHROUGH_OPS = {
     "Add", "Mul", "Sub", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid",
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Reshape", "Flatten",
     "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Resize", "Identity", "Split", "Gather",
-    "ReduceMean", "BatchNormalization", *QDQ_OPS,
+    "ReduceMean", "BatchNormalization", "Shape", *QDQ_OPS,  # Shape reads only metadata
 }
 
 

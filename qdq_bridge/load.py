@@ -64,9 +64,11 @@ def _load_torchscript(path: Path) -> LoadedModel:
 
 def _torch_load(path: Path, trust_pickle: bool):
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+        with quantize.quiet_torch_warnings():
+            return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
-        if not trust_pickle and "Weights only load failed" in str(exc):
+        # the safe unpickler names the class it refused ("Unsupported global"); garbage fails on an opcode
+        if not trust_pickle and "Unsupported global" in str(exc):
             raise BridgeError(f"'{path}' is a pickled module, and unpickling runs code stored in the file",
                               "pass --trust-pickle if you trust its source, or save a state_dict or TorchScript "
                               "instead") from None
@@ -169,9 +171,18 @@ def _from_state_dict(state: dict, arch: str | None) -> LoadedModel:
     return LoadedModel(model.eval(), "state_dict")
 
 
+def _refuse_dynamic(module: nn.Module) -> None:
+    for name, sub in module.named_modules():
+        if type(sub).__module__.startswith("torch.ao.nn.quantized.dynamic"):
+            raise BridgeError(f"dynamically quantized module '{name}' ({sub._get_name()}) computes activation scales "
+                              "at run time, which TensorRT's explicit quantization cannot express",
+                              "use static quantization (PTQ with calibration, or QAT)")
+
+
 def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> LoadedModel:
     if loaded.kind == "torchscript":
         return loaded  # TorchScript files come out of torch.jit.script of an already quantized model
+    _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
         quantize.convert(loaded.module)

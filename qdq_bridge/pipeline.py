@@ -133,14 +133,17 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
             candidate = run_onnxruntime(model, data, options.batch_size)
             parity.append(compare(reference, candidate, data, "pytorch", "onnxruntime"))
 
-    parity_ok = all(c.within(options.min_agreement, options.max_accuracy_gap_points) for c in parity)
+    # The verdict is taken on labelled data where there is some: on random inputs a model made for other data
+    # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.
+    judged = [c for c in parity if c.reference_accuracy is not None] or parity
+    parity_ok = all(c.within(options.min_agreement, options.max_accuracy_gap_points) for c in judged)
     report = {
         "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": loaded.notes,
         "input_shape": list(input_shape), "opset": options.opset, "onnx": onnx_name,
         "ok": parity_ok and not errors(violations),
         "thresholds": {"min_agreement": options.min_agreement,
                        "max_accuracy_gap_points": options.max_accuracy_gap_points},
-        "parity": [c.as_dict() for c in parity],
+        "parity": [c.as_dict() | {"judged": c in judged} for c in parity],
         "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
         "passes": applied, "passes_disabled": sorted(options.disabled_passes),
         "lint": [vars(v) for v in violations],

@@ -7,6 +7,7 @@ exactly the int8 value q - 128 with zero-point 0 at the same scale, which the `i
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Iterable
 
@@ -74,13 +75,27 @@ def trt_qat_qconfig() -> QConfig:
 
 @contextlib.contextmanager
 def quiet_torch_warnings():
-    """torch.ao.quantization and the TorchScript exporter warn on every call that they are deprecated; the eager
-    quantization API is still what users' models come from, so keep the console readable."""
-    with warnings.catch_warnings():
+    """torch.ao.quantization, TorchScript and the TorchScript exporter warn on every call that they are deprecated;
+    the eager quantization API is still what users' models come from, so keep the console readable. TorchScript's
+    C++ interpreter prints its warnings straight to file descriptor 2, so that is muted too (errors still arrive
+    as exceptions)."""
+    with warnings.catch_warnings(), _muted_stderr_fd():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
         yield
+
+
+@contextlib.contextmanager
+def _muted_stderr_fd():
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _fuse(model: nn.Module, is_qat: bool) -> None:

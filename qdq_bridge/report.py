@@ -16,15 +16,16 @@ def render_markdown(report: dict) -> str:
              f"- ONNX: `{report['onnx']}`",
              f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** "
              f"(top-1 agreement ≥ {report['thresholds']['min_agreement'] * 100:g}%, accuracy gap ≤ "
-             f"{report['thresholds']['max_accuracy_gap_points']:g} points, no lint errors)"]
+             f"{report['thresholds']['max_accuracy_gap_points']:g} points on the judged rows, no lint errors)"]
     lines += [f"- note: {note}" for note in report["notes"]]
     lines += ["", "## Parity", "",
               "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
-              "| max abs diff | mean abs diff |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+              "| max abs diff | mean abs diff | judged |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in report["parity"]:
         lines.append(f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {c['samples']} | "
                      f"{_pct(c['top1_agreement'])} | {_pct(c['reference_accuracy'])} | "
-                     f"{_pct(c['candidate_accuracy'])} | {c['max_abs_diff']:.4g} | {c['mean_abs_diff']:.4g} |")
+                     f"{_pct(c['candidate_accuracy'])} | {c['max_abs_diff']:.4g} | {c['mean_abs_diff']:.4g} | "
+                     f"{'yes' if c['judged'] else 'shown only'} |")
     lines += ["", "## Graph", "", "| op | count |", "|---|---:|"]
     lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
     lines += ["", f"Passes applied: {', '.join(report['passes']) or 'none'}",

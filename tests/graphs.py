@@ -1,0 +1,81 @@
+"""Small hand-built Q/DQ graphs with the patterns the passes and the linter look for."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+RNG = np.random.default_rng(0)
+
+
+def const(name: str, value) -> gs.Constant:
+    return gs.Constant(name, np.asarray(value))
+
+
+def model(graph: gs.Graph) -> onnx.ModelProto:
+    out = gs.export_onnx(graph.cleanup().toposort())
+    del out.opset_import[:]
+    out.opset_import.append(onnx.helper.make_opsetid("", 13))
+    out.ir_version = 8
+    return out
+
+
+def run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def q_dq(graph_nodes: list, x: gs.Tensor, name: str, scale=0.05, zp=128, zp_dtype=np.uint8, cast: bool = False):
+    """x -> QuantizeLinear -> [Cast to the same type] -> DequantizeLinear; returns the DQ output."""
+    zero = const(f"{name}_zp", np.array(zp, zp_dtype))
+    s = const(f"{name}_scale", np.array(scale, np.float32))
+    q = gs.Variable(f"{name}_q", zp_dtype)
+    graph_nodes.append(gs.Node("QuantizeLinear", f"/{name}/QuantizeLinear", inputs=[x, s, zero], outputs=[q]))
+    if cast:
+        casted = gs.Variable(f"{name}_cast", zp_dtype)
+        graph_nodes.append(gs.Node("Cast", f"/{name}/Cast", {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(zp_dtype))},
+                                   [q], [casted]))
+        q = casted
+    out = gs.Variable(f"{name}_dq", np.float32)
+    graph_nodes.append(gs.Node("DequantizeLinear", f"/{name}/DequantizeLinear", inputs=[q, s, zero], outputs=[out]))
+    return out
+
+
+def weight_dq(name: str, weight_int8: np.ndarray, scales: np.ndarray, axis: int) -> tuple[gs.Node, gs.Variable]:
+    out = gs.Variable(f"{name}_w", np.float32)
+    node = gs.Node("DequantizeLinear", f"/{name}/DequantizeLinear_w", {"axis": axis},
+                   [const(f"{name}_wq", weight_int8), const(f"{name}_ws", scales.astype(np.float32)),
+                    const(f"{name}_wzp", np.zeros(scales.shape, np.int8))], [out])
+    return node, out
+
+
+def conv_graph(*, zp=128, zp_dtype=np.uint8, cast=True, int32_bias=True, axis=0, kernel_shape=True,
+               channels=(4, 6)) -> gs.Graph:
+    """What torch's exporter emits for a quantized conv: Q(uint8, zp 128) -> Cast -> DQ -> Conv(DQ'd int8
+    weights, DQ'd int32 bias) -> Q -> Cast -> DQ."""
+    cin, cout = channels
+    x = gs.Variable("input", np.float32, (1, cin, 5, 5))
+    nodes: list = []
+    a = q_dq(nodes, x, "in", 0.05, zp, zp_dtype, cast)
+    w_scales = RNG.uniform(0.01, 0.02, cout).astype(np.float32)
+    w_node, w = weight_dq("conv", RNG.integers(-127, 128, (cout, cin, 3, 3)).astype(np.int8), w_scales, axis)
+    nodes.append(w_node)
+    if int32_bias:
+        b = gs.Variable("bias", np.float32)
+        nodes.append(gs.Node("DequantizeLinear", "/conv/DequantizeLinear_b", {"axis": 0},
+                             [const("bias_q", RNG.integers(-500, 500, cout).astype(np.int32)),
+                              const("bias_s", (0.05 * w_scales).astype(np.float32)),
+                              const("bias_zp", np.zeros(cout, np.int32))], [b]))
+    else:
+        b = const("bias_f", RNG.standard_normal(cout).astype(np.float32))
+    y = gs.Variable("conv_out", np.float32)
+    attrs = {"pads": [1, 1, 1, 1]} | ({"kernel_shape": [3, 3]} if kernel_shape else {})
+    nodes.append(gs.Node("Conv", "/conv/Conv", attrs, [a, w, b], [y]))
+    out = q_dq(nodes, y, "out", 0.1, zp, zp_dtype, cast)
+    out.shape, out.name = (1, cout, 5, 5), "output"
+    return gs.Graph(nodes, [x], [out], opset=13)
+
+
+def sample_input(graph_or_model, shape=(1, 4, 5, 5)) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)

@@ -1,0 +1,121 @@
+"""Bad input: one line naming the problem and the fix, exit status 2, no half-written outputs."""
+import pytest
+import torch
+from torch.ao.quantization import get_default_qconfig
+
+from qdq_bridge import quantize
+from qdq_bridge.data import digits_split
+from qdq_bridge.load import save_torchscript
+from qdq_bridge.models import DigitsResNet
+
+from conftest import run_cli
+
+
+def refused(tmp_path, *args) -> str:
+    out = tmp_path / "out"
+    result = run_cli("convert", *args, "-o", str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert not out.exists(), "a refused conversion must not leave an output folder"
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    assert refused(tmp_path, str(tmp_path / "nope.pt")) == \
+        f"error: model file '{tmp_path / 'nope.pt'}' not found: check the path"
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"\x80\x04 definitely not a model")
+    assert "is not a PyTorch model file" in refused(tmp_path, str(path))
+
+
+def test_float_model_without_quantization(tmp_path):
+    path = tmp_path / "float.pth"
+    torch.save(DigitsResNet().state_dict(), path)
+    message = refused(tmp_path, str(path), "--arch", "qdq_bridge.models:digits_resnet")
+    assert "float model with no quantization: pass --calibrate" in message
+
+
+def test_state_dict_without_arch(tmp_path):
+    path = tmp_path / "float.pth"
+    torch.save(DigitsResNet().state_dict(), path)
+    assert "holds weights but no architecture: pass --arch" in refused(tmp_path, str(path))
+
+
+def _quantize_with(qconfig) -> torch.nn.Module:
+    model = DigitsResNet().eval()
+    model.fuse_model()
+    model.qconfig = qconfig
+    with quantize.quiet_torch_warnings():
+        torch.ao.quantization.prepare(model, inplace=True)
+        model(torch.from_numpy(digits_split()[0].x[:64]))
+        torch.ao.quantization.convert(model, inplace=True)
+    return model
+
+
+def test_affine_uint8_activations_are_refused_naming_the_module(tmp_path):
+    path = tmp_path / "affine.pt"
+    save_torchscript(_quantize_with(get_default_qconfig("x86")), path, (1, 1, 32, 32))
+    message = refused(tmp_path, str(path))
+    assert "node '/quant/QuantizeLinear' (module quant) quantizes affinely (uint8, zero_point=" in message
+    assert message.endswith("re-quantize with per_tensor_symmetric activations (qdq_bridge.quantize.trt_qconfig())")
+
+
+def test_qint8_activations_are_refused_with_the_fix(tmp_path):
+    qconfig = torch.ao.quantization.QConfig(
+        activation=torch.ao.quantization.MinMaxObserver.with_args(dtype=torch.qint8,
+                                                                  qscheme=torch.per_tensor_symmetric),
+        weight=quantize.trt_qconfig().weight)
+    model = DigitsResNet().eval()
+    model.fuse_model()
+    model.qconfig = qconfig
+    with quantize.quiet_torch_warnings():
+        torch.ao.quantization.prepare(model, inplace=True)
+        model(torch.from_numpy(digits_split()[0].x[:64]))
+        torch.ao.quantization.convert(model, inplace=True)
+    path = tmp_path / "qint8.pt"
+    save_torchscript(model, path, (1, 1, 32, 32))  # as saved by users of older PyTorch, which still ran it
+    message = refused(tmp_path, str(path))
+    assert "quantizes activations as qint8, which PyTorch's CPU kernels no longer run" in message
+    assert message.endswith("qdq_bridge.quantize.trt_qconfig()")
+
+
+def test_dynamic_quantization_is_refused(tmp_path):
+    model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 4)), {torch.nn.Linear})
+    path = tmp_path / "dynamic.pth"
+    torch.save(model, path)
+    message = refused(tmp_path, str(path), "--trust-pickle", "--input-shape", "1,8")
+    assert "dynamically quantized module '0' (DynamicQuantizedLinear)" in message
+    assert "use static quantization" in message
+
+
+def test_wrong_input_shape(tmp_path, example_dir):
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--input-shape", "1,3,32,32")
+    assert message.startswith("error: input shape (1, 3, 32, 32) does not fit the model")
+    assert message.endswith("pass the right --input-shape N,C,H,W")
+
+
+def test_unwritable_output_folder(tmp_path, example_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(blocker / "out"))
+    assert result.returncode == 2
+    assert f"error: output folder '{blocker / 'out'}' is not writable" in result.stderr
+    assert "pass --output-dir with a folder you can write to" in result.stderr
+
+
+def test_malformed_input_shape_is_a_usage_error(tmp_path, example_dir):
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--input-shape", "1,x,y")
+    assert result.returncode == 2 and "'1,x,y' is not a shape like 1,3,224,224" in result.stderr
+
+
+@pytest.mark.parametrize("spec,text", [("nonexistent_pkg:make", "cannot import architecture"),
+                                       ("torchvision:alexnet", "torchvision has no quantizable model 'alexnet'"),
+                                       ("no_colon", "is not of the form 'module:factory'")])
+def test_bad_arch(tmp_path, spec, text):
+    path = tmp_path / "float.pth"
+    torch.save(DigitsResNet().state_dict(), path)
+    assert text in refused(tmp_path, str(path), "--arch", spec)

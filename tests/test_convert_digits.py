@@ -1,0 +1,112 @@
+"""The embedded example end to end: every way of loading it, through `python -m qdq_bridge convert`."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from qdq_bridge import ConvertOptions, convert, quantize
+from qdq_bridge.data import digits_split
+from qdq_bridge.load import load_model
+from qdq_bridge.models import DigitsResNet
+from qdq_bridge.testing import assert_parity
+
+from conftest import run_cli
+
+ARCH = "qdq_bridge.models:digits_resnet"
+
+
+def check_report(out_dir, name: str) -> dict:
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["ok"] and report["lint"] == []
+    digits = next(c for c in report["parity"] if c["dataset"] == "digits-test")
+    assert digits["samples"] == 450
+    assert digits["top1_agreement"] >= 0.995
+    assert digits["accuracy_gap_points"] <= 0.2
+    assert digits["reference_accuracy"] >= 0.95  # a really trained model, not noise
+    assert digits["judged"] and not any(c["judged"] for c in report["parity"] if c["dataset"] != "digits-test")
+    onnx_model = onnx.load(str(out_dir / f"{name}.qdq.onnx"))
+    ops = {n.op_type for n in onnx_model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops and "Cast" not in ops
+    assert "| digits-test | pytorch | onnxruntime | 450 |" in (out_dir / "report.md").read_text()
+    return report
+
+
+@pytest.mark.parametrize("name", ["resnet_q", "resnet_qat_q"])
+def test_cli_converts_torchscript_ptq_and_qat(example_dir, tmp_path, name):
+    result = run_cli("convert", str(example_dir / f"{name}.pt"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "PASS" in result.stdout
+    out_dir = tmp_path / f"{name}_qdq"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["report.json", "report.md", f"{name}.qdq.onnx"]
+    report = check_report(out_dir, name)
+    assert report["kind"] == "torchscript" and report["input_shape"] == [1, 1, 32, 32]
+
+
+@pytest.mark.parametrize("file,extra,kind", [
+    ("resnet_q_state.pth", [], "state_dict"),
+    ("digits_qat_state.pth", [], "state_dict+qat-convert"),
+    ("digits_float.pth", ["--calibrate", "digits-train", "--observer", "percentile"], "state_dict+ptq"),
+])
+def test_cli_converts_state_dicts(example_dir, tmp_path, file, extra, kind):
+    out = tmp_path / "out"
+    result = run_cli("convert", str(example_dir / file), "--arch", ARCH, "--input-shape", "1,1,32,32",
+                     "--dataset", "digits", "-o", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    report = check_report(out, file.removesuffix(".pth"))
+    assert report["kind"] == kind
+
+
+def test_pickled_module_needs_trust_flag(example_dir, tmp_path):
+    module = load_model(example_dir / "resnet_q_state.pth", arch=ARCH).module
+    path = tmp_path / "whole.pth"
+    torch.save(module, path)
+    refused = run_cli("convert", str(path), "-o", str(tmp_path / "o1"))
+    assert refused.returncode == 2
+    assert "is a pickled module, and unpickling runs code stored in the file: pass --trust-pickle" in refused.stderr
+    assert not (tmp_path / "o1").exists()
+    accepted = run_cli("convert", str(path), "--trust-pickle", "--dataset", "digits", "-o", str(tmp_path / "o2"))
+    assert accepted.returncode == 0, accepted.stderr
+    check_report(tmp_path / "o2", "whole")
+
+
+def test_library_api_and_assert_parity(example_dir, tmp_path):
+    result = convert(example_dir / "resnet_q.pt", tmp_path / "api", ConvertOptions(random_inputs=0))
+    assert result.ok and [c.dataset for c in result.parity] == ["digits-test"]
+    module = load_model(example_dir / "resnet_q.pt").module
+    comparison = assert_parity(module, result.onnx_path, digits_split()[1])
+    assert comparison.top1_agreement >= 0.995 and comparison.max_abs_diff < 1.0
+
+
+def test_assert_parity_fails_on_a_different_model(example_dir, tmp_path):
+    result = convert(example_dir / "resnet_q.pt", tmp_path / "a", ConvertOptions(random_inputs=0))
+    float_model = DigitsResNet()  # untrained: its logits have nothing to do with the ONNX file's
+    other = quantize.quantize_ptq(float_model, digits_split()[0].batches(64), "minmax")
+    with pytest.raises(AssertionError, match="parity on digits-test: top-1 agreement"):
+        assert_parity(other, result.onnx_path, digits_split()[1])
+
+
+def test_disabling_a_needed_pass_fails_lint_and_exits_1(example_dir, tmp_path):
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--disable-pass", "int8_zero_point",
+                     "--random-inputs", "0", "-o", str(tmp_path / "o"))
+    assert result.returncode == 1 and "FAIL" in result.stdout
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["passes_disabled"] == ["int8_zero_point"] and not report["ok"]
+    assert {v["rule"] for v in report["lint"]} == {"QDQ001", "QDQ002"}
+
+
+def test_passes_command_lists_the_registry():
+    from qdq_bridge.passes import PASS_NAMES
+    listed = run_cli("passes").stdout.split()
+    assert [name for name in listed if name in PASS_NAMES] == list(PASS_NAMES)
+
+
+def test_outputs_replace_an_existing_folder_atomically(example_dir, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "report.json", "report.md", "resnet_q.qdq.onnx"]
+    shutil.rmtree(out)

@@ -1,0 +1,86 @@
+"""The linter names each violating node, by rule, and `lint` exits non-zero on errors."""
+import json
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qdq_bridge import passes
+from qdq_bridge.lint import errors, lint_model
+
+from conftest import run_cli
+from graphs import conv_graph, model, q_dq
+
+
+def rules(m) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for v in lint_model(m):
+        found.setdefault(v.rule, set()).add(v.node)
+    return found
+
+
+def clean_conv(**kwargs) -> gs.Graph:
+    fixed, _ = passes.run_passes(model(conv_graph(**kwargs)))
+    return gs.import_onnx(fixed)
+
+
+def test_exporter_style_graph_violations_are_named_per_node():
+    found = rules(model(conv_graph()))
+    assert "/in/QuantizeLinear" in found["QDQ002"] and "/out/DequantizeLinear" in found["QDQ001"]
+    assert found["QDQ006"] == {"/in/QuantizeLinear", "/out/QuantizeLinear"}
+    assert "/conv/DequantizeLinear_b" in found["QDQ002"]  # int32 bias DQ
+
+
+def test_wrong_per_channel_axis_on_conv_weights():
+    graph = clean_conv()
+    w_dq = next(n for n in graph.nodes if n.name == "/conv/DequantizeLinear_w")
+    w_dq.attrs["axis"] = 1
+    assert rules(model(graph))["QDQ005"] == {"/conv/Conv"}
+
+
+def test_missing_kernel_shape_and_nonpositive_scale():
+    graph = clean_conv(kernel_shape=False)
+    conv = next(n for n in graph.nodes if n.op == "Conv")
+    del conv.attrs["kernel_shape"]
+    q = next(n for n in graph.nodes if n.name == "/out/QuantizeLinear")
+    q.inputs[1] = gs.Constant("neg_scale", np.array(-0.1, np.float32))
+    found = rules(model(graph))
+    assert found["QDQ008"] == {"/conv/Conv"} and found["QDQ003"] == {"/out/QuantizeLinear"}
+
+
+def test_per_channel_activation_and_unpaired_q():
+    x = gs.Variable("input", np.float32, (1, 3))
+    q_out = gs.Variable("q", np.int8, (1, 3))
+    node = gs.Node("QuantizeLinear", "lonely_q", {"axis": 1}, [x, gs.Constant("s", np.full(3, 0.1, np.float32)),
+                                                               gs.Constant("z", np.zeros(3, np.int8))], [q_out])
+    found = rules(model(gs.Graph([node], [x], [q_out], opset=13)))
+    assert found["QDQ004"] == {"lonely_q"} and found["QDQ007"] == {"lonely_q"}
+
+
+def test_unquantized_model_and_float_only_op_warning():
+    x = gs.Variable("input", np.float32, (1, 3))
+    y = gs.Variable("output", np.float32, (1, 3))
+    plain = model(gs.Graph([gs.Node("Softmax", "sm", inputs=[x], outputs=[y])], [x], [y], opset=13))
+    assert [v.rule for v in lint_model(plain)] == ["QDQ000"]
+    x = gs.Variable("input", np.float32, (1, 3))
+    y = gs.Variable("output", np.float32, (1, 3))
+    nodes: list = []
+    a = q_dq(nodes, x, "in", zp=0, zp_dtype=np.int8)
+    nodes.append(gs.Node("Softmax", "sm", inputs=[a], outputs=[y]))
+    found = lint_model(model(gs.Graph(nodes, [x], [y], opset=13)))
+    assert [(v.rule, v.severity, v.node) for v in found] == [("QDQ011", "warning", "sm")]
+    assert errors(found) == []
+
+
+def test_lint_cli_exit_codes_and_json(tmp_path):
+    bad, good = tmp_path / "bad.onnx", tmp_path / "good.onnx"
+    onnx.save(model(conv_graph()), bad)
+    onnx.save(passes.run_passes(model(conv_graph()))[0], good)
+    result = run_cli("lint", str(bad))
+    assert result.returncode == 1
+    assert "ERROR   QDQ006 node '/in/QuantizeLinear': Cast between QuantizeLinear and DequantizeLinear" in result.stdout
+    assert run_cli("lint", str(good)).returncode == 0
+    as_json = json.loads(run_cli("lint", "--json", str(bad)).stdout)
+    assert {"rule", "severity", "node", "message"} == set(as_json[0])
+    missing = run_cli("lint", str(tmp_path / "nope.onnx"))
+    assert missing.returncode == 2 and "error: ONNX file" in missing.stderr and "not found" in missing.stderr

@@ -1,0 +1,186 @@
+"""Each pass: build the bad pattern, apply the pass, check the fix (graph and numbers), apply it again."""
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import numpy_helper
+
+from qdq_bridge import passes
+from qdq_bridge.errors import BridgeError
+
+from graphs import conv_graph, const, model, q_dq, run, sample_input, weight_dq
+
+
+def apply_twice(graph_pass, graph: gs.Graph):
+    """Returns (model before, after one application); asserts a second application changes nothing."""
+    before = model(graph.copy())
+    once = model(graph_pass(gs.import_onnx(before)))
+    twice = model(graph_pass(gs.import_onnx(once)))
+    assert once.graph == twice.graph, f"{graph_pass.__name__} is not idempotent"
+    return before, once
+
+
+def ops(m) -> list[str]:
+    return [n.op_type for n in m.graph.node]
+
+
+def folded(graph: gs.Graph) -> gs.Graph:
+    return passes.fold_constants(graph)
+
+
+def test_registry_lists_every_pass_once_in_order():
+    assert passes.PASS_NAMES[0] == "fold_constants"
+    assert len(set(passes.PASS_NAMES)) == len(passes.PASS_NAMES)
+    assert all(p.summary for p in passes.PASSES)
+
+
+def test_fold_constants_folds_constant_chains_but_keeps_weight_dequantize():
+    graph = conv_graph()
+    x = gs.Variable("extra_shape", np.int64)
+    # a ConstantOfShape -> Cast chain like the exporter's bias zero-points
+    zeros = gs.Variable("zeros", np.float32)
+    graph.nodes.append(gs.Node("ConstantOfShape", "cos", {"value": const("v", np.array([0.0], np.float32))},
+                               [const("shape", np.array([6], np.int64))], [zeros]))
+    casted = gs.Variable("zeros_i32", np.int32)
+    graph.nodes.append(gs.Node("Cast", "cast_zp", {"to": 6}, [zeros], [casted]))
+    bias_dq = next(n for n in graph.nodes if n.name == "/conv/DequantizeLinear_b")
+    bias_dq.inputs[2] = casted
+    del x
+    before, after = apply_twice(passes.fold_constants, graph)
+    assert "ConstantOfShape" in ops(before) and "ConstantOfShape" not in ops(after)
+    assert ops(after).count("DequantizeLinear") == ops(before).count("DequantizeLinear")
+    int8_inits = [i for i in after.graph.initializer if i.data_type == 3]  # int8 weights stay int8
+    assert int8_inits and int8_inits[0].dims == [6, 4, 3, 3]
+    x_in = sample_input(before)
+    np.testing.assert_array_equal(run(before, x_in), run(after, x_in))
+
+
+def test_remove_cast_between_q_dq():
+    graph = folded(conv_graph(cast=True))
+    before, after = apply_twice(passes.remove_cast_between_q_dq, graph)
+    assert ops(before).count("Cast") == 2 and "Cast" not in ops(after)
+    x = sample_input(before)
+    np.testing.assert_array_equal(run(before, x), run(after, x))
+
+
+def test_remove_cast_keeps_a_cast_that_changes_type():
+    graph = conv_graph(cast=False)
+    nodes = list(graph.nodes)
+    q = next(n for n in nodes if n.name == "/in/QuantizeLinear")
+    widened = gs.Variable("widened", np.int32)
+    graph.nodes.append(gs.Node("Cast", "widen", {"to": 6}, [q.outputs[0]], [widened]))
+    graph.outputs.append(widened)
+    _, after = apply_twice(passes.remove_cast_between_q_dq, graph)
+    assert "Cast" in ops(after)
+
+
+def test_fold_bias_dequantize_makes_float_bias():
+    graph = folded(conv_graph(int32_bias=True))
+    before, after = apply_twice(passes.fold_bias_dequantize, graph)
+    assert ops(before).count("DequantizeLinear") == 4 and ops(after).count("DequantizeLinear") == 3
+    bias = next(i for i in after.graph.initializer if i.name.endswith("_float"))
+    assert bias.data_type == 1 and bias.dims == [6]
+    x = sample_input(before)
+    np.testing.assert_allclose(run(before, x), run(after, x), atol=1e-6)
+
+
+def test_int8_zero_point_is_exact_for_zero_point_128():
+    graph = folded(conv_graph(cast=False))
+    before, after = apply_twice(passes.int8_zero_point, graph)
+    inits = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in after.graph.node if n.op_type in passes.QDQ_OPS]
+    eight_bit = [zp for zp in zero_points if zp.dtype != np.int32]  # the int32 one is the bias's
+    assert len(eight_bit) == 5 and all(zp.dtype == np.int8 and not zp.any() for zp in eight_bit)
+    x = sample_input(before)
+    np.testing.assert_array_equal(run(before, x), run(after, x))
+
+
+@pytest.mark.parametrize("zp,dtype", [(57, np.uint8), (0, np.uint8), (3, np.int8)])
+def test_int8_zero_point_refuses_affine_quantization(zp, dtype):
+    graph = folded(conv_graph(cast=False, zp=zp, zp_dtype=dtype))
+    with pytest.raises(BridgeError, match=r"node '/in/QuantizeLinear' \(module in\) quantizes affinely .*"
+                                          r"per_tensor_symmetric"):
+        passes.int8_zero_point(graph)
+
+
+def test_float_fixed_range_outputs_drops_sigmoid_qdq():
+    x = gs.Variable("input", np.float32, (1, 4))
+    nodes: list = []
+    s = gs.Variable("sig", np.float32)
+    nodes.append(gs.Node("HardSigmoid", "hs", {"alpha": 1 / 6, "beta": 0.5}, [x], [s]))
+    out = q_dq(nodes, s, "hs_out", scale=1 / 256, zp=0)
+    y = gs.Variable("output", np.float32, (1, 4))
+    nodes.append(gs.Node("Mul", "mul", inputs=[out, x], outputs=[y]))
+    before, after = apply_twice(passes.float_fixed_range_outputs, gs.Graph(nodes, [x], [y], opset=13))
+    assert "QuantizeLinear" in ops(before) and "QuantizeLinear" not in ops(after)
+    x_in = np.linspace(-4, 4, 4, dtype=np.float32)[None]
+    # uint8 at scale 1/256 saturates at 255/256, so values differ by at most one step (1/256) times |x| = 4
+    np.testing.assert_allclose(run(before, x_in), run(after, x_in), atol=4 / 256 + 1e-6)
+
+
+def test_quantize_weight_constants_stores_int8_weights():
+    graph = conv_graph(cast=False, zp=0, zp_dtype=np.int8)
+    w_dq = next(n for n in graph.nodes if n.name == "/conv/DequantizeLinear_w")
+    w_float = (w_dq.inputs[0].values.astype(np.float32) * w_dq.inputs[1].values[:, None, None, None])
+    q_out = gs.Variable("wq_runtime", np.int8)
+    graph.nodes.append(gs.Node("QuantizeLinear", "/conv/QuantizeLinear_w", {"axis": 0},
+                               [const("w_float", w_float), w_dq.inputs[1], w_dq.inputs[2]], [q_out]))
+    w_dq.inputs[0] = q_out
+    before, after = apply_twice(passes.quantize_weight_constants, graph)
+    assert ops(before).count("QuantizeLinear") == 3 and ops(after).count("QuantizeLinear") == 2
+    x = sample_input(before)
+    np.testing.assert_array_equal(run(before, x), run(after, x))
+
+
+def test_fold_weight_transpose_remaps_axis():
+    x = gs.Variable("input", np.float32, (2, 8))
+    nodes: list = []
+    a = q_dq(nodes, x, "in", zp=0, zp_dtype=np.int8)
+    scales = np.linspace(0.01, 0.02, 5, dtype=np.float32)
+    w_node, w = weight_dq("fc", np.random.default_rng(1).integers(-127, 128, (5, 8)).astype(np.int8), scales, axis=-2)
+    nodes.append(w_node)
+    wt = gs.Variable("wt", np.float32)
+    nodes.append(gs.Node("Transpose", "t", {"perm": [1, 0]}, [w], [wt]))
+    y = gs.Variable("output", np.float32, (2, 5))
+    nodes.append(gs.Node("MatMul", "/fc/MatMul", inputs=[a, wt], outputs=[y]))
+    before, after = apply_twice(passes.fold_weight_transpose, gs.Graph(nodes, [x], [y], opset=13))
+    assert "Transpose" in ops(before) and "Transpose" not in ops(after)
+    dq = next(n for n in after.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in after.graph.node[-1].input)
+    assert [a.i for a in dq.attribute if a.name == "axis"] == [1]
+    x_in = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run(before, x_in), run(after, x_in))
+
+
+def test_drop_redundant_dq_q():
+    x = gs.Variable("input", np.float32, (1, 4))
+    nodes: list = []
+    a = q_dq(nodes, x, "first", scale=0.1, zp=0, zp_dtype=np.int8)
+    b = q_dq(nodes, a, "second", scale=0.1, zp=0, zp_dtype=np.int8)
+    c = q_dq(nodes, b, "third", scale=0.2, zp=0, zp_dtype=np.int8)  # different scale: must stay
+    y = gs.Variable("output", np.float32, (1, 4))
+    nodes.append(gs.Node("Relu", "relu", inputs=[c], outputs=[y]))
+    before, after = apply_twice(passes.drop_redundant_dq_q, gs.Graph(nodes, [x], [y], opset=13))
+    assert ops(before).count("QuantizeLinear") == 3 and ops(after).count("QuantizeLinear") == 2
+    x_in = np.linspace(-20, 20, 4, dtype=np.float32)[None]
+    np.testing.assert_array_equal(run(before, x_in), run(after, x_in))
+
+
+def test_conv_kernel_shape_is_added_from_weights():
+    before, after = apply_twice(passes.conv_kernel_shape, folded(conv_graph(kernel_shape=False)))
+    conv = next(n for n in after.graph.node if n.op_type == "Conv")
+    assert [list(a.ints) for a in conv.attribute if a.name == "kernel_shape"] == [[3, 3]]
+
+
+def test_run_passes_makes_exporter_style_graph_lint_clean_and_exact():
+    from qdq_bridge.lint import lint_model
+    raw = model(conv_graph())
+    assert {v.rule for v in lint_model(raw)} >= {"QDQ001", "QDQ002", "QDQ006"}
+    fixed, applied = passes.run_passes(raw)
+    assert applied == list(passes.PASS_NAMES)
+    assert lint_model(fixed) == []
+    x = sample_input(raw)
+    np.testing.assert_allclose(run(raw, x), run(fixed, x), atol=1e-6)
+
+
+def test_run_passes_rejects_unknown_pass_names():
+    with pytest.raises(BridgeError, match="unknown pass nope: choose from fold_constants"):
+        passes.run_passes(model(conv_graph()), disabled=["nope"])
