@@ -7,6 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError
 from .lint import errors, lint_file, to_json
 from .passes import PASS_NAMES, PASSES
@@ -24,6 +25,22 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224")
     return shape
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    chosen = tuple(p for p in text.split(",") if p)
+    for precision in chosen:
+        if precision not in ("fp16", "fp32"):
+            raise BridgeError(f"--compare-precisions takes fp16 and/or fp32, not '{precision}'",
+                              "use e.g. --compare-precisions fp16,fp32")
+    return chosen
+
+
+def _batch_range(batches: tuple[int, ...]) -> tuple[int, ...]:
+    if len(batches) != 3 or not batches[0] <= batches[1] <= batches[2]:
+        raise BridgeError(f"--batch-range {','.join(map(str, batches))} is not MIN,OPT,MAX with MIN <= OPT <= MAX",
+                          "use e.g. --batch-range 1,32,256")
+    return batches
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--max-accuracy-gap", type=float, default=0.2,
                       help="maximum accuracy difference in percentage points (default: 0.2)")
 
+    trt = conv.add_argument_group("TensorRT engine (built by a worker process; see the README)")
+    trt.add_argument("--engine", choices=("auto", "off", "require"), default="auto",
+                     help="auto: build the INT8 engine when TensorRT is found (default); require: fail without it")
+    trt.add_argument("--trt-python", metavar="PYTHON", help=f"interpreter that has tensorrt (default: ${PYTHON_ENV} "
+                                                            "or this Python)")
+    trt.add_argument("--trt-timeout", type=float, default=900.0, metavar="S",
+                     help="seconds before a TensorRT worker call is abandoned (default: 900)")
+    trt.add_argument("--batch-range", type=_shape, default=(1, 32, 256), metavar="MIN,OPT,MAX",
+                     help="optimization profile for the batch dimension (default: 1,32,256)")
+    trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
+    trt.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
+    trt.add_argument("--no-fp16-fallback", action="store_true",
+                     help="run layers left unquantized in FP32 instead of FP16")
+    trt.add_argument("--strongly-typed", action="store_true",
+                     help="TensorRT 9.1+: take precisions from the Q/DQ graph alone (no precision flags)")
+    trt.add_argument("--compare-precisions", default="", metavar="LIST",
+                     help="also build engines of the float twin for comparison: fp16, fp32 or fp16,fp32")
+
     lint = commands.add_parser("lint", help="check an ONNX file against TensorRT's explicit-quantization rules",
                                description="Prints one line per violation. Exit status: 0 no errors, 1 errors, "
                                            "2 bad input.")
@@ -81,6 +116,14 @@ def _print_convert(console: Console, result) -> None:
         table.add_row(c.dataset, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
                       f"{c.max_abs_diff:.4g}")
     console.print(table)
+    for note in result.report["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    summary = result.report["tensorrt"].get("layer_summary")
+    if summary:
+        console.print(f"TensorRT engine: {result.report['tensorrt']['engine']}, {summary['layers']} layers, "
+                      f"{summary['conv_gemm_layers']} conv/GEMM ({len(summary['conv_gemm_not_int8'])} not INT8), "
+                      f"{len(summary['pointwise_layers'])} standalone pointwise, "
+                      f"{len(summary['reformat_layers'])} reformat", highlight=False)
     n_errors = len(errors(result.lint))
     console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
                   f"reports: {result.report_md}, {result.report_json}")
@@ -93,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "passes":
             for graph_pass in PASSES:
-                console.print(f"[bold]{graph_pass.name:28}[/bold] {graph_pass.summary}", highlight=False)
+                print(f"{graph_pass.name:28} {graph_pass.summary}")
             return EXIT_OK
         if args.command == "lint":
             violations = lint_file(args.onnx)
@@ -109,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
             disabled_passes=tuple(args.disable_pass), opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
-            max_accuracy_gap_points=args.max_accuracy_gap)
+            max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
+            trt_timeout_s=args.trt_timeout, compare_precisions=_precisions(args.compare_precisions),
+            trt=BuildSettings(fp16_fallback=not args.no_fp16_fallback, strongly_typed=args.strongly_typed,
+                              min_batch=_batch_range(args.batch_range)[0], opt_batch=args.batch_range[1],
+                              max_batch=args.batch_range[2], workspace_mib=args.workspace_mib,
+                              timing_cache=args.timing_cache))
         result = convert(args.model, args.output_dir, options)
         _print_convert(console, result)
         return EXIT_OK if result.ok else EXIT_FAILED_CHECKS

@@ -103,3 +103,24 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DE
                           "quantized modules must be eager-mode torch.ao.nn.quantized ones; see the README's list of "
                           "supported modules") from None
     return onnx.load_from_string(buffer.getvalue())
+
+
+def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The Q/DQ model without quantization: weights dequantized into float initializers, activation Q/DQ pairs
+    removed. It is the FP32/FP16 baseline with the very same weights, for engines built for comparison."""
+    import onnx_graphsurgeon as gs
+
+    from .passes import constant_values, dequantize_constant, reroute
+
+    graph = gs.import_onnx(model)
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+        values = constant_values(dq.inputs[0])
+        if values is not None:
+            reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantize_constant(dq, values)))
+        elif dq.inputs[0].inputs and dq.inputs[0].inputs[0].op == "QuantizeLinear":
+            reroute(graph, dq.outputs[0], dq.inputs[0].inputs[0].inputs[0])
+    out = gs.export_onnx(graph.cleanup().toposort())
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    out.ir_version = model.ir_version
+    return out

@@ -50,7 +50,7 @@ def module_path(node: gs.Node) -> str:
     return ".".join(parts) or "<top level>"
 
 
-def _reroute(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
+def reroute(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
     """Point every consumer of `old` at `new`; graph outputs keep their names, so those are left alone."""
     if old in graph.outputs:
         return False
@@ -84,23 +84,34 @@ def remove_cast_between_q_dq(graph: gs.Graph) -> gs.Graph:
         if q is None or cast.attrs.get("to") != onnx.helper.np_dtype_to_tensor_dtype(zero_point(q).dtype):
             continue
         if all(consumer.op == "DequantizeLinear" for consumer in cast.outputs[0].outputs):
-            _reroute(graph, cast.outputs[0], cast.inputs[0])
+            reroute(graph, cast.outputs[0], cast.inputs[0])
     return _tidy(graph)
+
+
+def _along_axis(param: np.ndarray, node: gs.Node, rank: int) -> np.ndarray:
+    """A scale or zero-point shaped to broadcast against the node's data (per-channel along its axis)."""
+    if param.size == 1:
+        return param.reshape(())
+    shape = [1] * rank
+    shape[axis_of(node, rank)] = param.size
+    return param.reshape(shape)
+
+
+def dequantize_constant(dq: gs.Node, values: np.ndarray) -> np.ndarray:
+    """What a DequantizeLinear computes on constant `values`, as float32."""
+    scale = constant_values(dq.inputs[1]).astype(np.float64)
+    zp = zero_point(dq).astype(np.float64)
+    rank = values.ndim
+    return ((values.astype(np.float64) - _along_axis(zp, dq, rank)) * _along_axis(scale, dq, rank)).astype(np.float32)
 
 
 def fold_bias_dequantize(graph: gs.Graph) -> gs.Graph:
     """Replace DequantizeLinear of constant int32 tensors (quantized biases) with float32 constants."""
     for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
         values = constant_values(dq.inputs[0])
-        scale = constant_values(dq.inputs[1])
-        if values is None or scale is None or values.dtype != np.int32:
+        if values is None or constant_values(dq.inputs[1]) is None or values.dtype != np.int32:
             continue
-        shape = [1] * values.ndim
-        if scale.size > 1:
-            shape[axis_of(dq, values.ndim)] = scale.size
-        dequantized = (values.astype(np.float64) - zero_point(dq).astype(np.float64).reshape(
-            shape if zero_point(dq).size > 1 else ())) * scale.astype(np.float64).reshape(shape if scale.size > 1 else ())
-        _reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantized.astype(np.float32)))
+        reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantize_constant(dq, values)))
     return _tidy(graph)
 
 
@@ -116,7 +127,7 @@ def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
         if source is None or source.op not in FIXED_RANGE_OPS or zp.dtype != np.uint8 or zp.any():
             continue
         for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
-            _reroute(graph, dq.outputs[0], q.inputs[0])
+            reroute(graph, dq.outputs[0], q.inputs[0])
     return _tidy(graph)
 
 
@@ -154,14 +165,11 @@ def quantize_weight_constants(graph: gs.Graph) -> gs.Graph:
         if values is None or scale is None:
             continue
         zp = zero_point(q)
-        shape = [1] * values.ndim
-        if scale.size > 1:
-            shape[axis_of(q, values.ndim)] = scale.size
         info = np.iinfo(zp.dtype)
-        quantized = np.rint(values / scale.reshape(shape if scale.size > 1 else ())) + zp.reshape(
-            shape if zp.size > 1 else ())  # ONNX QuantizeLinear rounds half to even, as np.rint does
+        # ONNX QuantizeLinear rounds half to even, as np.rint does
+        quantized = np.rint(values / _along_axis(scale, q, values.ndim)) + _along_axis(zp, q, values.ndim)
         weight = gs.Constant(q.outputs[0].name + "_quantized", np.clip(quantized, info.min, info.max).astype(zp.dtype))
-        _reroute(graph, q.outputs[0], weight)
+        reroute(graph, q.outputs[0], weight)
     return _tidy(graph)
 
 
@@ -188,7 +196,7 @@ def fold_weight_transpose(graph: gs.Graph) -> gs.Graph:
                           *dq.inputs[1:]], [gs.Variable(dq.outputs[0].name + "_transposed", np.float32)])
         if scale is not None and scale.size > 1:
             new_dq.attrs["axis"] = list(perm).index(axis_of(dq, values.ndim))
-        if _reroute(graph, transpose.outputs[0], new_dq.outputs[0]):
+        if reroute(graph, transpose.outputs[0], new_dq.outputs[0]):
             graph.nodes.append(new_dq)
     return _tidy(graph)
 
@@ -205,7 +213,7 @@ def drop_redundant_dq_q(graph: gs.Graph) -> gs.Graph:
         zps = zero_point(dq), zero_point(q)
         if zps[0].dtype != zps[1].dtype or not np.array_equal(*zps) or dq.attrs.get("axis", 1) != q.attrs.get("axis", 1):
             continue
-        _reroute(graph, q.outputs[0], dq.inputs[0])
+        reroute(graph, q.outputs[0], dq.inputs[0])
     return _tidy(graph)
 
 

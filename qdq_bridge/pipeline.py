@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from . import data as datasets
@@ -22,7 +24,14 @@ from .lint import Violation, errors, lint_model
 from .load import load_model
 from .passes import run_passes
 from .report import write_reports
-from .verify import Comparison, compare, run_onnxruntime, run_torch
+from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .export import float_twin
+from .verify import (Comparison, compare, first_divergences, quantized_tensors, run_onnxruntime,
+                     run_onnxruntime_tensors, run_torch)
+
+# (reference, candidate) pairs compared wherever both ran; the verdict is taken on the INT8 ones
+JUDGED_PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
+BACKEND_PAIRS = (*JUDGED_PAIRS, ("onnxruntime", "tensorrt"), ("pytorch", "tensorrt-fp16"), ("pytorch", "tensorrt-fp32"))
 
 
 @dataclass
@@ -40,6 +49,11 @@ class ConvertOptions:
     batch_size: int = 64
     min_agreement: float = 0.995
     max_accuracy_gap_points: float = 0.2
+    engine: str = "auto"  # auto: build when TensorRT is found | off | require: fail without TensorRT
+    trt_python: str | None = None  # interpreter with tensorrt (default: $QDQ_BRIDGE_TRT_PYTHON or this one)
+    trt_timeout_s: float = 900.0
+    trt: BuildSettings = field(default_factory=BuildSettings)
+    compare_precisions: tuple[str, ...] = ()  # also build fp16 / fp32 engines of the float twin
 
 
 @dataclass
@@ -103,6 +117,57 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
     return result
 
 
+def _tensorrt_stage(model: onnx.ModelProto, scratch: Path, onnx_name: str, checks: list, logits: dict,
+                    options: ConvertOptions, notes: list[str]) -> dict:
+    """Build the INT8 engine (and float comparison engines), run it on the parity data; {} when TensorRT is
+    not found and not required."""
+    if options.engine == "off":
+        return {}
+    worker = TensorRTWorker(options.trt_python or TensorRTWorker().python, options.trt_timeout_s)
+    try:
+        probe = worker.probe()
+    except TensorRTUnavailable as exc:
+        if options.engine == "require":
+            raise
+        notes.append(f"no TensorRT engine built: {exc}")
+        return {}
+    stem = onnx_name.removesuffix(".qdq.onnx")
+    engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
+    build = worker.build(scratch / onnx_name, scratch / engine_name, options.trt, scratch / layers_name)
+    layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
+    result = {"probe": probe, "engine": engine_name, "build": build, "layer_summary": summarize_layers(layers),
+              "files": [engine_name] + ([layers_name] if layers else [])}
+    for data in checks:
+        logits[data.name]["tensorrt"] = next(iter(worker.infer(scratch / engine_name, data.x,
+                                                               options.batch_size).values()))
+    for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
+        twin_name, name = f"{stem}.float.onnx", f"{stem}.{precision}.engine"
+        if not (scratch / twin_name).exists():
+            onnx.save(float_twin(model), str(scratch / twin_name))
+        settings = replace(options.trt, precision=precision, fp16_fallback=False, strongly_typed=False)
+        result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
+        result["files"] += [name] + ([twin_name] if twin_name not in result["files"] else [])
+        for data in checks:
+            logits[data.name][f"tensorrt-{precision}"] = next(iter(worker.infer(scratch / name, data.x,
+                                                                                options.batch_size).values()))
+    return result
+
+
+def _locate_divergence(model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
+                       options: ConvertOptions) -> list[dict]:
+    """Where the INT8 engine's activations first leave ONNX Runtime's: rebuild it with every quantized
+    activation marked as an output (this stops some fusions, which is fine for a diagnosis) and compare."""
+    tensors = quantized_tensors(model)
+    names = [name for name, _ in tensors]
+    sample = data.x[:8]
+    worker = TensorRTWorker(options.trt_python or TensorRTWorker().python, options.trt_timeout_s)
+    with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
+        engine = Path(work) / "debug.engine"
+        worker.build(onnx_path, engine, replace(options.trt, mark_outputs=names))
+        engine_values = worker.infer(engine, sample, len(sample))
+    return first_divergences(run_onnxruntime_tensors(model, names, sample), engine_values, tensors)
+
+
 def _convert(model_path: Path, output_dir: Path, scratch: Path, options: ConvertOptions) -> ConvertResult:
     timer = _StageTimer()
     with timer("load"):
@@ -120,38 +185,47 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     onnx.save(model, str(scratch / onnx_name))
 
     with timer("verify"):
-        parity = []
         dataset_spec = options.dataset or loaded.dataset
         checks = [datasets.load_dataset(dataset_spec)] if dataset_spec else []
         if options.random_inputs:
             checks.append(datasets.random_inputs(input_shape, options.random_inputs))
+        logits: dict[str, dict[str, np.ndarray]] = {}
         for data in checks:
             if data.x.shape[1:] != tuple(input_shape[1:]):
                 raise BridgeError(f"dataset {data.name} has samples of shape {data.x.shape[1:]}, the model takes "
                                   f"{tuple(input_shape[1:])}", "pass a dataset that matches --input-shape")
-            reference = run_torch(loaded.module, data, options.batch_size)
-            candidate = run_onnxruntime(model, data, options.batch_size)
-            parity.append(compare(reference, candidate, data, "pytorch", "onnxruntime"))
+            logits[data.name] = {"pytorch": run_torch(loaded.module, data, options.batch_size),
+                                 "onnxruntime": run_onnxruntime(model, data, options.batch_size)}
+    notes = list(loaded.notes)
+    with timer("tensorrt"):
+        tensorrt = _tensorrt_stage(model, scratch, onnx_name, checks, logits, options, notes)
 
+    parity = [compare(backends[ref], backends[cand], data, ref, cand)
+              for data in checks for backends in [logits[data.name]]
+              for ref, cand in BACKEND_PAIRS if ref in backends and cand in backends]
     # The verdict is taken on labelled data where there is some: on random inputs a model made for other data
     # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.
-    judged = [c for c in parity if c.reference_accuracy is not None] or parity
+    int8 = [c for c in parity if (c.reference, c.candidate) in JUDGED_PAIRS]
+    judged = [c for c in int8 if c.reference_accuracy is not None] or int8
     parity_ok = all(c.within(options.min_agreement, options.max_accuracy_gap_points) for c in judged)
+    if tensorrt.get("engine") and not parity_ok:
+        tensorrt["divergence"] = _locate_divergence(model, scratch / onnx_name, checks[0], options)
     report = {
-        "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": loaded.notes,
+        "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": notes,
         "input_shape": list(input_shape), "opset": options.opset, "onnx": onnx_name,
         "ok": parity_ok and not errors(violations),
         "thresholds": {"min_agreement": options.min_agreement,
                        "max_accuracy_gap_points": options.max_accuracy_gap_points},
-        "parity": [c.as_dict() | {"judged": c in judged} for c in parity],
+        "parity": [c.as_dict() | {"judged": any(c is j for j in judged)} for c in parity],
         "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
         "passes": applied, "passes_disabled": sorted(options.disabled_passes),
         "lint": [vars(v) for v in violations],
+        "tensorrt": tensorrt,
         "stage_seconds": timer.seconds, "versions": _versions(),
     }
     write_reports(report, scratch)
     final = {}
-    for name in (onnx_name, "report.json", "report.md"):
+    for name in (onnx_name, "report.json", "report.md", *tensorrt.get("files", [])):
         final[name] = output_dir / name
         (scratch / name).replace(final[name])
     return ConvertResult(final[onnx_name], final["report.json"], final["report.md"], report, violations, parity)

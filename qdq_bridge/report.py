@@ -33,10 +33,30 @@ def render_markdown(report: dict) -> str:
               "", "## Lint", ""]
     lines += [f"- {v['severity']} {v['rule']} `{v['node']}`: {v['message']}" for v in report["lint"]] or \
              ["No violations of TensorRT's explicit-quantization rules."]
+    lines += _tensorrt_section(report.get("tensorrt") or {})
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {stage} | {sec:.2f} |" for stage, sec in report["stage_seconds"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _tensorrt_section(trt: dict) -> list[str]:
+    if not trt:
+        return ["", "## TensorRT", "", "No engine was built (see the notes)."]
+    summary = trt["layer_summary"]
+    lines = ["", "## TensorRT", "",
+             f"- TensorRT {trt['probe']['features']['version']}, engine `{trt['engine']}` built in "
+             f"{trt['build']['build_seconds']:.1f} s ({'strongly typed' if trt['build']['strongly_typed'] else 'INT8 flag'})",
+             f"- {summary['layers']} layers; {summary['conv_gemm_layers']} convolution/GEMM layers, not INT8: "
+             f"{', '.join(summary['conv_gemm_not_int8']) or 'none'}",
+             f"- standalone pointwise layers: {len(summary['pointwise_layers'])}; reformat layers: "
+             f"{len(summary['reformat_layers'])}",
+             "", "| layer type | count |", "|---|---:|"]
+    lines += [f"| {kind} | {n} |" for kind, n in sorted(summary["by_type"].items())]
+    for row in trt.get("divergence", []):
+        lines.append(f"- diverges at `{row['tensor']}`: {row['steps']:.1f} quantization steps "
+                     f"({row['fraction_over'] * 100:.2f}% of values over 2 steps)")
+    return lines
 
 
 def write_reports(report: dict, folder: Path) -> tuple[Path, Path]:

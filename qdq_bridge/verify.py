@@ -70,3 +70,46 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, referen
         result.reference_accuracy = float((ref_top1 == data.y).mean())
         result.candidate_accuracy = float((cand_top1 == data.y).mean())
     return result
+
+
+def quantized_tensors(model: onnx.ModelProto) -> list[tuple[str, float]]:
+    """(tensor, scale) for every activation entering a QuantizeLinear, in graph order: the points where
+    backends should agree to within a quantization step or so."""
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    found = []
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[0] not in graph_inputs:
+            scale = constants.get(node.input[1])
+            if scale is not None and scale.size == 1:
+                found.append((node.input[0], float(scale)))
+    return found
+
+
+def run_onnxruntime_tensors(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Values of intermediate tensors, made graph outputs for one ONNX Runtime run."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([onnx.ValueInfoProto(name=name) for name in names])
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(names, {session.get_inputs()[0].name: x})
+    return dict(zip(names, values))
+
+
+def first_divergences(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                      tensors: list[tuple[str, float]], steps: float = 2.0, limit: int = 5) -> list[dict]:
+    """The first tensors (graph order) where candidate and reference differ by more than `steps` quantization
+    steps: where to look when an engine disagrees."""
+    found = []
+    for name, scale in tensors:
+        if name not in reference or name not in candidate or reference[name].shape != candidate[name].shape:
+            continue
+        diff = np.abs(reference[name].astype(np.float64) - candidate[name].astype(np.float64))
+        if diff.max() > steps * scale:
+            found.append({"tensor": name, "max_abs_diff": float(diff.max()), "steps": float(diff.max() / scale),
+                          "fraction_over": float((diff > steps * scale).mean())})
+            if len(found) == limit:
+                break
+    return found

@@ -47,16 +47,18 @@ def template_task(input_shape: tuple[int, ...], count: int, num_classes: int = 1
 
 def train_on_task(model: nn.Module, input_shape: tuple[int, ...], steps: int, num_classes: int, seed: int,
                   batch: int = 32) -> None:
-    """A few Adam steps on fresh `template_task` batches."""
+    """A few Adam steps on fresh `template_task` batches (on the GPU when there is one; the model ends on the CPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
     for step in range(steps):
         data = template_task(input_shape, batch, num_classes, seed=seed * 100_000 + step)
-        loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x)), torch.from_numpy(data.y))
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x).to(device)),
+                                           torch.from_numpy(data.y).to(device))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    model.eval()
+    model.cpu().eval()
 
 
 def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,

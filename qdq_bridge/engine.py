@@ -1,0 +1,138 @@
+"""Stage 5, build and run TensorRT engines, through the worker subprocess (`trt_worker.py`).
+
+The worker's interpreter is the current one by default; `QDQ_BRIDGE_TRT_PYTHON` or `--trt-python` point at
+another one that has `tensorrt` (it needs only numpy besides). Every call runs with a timeout; a crash, hang or
+TensorRT error becomes a `BridgeError` that carries the end of the worker's log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BridgeError
+
+WORKER = Path(__file__).with_name("trt_worker.py")
+PYTHON_ENV = "QDQ_BRIDGE_TRT_PYTHON"
+ENABLE_HINT = (f"set {PYTHON_ENV} (or --trt-python) to a Python that has the tensorrt package, e.g. the one in an "
+               "NGC TensorRT container")
+
+
+class TensorRTUnavailable(BridgeError):
+    """No usable TensorRT under the chosen interpreter."""
+
+
+@dataclass
+class BuildSettings:
+    precision: str = "int8"  # int8 (explicit Q/DQ) | fp16 | fp32
+    fp16_fallback: bool = True  # let layers left unquantized run in FP16 instead of FP32
+    strongly_typed: bool = False  # TensorRT 9.1+: take precisions from the Q/DQ graph, no precision flags
+    min_batch: int = 1
+    opt_batch: int = 32
+    max_batch: int = 256
+    workspace_mib: int = 4096
+    timing_cache: str | None = None
+    mark_outputs: list[str] = field(default_factory=list)  # extra network outputs, for divergence analysis
+
+
+@dataclass
+class TensorRTWorker:
+    python: str = field(default_factory=lambda: os.environ.get(PYTHON_ENV) or sys.executable)
+    timeout_s: float = 900.0
+
+    def call(self, command: str, **params) -> dict:
+        with tempfile.TemporaryDirectory(prefix="qdq-trt-") as work:
+            request = Path(work) / "request.json"
+            response = Path(work) / "response.json"
+            request.write_text(json.dumps({"command": command, "response": str(response), **params}))
+            try:
+                done = subprocess.run([self.python, str(WORKER), str(request)], capture_output=True, text=True,
+                                      timeout=self.timeout_s)
+            except FileNotFoundError:
+                raise TensorRTUnavailable(f"TensorRT interpreter '{self.python}' does not exist",
+                                          ENABLE_HINT) from None
+            except subprocess.TimeoutExpired as exc:
+                raise BridgeError(f"TensorRT worker '{command}' timed out after {self.timeout_s:g} s "
+                                  f"(log: {_tail(exc.stderr)})", "raise --trt-timeout or check the GPU") from None
+            if done.returncode != 0 or not response.exists():
+                how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+                raise BridgeError(f"TensorRT worker '{command}' crashed with {how} (log: {_tail(done.stderr)})",
+                                  "check the TensorRT installation and the GPU driver")
+            result = json.loads(response.read_text())
+        if result.get("missing_tensorrt"):
+            raise TensorRTUnavailable(f"no TensorRT under '{self.python}' ({result['error']})", ENABLE_HINT)
+        if "error" in result:
+            raise BridgeError(f"TensorRT {command} failed: {result['error']} (log: {_tail(done.stderr)})",
+                              "see the TensorRT log; `python -m qdq_bridge lint` checks the ONNX file")
+        return result
+
+    def probe(self) -> dict:
+        return self.call("probe")
+
+    def build(self, onnx_path: Path, engine_path: Path, settings: BuildSettings,
+              layers_path: Path | None = None) -> dict:
+        return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
+                         layers=str(layers_path) if layers_path else None, **vars(settings))
+
+    def infer(self, engine_path: Path, inputs: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """All outputs of the engine on `inputs`, by output name, in the engine's output order."""
+        with tempfile.TemporaryDirectory(prefix="qdq-trt-io-") as work:
+            np.save(Path(work) / "inputs.npy", np.ascontiguousarray(inputs, np.float32))
+            result = self.call("infer", engine=str(engine_path), inputs=str(Path(work) / "inputs.npy"),
+                               outputs=str(Path(work) / "out"), batch_size=batch_size)
+            return {name: np.load(result["outputs"][name]) for name in result["output_order"]}
+
+
+def _tail(text: str | bytes | None, lines: int = 8) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    kept = [line for line in (text or "").strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "empty"
+
+
+def summarize_layers(report: dict) -> dict:
+    """Layer counts by type and precision from the engine inspector's JSON, and which convolution/GEMM layers
+    are not INT8, plus the standalone pointwise and reformat layers that explicit quantization should avoid."""
+    layers = [layer for layer in report.get("Layers", []) if isinstance(layer, dict)]
+    by_type: dict[str, int] = {}
+    not_int8, pointwise, reformat = [], [], []
+    for layer in layers:
+        kind = str(layer.get("LayerType", "?"))
+        by_type[kind] = by_type.get(kind, 0) + 1
+        inputs = " ".join(str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []))
+        if "Convolution" in kind or "Gemm" in kind or "MatrixMultiply" in kind:
+            if "Int8" not in inputs:
+                not_int8.append(layer.get("Name"))
+        elif "PointWise" in kind or kind == "ElementWise":
+            pointwise.append(layer.get("Name"))
+        elif kind == "Reformat":
+            reformat.append(layer.get("Name"))
+    conv_layers = sum(n for k, n in by_type.items() if "Convolution" in k or "Gemm" in k or "MatrixMultiply" in k)
+    return {"layers": len(layers), "by_type": by_type, "conv_gemm_layers": conv_layers,
+            "conv_gemm_not_int8": not_int8, "pointwise_layers": pointwise, "reformat_layers": reformat}
+
+
+def layer_names(report: dict) -> list[str]:
+    return [str(layer.get("Name")) for layer in report.get("Layers", []) if isinstance(layer, dict)]
+
+
+def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = None, batch_size: int = 64):
+    """An engine callable like a torch module (as torch2trt users expect): CPU tensor in, CPU logits out."""
+    import torch
+
+    class TensorRTModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.engine_path, self.worker = Path(engine_path), worker or TensorRTWorker()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outputs = self.worker.infer(self.engine_path, x.detach().cpu().numpy(), batch_size)
+            return torch.from_numpy(next(iter(outputs.values())))
+
+    return TensorRTModule()

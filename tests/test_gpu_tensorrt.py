@@ -1,0 +1,70 @@
+"""TensorRT on a real GPU: INT8 engines of the examples and of ResNet-50, three-way parity, layer precisions.
+
+Skipped unless the worker finds TensorRT (QDQ_BRIDGE_TRT_PYTHON or this interpreter) and a GPU.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from qdq_bridge import ConvertOptions, convert, save_torchscript, zoo
+from qdq_bridge.engine import TensorRTUnavailable, TensorRTWorker
+from qdq_bridge.errors import BridgeError
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def tensorrt() -> dict:
+    try:
+        return TensorRTWorker().probe()
+    except (TensorRTUnavailable, BridgeError) as exc:
+        pytest.skip(f"no TensorRT/GPU: {exc}")
+
+
+def rows(report: dict) -> dict:
+    return {(r["dataset"], r["reference"], r["candidate"]): r for r in report["parity"]}
+
+
+def print_summary(name: str, report: dict) -> None:
+    """The numbers the closing note quotes, in the test log (-s)."""
+    print(f"\n== {name}: TensorRT {report['tensorrt']['probe']['features']['version']}")
+    for r in report["parity"]:
+        accuracy = "" if r["reference_accuracy"] is None else \
+            f" acc {r['reference_accuracy'] * 100:.2f}% / {r['candidate_accuracy'] * 100:.2f}%"
+        print(f"  {r['dataset']:<22} {r['reference']:>11} vs {r['candidate']:<14} agree "
+              f"{r['top1_agreement'] * 100:6.2f}%{accuracy} max|diff| {r['max_abs_diff']:.4f}")
+    s = report["tensorrt"]["layer_summary"]
+    print(f"  layers {s['layers']}, conv/gemm {s['conv_gemm_layers']} (not INT8: {s['conv_gemm_not_int8']}), "
+          f"pointwise {len(s['pointwise_layers'])}, reformat {len(s['reformat_layers'])}; by type {s['by_type']}")
+
+
+@pytest.mark.parametrize("name", ["resnet_q", "resnet_qat_q"])
+def test_digits_int8_engine_matches_pytorch(tensorrt, example_dir, tmp_path, name):
+    result = convert(example_dir / f"{name}.pt", tmp_path / name,
+                     ConvertOptions(engine="require", compare_precisions=("fp16",)))
+    report = result.report
+    print_summary(name, report)
+    summary = report["tensorrt"]["layer_summary"]
+    assert summary["conv_gemm_layers"] >= 8 and summary["conv_gemm_not_int8"] == []
+    engine_row = rows(report)[("digits-test", "pytorch", "tensorrt")]
+    assert engine_row["top1_agreement"] >= 0.995
+    assert engine_row["accuracy_gap_points"] <= 0.1
+    assert result.ok
+    assert (tmp_path / name / f"{name}.int8.engine").stat().st_size > 10_000
+    layers = json.loads((tmp_path / name / f"{name}.int8.layers.json").read_text())
+    assert len(layers["Layers"]) == summary["layers"]
+
+
+def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, tmp_path):
+    shape = (1, 3, 224, 224)
+    model = zoo.quantized_torchvision("resnet50", shape)
+    path = tmp_path / "resnet50_q.pt"
+    save_torchscript(model, path, shape)
+    inputs = zoo.template_task(shape, 64, seed=99)
+    np.savez(tmp_path / "task.npz", x=inputs.x, y=inputs.y)
+    result = convert(path, tmp_path / "r50", ConvertOptions(engine="require", dataset=str(tmp_path / "task.npz"),
+                                                            min_agreement=0.99, max_accuracy_gap_points=2.0))
+    print_summary("resnet50", result.report)
+    assert result.report["tensorrt"]["layer_summary"]["conv_gemm_not_int8"] == []
+    assert rows(result.report)[("task", "pytorch", "tensorrt")]["top1_agreement"] >= 0.99
