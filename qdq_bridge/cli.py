@@ -108,12 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_convert(console: Console, result) -> None:
     table = Table(title=f"{result.report['model']} -> {result.onnx_path}")
-    for column in ("dataset", "candidate", "samples", "top-1 agreement", "accuracy (ref / cand)", "max |diff|"):
-        table.add_column(column)
+    for column in ("dataset", "reference", "candidate", "samples", "top-1 agreement", "accuracy (ref / cand)",
+                   "max |diff|"):
+        table.add_column(column, no_wrap=True)
     for c in result.parity:
         accuracy = "–" if c.reference_accuracy is None else \
             f"{c.reference_accuracy * 100:.2f}% / {c.candidate_accuracy * 100:.2f}%"
-        table.add_row(c.dataset, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
+        table.add_row(c.dataset, c.reference, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
                       f"{c.max_abs_diff:.4g}")
     console.print(table)
     for note in result.report["notes"]:
@@ -132,7 +133,7 @@ def _print_convert(console: Console, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 132)
     try:
         if args.command == "passes":
             for graph_pass in PASSES:

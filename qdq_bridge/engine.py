@@ -52,23 +52,23 @@ class TensorRTWorker:
             response = Path(work) / "response.json"
             request.write_text(json.dumps({"command": command, "response": str(response), **params}))
             try:
-                done = subprocess.run([self.python, str(WORKER), str(request)], capture_output=True, text=True,
-                                      timeout=self.timeout_s)
+                done = subprocess.run([self.python, str(WORKER), str(request)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, timeout=self.timeout_s)
             except FileNotFoundError:
                 raise TensorRTUnavailable(f"TensorRT interpreter '{self.python}' does not exist",
                                           ENABLE_HINT) from None
             except subprocess.TimeoutExpired as exc:
                 raise BridgeError(f"TensorRT worker '{command}' timed out after {self.timeout_s:g} s "
-                                  f"(log: {_tail(exc.stderr)})", "raise --trt-timeout or check the GPU") from None
+                                  f"(log: {_tail(exc.stdout)})", "raise --trt-timeout or check the GPU") from None
             if done.returncode != 0 or not response.exists():
                 how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
-                raise BridgeError(f"TensorRT worker '{command}' crashed with {how} (log: {_tail(done.stderr)})",
+                raise BridgeError(f"TensorRT worker '{command}' crashed with {how} (log: {_tail(done.stdout)})",
                                   "check the TensorRT installation and the GPU driver")
             result = json.loads(response.read_text())
         if result.get("missing_tensorrt"):
             raise TensorRTUnavailable(f"no TensorRT under '{self.python}' ({result['error']})", ENABLE_HINT)
         if "error" in result:
-            raise BridgeError(f"TensorRT {command} failed: {result['error']} (log: {_tail(done.stderr)})",
+            raise BridgeError(f"TensorRT {command} failed: {result['error']} (log: {_tail(done.stdout)})",
                               "see the TensorRT log; `python -m qdq_bridge lint` checks the ONNX file")
         return result
 
@@ -105,9 +105,8 @@ def summarize_layers(report: dict) -> dict:
     for layer in layers:
         kind = str(layer.get("LayerType", "?"))
         by_type[kind] = by_type.get(kind, 0) + 1
-        inputs = " ".join(str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []))
         if "Convolution" in kind or "Gemm" in kind or "MatrixMultiply" in kind:
-            if "Int8" not in inputs:
+            if not _runs_int8(layer):
                 not_int8.append(layer.get("Name"))
         elif "PointWise" in kind or kind == "ElementWise":
             pointwise.append(layer.get("Name"))
@@ -116,6 +115,14 @@ def summarize_layers(report: dict) -> dict:
     conv_layers = sum(n for k, n in by_type.items() if "Convolution" in k or "Gemm" in k or "MatrixMultiply" in k)
     return {"layers": len(layers), "by_type": by_type, "conv_gemm_layers": conv_layers,
             "conv_gemm_not_int8": not_int8, "pointwise_layers": pointwise, "reformat_layers": reformat}
+
+
+def _runs_int8(layer: dict) -> bool:
+    """Int8 input formats, or (dynamic shapes leave formats 'N/A') an int8 kernel: TensorRT's tactic names say
+    i8i8 (int8 x int8 inputs) or IMMA (integer tensor-core MMA)."""
+    formats = " ".join(str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []))
+    tactic = str(layer.get("TacticName", "")).lower()
+    return "Int8" in formats or "i8i8" in tactic or "imma" in tactic
 
 
 def layer_names(report: dict) -> list[str]:

@@ -118,7 +118,9 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
         if values is not None:
             reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantize_constant(dq, values)))
         elif dq.inputs[0].inputs and dq.inputs[0].inputs[0].op == "QuantizeLinear":
-            reroute(graph, dq.outputs[0], dq.inputs[0].inputs[0].inputs[0])
+            source = dq.inputs[0].inputs[0].inputs[0]
+            if not reroute(graph, dq.outputs[0], source):  # a graph output keeps its name through an Identity
+                dq.op, dq.attrs, dq.inputs = "Identity", {}, [source]
     out = gs.export_onnx(graph.cleanup().toposort())
     del out.opset_import[:]
     out.opset_import.extend(model.opset_import)

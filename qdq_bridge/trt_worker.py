@@ -169,7 +169,7 @@ def build(request: dict) -> dict:
         with open(cache_path, "wb") as f:
             f.write(memoryview(config.get_timing_cache().serialize()))
     response = {"build_seconds": seconds, "strongly_typed": bool(strongly_typed), "features": feats,
-                "engine_bytes": len(serialized)}
+                "engine_bytes": int(serialized.nbytes)}
     if feats["engine_inspector"] and request.get("layers"):
         engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
         with open(request["layers"], "w") as f:

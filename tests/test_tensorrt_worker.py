@@ -74,9 +74,11 @@ def test_layer_summary_counts_precisions_and_fusions():
         {"Name": "conv1 + relu", "LayerType": "CaskConvolution",
          "Inputs": [{"Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}]},
         {"Name": "fc", "LayerType": "CaskGemmConvolution", "Inputs": [{"Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "conv2", "LayerType": "CaskConvolution", "Inputs": [{"Format/Datatype": "N/A due to dynamic shapes"}],
+         "TacticName": "sm80_xmma_fprop_implicit_gemm_interleaved_i8i8_i8i32_f32_nchw_vect_c_32kcrs_vect_c_32"},
         {"Name": "add", "LayerType": "PointWiseV2", "Inputs": []},
         {"Name": "reformat", "LayerType": "Reformat", "Inputs": []},
     ]}
     summary = summarize_layers(report)
-    assert summary["conv_gemm_layers"] == 2 and summary["conv_gemm_not_int8"] == ["fc"]
+    assert summary["conv_gemm_layers"] == 3 and summary["conv_gemm_not_int8"] == ["fc"]
     assert summary["pointwise_layers"] == ["add"] and summary["reformat_layers"] == ["reformat"]
