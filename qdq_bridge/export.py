@@ -8,6 +8,7 @@ scales/zero-points as Constant nodes. The passes turn that into what TensorRT wa
 """
 from __future__ import annotations
 
+import inspect
 import io
 
 import onnx
@@ -93,9 +94,12 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DE
     _register_symbolics(opset)
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    # torch >= 2.5 takes `dynamo` (and from 2.9 defaults to the torch.export-based exporter, which cannot
+    # express eager quantized modules); older releases have only the TorchScript-based one
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     try:
         with torch.no_grad(), quiet_torch_warnings():
-            torch.onnx.export(module, (torch.zeros(input_shape),), buffer, dynamo=False, opset_version=opset,
+            torch.onnx.export(module, (torch.zeros(input_shape),), buffer, opset_version=opset, **legacy,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
     except Exception as exc:  # the exporter raises many types; each is a model it cannot express
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
