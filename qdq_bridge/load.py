@@ -5,6 +5,7 @@ about its input (shape, dataset) from the file's metadata.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import pickle
@@ -79,6 +80,21 @@ def _torch_load(path: Path, trust_pickle: bool):
                           "pass a TorchScript .pt, a torch.save'd module or a state_dict") from None
 
 
+def _restore_module_internals(module: nn.Module) -> None:
+    """Give unpickled modules back the nn.Module internals their __setstate__ dropped.
+
+    Quantized convolutions restore only their own fields when unpickled (seen on torch 2.14: no `_modules`,
+    `_parameters`, hooks), so the module cannot even be walked. Missing internals are empty for such leaves.
+    """
+    fresh = nn.Module().__dict__
+    for key, value in fresh.items():
+        if key not in module.__dict__:
+            module.__dict__[key] = copy.copy(value)
+    for child in module.__dict__["_modules"].values():
+        if child is not None:
+            _restore_module_internals(child)
+
+
 def resolve_arch(spec: str) -> Callable[[], nn.Module]:
     """`torchvision:resnet18` (a quantizable torchvision model) or `package.module:factory`."""
     module_name, sep, attr = spec.partition(":")
@@ -141,6 +157,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     else:
         obj = _torch_load(path, trust_pickle)
         if isinstance(obj, nn.Module):
+            _restore_module_internals(obj)
             loaded = LoadedModel(obj, "pickled-module")
         elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
             loaded = _from_state_dict(obj, arch)

@@ -174,7 +174,11 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         calibration = datasets.load_dataset(options.calibrate) if options.calibrate else None
         loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
                             calibration=calibration, observer=options.observer)
-        input_shape = resolve_input_shape(loaded, options.input_shape)
+        dataset_spec = options.dataset or loaded.dataset
+        checks = [datasets.load_dataset(dataset_spec)] if dataset_spec else []
+        # shape precedence: --input-shape, the file's metadata, the labelled dataset, the first layer's weights
+        from_data = (1, *checks[0].x.shape[1:]) if checks and loaded.input_shape is None else None
+        input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
     with timer("export"):
         exported = export_onnx(loaded.module, input_shape, options.opset, options.dynamic_batch)
     with timer("passes"):
@@ -185,8 +189,6 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     onnx.save(model, str(scratch / onnx_name))
 
     with timer("verify"):
-        dataset_spec = options.dataset or loaded.dataset
-        checks = [datasets.load_dataset(dataset_spec)] if dataset_spec else []
         if options.random_inputs:
             checks.append(datasets.random_inputs(input_shape, options.random_inputs))
         logits: dict[str, dict[str, np.ndarray]] = {}
