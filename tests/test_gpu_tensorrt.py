@@ -68,4 +68,6 @@ def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, tm
                                                             min_agreement=0.99, max_accuracy_gap_points=2.0))
     print_summary("resnet50", result.report)
     assert result.report["tensorrt"]["layer_summary"]["conv_gemm_not_int8"] == []
-    assert rows(result.report)[("task", "pytorch", "tensorrt")]["top1_agreement"] >= 0.99
+    engine_row = rows(result.report)[("task", "pytorch", "tensorrt")]
+    assert engine_row["reference_accuracy"] >= 0.9  # a decisive model, not a constant answer
+    assert engine_row["top1_agreement"] >= 0.99
