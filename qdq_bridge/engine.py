@@ -119,10 +119,10 @@ def summarize_layers(report: dict) -> dict:
 
 def _runs_int8(layer: dict) -> bool:
     """Int8 input formats, or (dynamic shapes leave formats 'N/A') an int8 kernel: TensorRT's tactic names say
-    i8i8 (int8 x int8 inputs) or IMMA (integer tensor-core MMA)."""
+    i8i8 or int8int8 (int8 x int8 inputs) or IMMA (integer tensor-core MMA)."""
     formats = " ".join(str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []))
     tactic = str(layer.get("TacticName", "")).lower()
-    return "Int8" in formats or "i8i8" in tactic or "imma" in tactic
+    return "Int8" in formats or any(mark in tactic for mark in ("i8i8", "int8int8", "imma"))
 
 
 def layer_names(report: dict) -> list[str]:
