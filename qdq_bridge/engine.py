@@ -125,10 +125,6 @@ def _runs_int8(layer: dict) -> bool:
     return "Int8" in formats or any(mark in tactic for mark in ("i8i8", "int8int8", "imma"))
 
 
-def layer_names(report: dict) -> list[str]:
-    return [str(layer.get("Name")) for layer in report.get("Layers", []) if isinstance(layer, dict)]
-
-
 def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = None, batch_size: int = 64):
     """An engine callable like a torch module (as torch2trt users expect): CPU tensor in, CPU logits out."""
     import torch

@@ -72,8 +72,3 @@ def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 6
     calibration = template_task(input_shape, 64, num_classes, seed=seed + 1)
     return quantize.quantize_ptq(model, calibration.batches(16), observer)
 
-
-def logit_margins(logits: np.ndarray) -> np.ndarray:
-    """Top-1 minus top-2 logit per sample: how decisive each prediction is."""
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]

@@ -77,5 +77,5 @@ def conv_graph(*, zp=128, zp_dtype=np.uint8, cast=True, int32_bias=True, axis=0,
     return gs.Graph(nodes, [x], [out], opset=13)
 
 
-def sample_input(graph_or_model, shape=(1, 4, 5, 5)) -> np.ndarray:
+def sample_input(_model=None, shape=(1, 4, 5, 5)) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
