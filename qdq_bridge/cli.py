@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(violation)
                 print(f"{len(errors(violations))} errors, {len(violations) - len(errors(violations))} warnings")
             return EXIT_FAILED_CHECKS if errors(violations) else EXIT_OK
+        batches = _batch_range(args.batch_range)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, compare_precisions=_precisions(args.compare_precisions),
             trt=BuildSettings(fp16_fallback=not args.no_fp16_fallback, strongly_typed=args.strongly_typed,
-                              min_batch=_batch_range(args.batch_range)[0], opt_batch=args.batch_range[1],
-                              max_batch=args.batch_range[2], workspace_mib=args.workspace_mib,
+                              min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
+                              workspace_mib=args.workspace_mib,
                               timing_cache=args.timing_cache))
         result = convert(args.model, args.output_dir, options)
         _print_convert(console, result)

@@ -43,8 +43,11 @@ class BuildSettings:
 
 @dataclass
 class TensorRTWorker:
-    python: str = field(default_factory=lambda: os.environ.get(PYTHON_ENV) or sys.executable)
+    python: str | None = None  # None: $QDQ_BRIDGE_TRT_PYTHON, else this interpreter
     timeout_s: float = 900.0
+
+    def __post_init__(self):
+        self.python = self.python or os.environ.get(PYTHON_ENV) or sys.executable
 
     def call(self, command: str, **params) -> dict:
         with tempfile.TemporaryDirectory(prefix="qdq-trt-") as work:

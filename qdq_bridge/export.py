@@ -114,7 +114,7 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     removed. It is the FP32/FP16 baseline with the very same weights, for engines built for comparison."""
     import onnx_graphsurgeon as gs
 
-    from .passes import constant_values, dequantize_constant, reroute
+    from .passes import constant_values, dequantize_constant, export_like, reroute
 
     graph = gs.import_onnx(model)
     for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
@@ -125,8 +125,4 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
             source = dq.inputs[0].inputs[0].inputs[0]
             if not reroute(graph, dq.outputs[0], source):  # a graph output keeps its name through an Identity
                 dq.op, dq.attrs, dq.inputs = "Identity", {}, [source]
-    out = gs.export_onnx(graph.cleanup().toposort())
-    del out.opset_import[:]
-    out.opset_import.extend(model.opset_import)
-    out.ir_version = model.ir_version
-    return out
+    return export_like(graph.cleanup().toposort(), model)

@@ -264,8 +264,13 @@ def run_passes(model: onnx.ModelProto, disabled: Iterable[str] = ()) -> tuple[on
         if graph_pass.name not in disabled:
             graph = graph_pass.run(graph)
             applied.append(graph_pass.name)
+    return export_like(graph, model), applied
+
+
+def export_like(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as a model with the source model's opsets and IR version (graphsurgeon picks its own)."""
     out = gs.export_onnx(graph)
     del out.opset_import[:]
-    out.opset_import.extend(model.opset_import)
-    out.ir_version = model.ir_version
-    return out, applied
+    out.opset_import.extend(source.opset_import)
+    out.ir_version = source.ir_version
+    return out

@@ -18,14 +18,13 @@ import numpy as np
 import onnx
 
 from . import data as datasets
+from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from .errors import BridgeError
-from .export import DEFAULT_OPSET, export_onnx, resolve_input_shape
+from .export import DEFAULT_OPSET, export_onnx, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
 from .load import load_model
 from .passes import run_passes
 from .report import write_reports
-from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
-from .export import float_twin
 from .verify import (Comparison, compare, first_divergences, quantized_tensors, run_onnxruntime,
                      run_onnxruntime_tensors, run_torch)
 
@@ -117,13 +116,18 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
     return result
 
 
-def _tensorrt_stage(model: onnx.ModelProto, scratch: Path, onnx_name: str, checks: list, logits: dict,
-                    options: ConvertOptions, notes: list[str]) -> dict:
+def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
+                    checks: list, logits: dict, options: ConvertOptions, notes: list[str]) -> dict:
     """Build the INT8 engine (and float comparison engines), run it on the parity data; {} when TensorRT is
     not found and not required."""
     if options.engine == "off":
         return {}
-    worker = TensorRTWorker(options.trt_python or TensorRTWorker().python, options.trt_timeout_s)
+
+    def run_engine(engine: str, backend: str) -> None:
+        for data in checks:
+            outputs = worker.infer(scratch / engine, data.x, options.batch_size)
+            logits[data.name][backend] = next(iter(outputs.values()))
+
     try:
         probe = worker.probe()
     except TensorRTUnavailable as exc:
@@ -137,9 +141,7 @@ def _tensorrt_stage(model: onnx.ModelProto, scratch: Path, onnx_name: str, check
     layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
     result = {"probe": probe, "engine": engine_name, "build": build, "layer_summary": summarize_layers(layers),
               "files": [engine_name] + ([layers_name] if layers else [])}
-    for data in checks:
-        logits[data.name]["tensorrt"] = next(iter(worker.infer(scratch / engine_name, data.x,
-                                                               options.batch_size).values()))
+    run_engine(engine_name, "tensorrt")
     for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
         twin_name, name = f"{stem}.float.onnx", f"{stem}.{precision}.engine"
         if not (scratch / twin_name).exists():
@@ -147,20 +149,17 @@ def _tensorrt_stage(model: onnx.ModelProto, scratch: Path, onnx_name: str, check
         settings = replace(options.trt, precision=precision, fp16_fallback=False, strongly_typed=False)
         result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
         result["files"] += [name] + ([twin_name] if twin_name not in result["files"] else [])
-        for data in checks:
-            logits[data.name][f"tensorrt-{precision}"] = next(iter(worker.infer(scratch / name, data.x,
-                                                                                options.batch_size).values()))
+        run_engine(name, f"tensorrt-{precision}")
     return result
 
 
-def _locate_divergence(model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
+def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
                        options: ConvertOptions) -> list[dict]:
     """Where the INT8 engine's activations first leave ONNX Runtime's: rebuild it with every quantized
     activation marked as an output (this stops some fusions, which is fine for a diagnosis) and compare."""
     tensors = quantized_tensors(model)
     names = [name for name, _ in tensors]
     sample = data.x[:8]
-    worker = TensorRTWorker(options.trt_python or TensorRTWorker().python, options.trt_timeout_s)
     with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
         engine = Path(work) / "debug.engine"
         worker.build(onnx_path, engine, replace(options.trt, mark_outputs=names))
@@ -200,7 +199,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
                                  "onnxruntime": run_onnxruntime(model, data, options.batch_size)}
     notes = list(loaded.notes)
     with timer("tensorrt"):
-        tensorrt = _tensorrt_stage(model, scratch, onnx_name, checks, logits, options, notes)
+        worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
+        tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, checks, logits, options, notes)
 
     parity = [compare(backends[ref], backends[cand], data, ref, cand)
               for data in checks for backends in [logits[data.name]]
@@ -211,7 +211,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     judged = [c for c in int8 if c.reference_accuracy is not None] or int8
     parity_ok = all(c.within(options.min_agreement, options.max_accuracy_gap_points) for c in judged)
     if tensorrt.get("engine") and not parity_ok:
-        tensorrt["divergence"] = _locate_divergence(model, scratch / onnx_name, checks[0], options)
+        tensorrt["divergence"] = _locate_divergence(worker, model, scratch / onnx_name, checks[0], options)
     report = {
         "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": notes,
         "input_shape": list(input_shape), "opset": options.opset, "onnx": onnx_name,

@@ -1,7 +1,6 @@
 """All six torchvision quantizable families convert, lint clean, and match PyTorch on ONNX Runtime."""
 import collections
 
-import numpy as np
 import pytest
 
 from qdq_bridge import export_onnx, lint_model, run_passes, zoo
