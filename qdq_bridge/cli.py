@@ -10,7 +10,7 @@ from rich.table import Table
 from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError
 from .lint import errors, lint_file, to_json
-from .passes import PASS_NAMES, PASSES
+from .passes import PASS_NAMES, PASSES, PLACEMENTS
 from .pipeline import ConvertOptions, convert
 from .quantize import OBSERVERS
 
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare on N standard-normal inputs (default: 64; 0 to skip)")
     conv.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",
                       help="skip a graph pass (repeatable); 'python -m qdq_bridge passes' lists them")
+    conv.add_argument("--placement", choices=PLACEMENTS, default="faithful",
+                      help="faithful (default): keep every PyTorch quantization point; fast: move Q/DQ where "
+                           "TensorRT fuses residual Add+ReLU into convolutions (see the README for the trade-off)")
     conv.add_argument("--opset", type=int, default=13, help="ONNX opset (default: 13; per-channel Q/DQ needs 13+)")
     conv.add_argument("--static-batch", action="store_true", help="export a fixed batch dimension")
     conv.add_argument("--batch-size", type=int, default=64, help="inference batch size for parity (default: 64)")
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("onnx", help="ONNX model file")
     lint.add_argument("--json", action="store_true", help="print the violations as JSON")
 
-    commands.add_parser("passes", help="list the graph passes in the order convert applies them")
+    commands.add_parser("passes", help="list the graph passes in the order convert applies them, with the "
+                                       "placements (--placement) that run each")
     return parser
 
 
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "passes":
             for graph_pass in PASSES:
-                print(f"{graph_pass.name:28} {graph_pass.summary}")
+                placements = "fast" if graph_pass.fast_only else "faithful, fast"
+                print(f"{graph_pass.name:33} {placements:15} {graph_pass.summary}")
             return EXIT_OK
         if args.command == "lint":
             violations = lint_file(args.onnx)
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
-            disabled_passes=tuple(args.disable_pass), opset=args.opset, dynamic_batch=not args.static_batch,
+            disabled_passes=tuple(args.disable_pass), placement=args.placement, opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
             max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, compare_precisions=_precisions(args.compare_precisions),

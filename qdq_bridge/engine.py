@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,11 @@ class TensorRTWorker:
         return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
+    def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200) -> list[dict]:
+        """Latency and throughput per batch size, timed with CUDA events (see trt_worker.benchmark)."""
+        return self.call("benchmark", engine=str(engine_path), batches=list(batches), warmup=warmup,
+                         runs=runs)["timings"]
+
     def infer(self, engine_path: Path, inputs: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
         """All outputs of the engine on `inputs`, by output name, in the engine's output order."""
         with tempfile.TemporaryDirectory(prefix="qdq-trt-io-") as work:
@@ -99,25 +105,34 @@ def _tail(text: str | bytes | None, lines: int = 8) -> str:
     return " | ".join(kept) or "empty"
 
 
+# an ONNX Add node among the names TensorRT joins into a layer name: "/layer1/0/Add", "PWN(/stage1/Add_1, ...)"
+ONNX_ADD = re.compile(r"(?:^|[\s(,+/])Add(?:_\d+)?(?=$|[\s),+])")
+
+
 def summarize_layers(report: dict) -> dict:
     """Layer counts by type and precision from the engine inspector's JSON, and which convolution/GEMM layers
-    are not INT8, plus the standalone pointwise and reformat layers that explicit quantization should avoid."""
+    are not INT8, plus the standalone pointwise and reformat layers that explicit quantization should avoid
+    (`standalone_add_layers`: those computing an ONNX Add outside a convolution)."""
     layers = [layer for layer in report.get("Layers", []) if isinstance(layer, dict)]
     by_type: dict[str, int] = {}
-    not_int8, pointwise, reformat = [], [], []
+    not_int8, pointwise, reformat, adds = [], [], [], []
     for layer in layers:
-        kind = str(layer.get("LayerType", "?"))
+        kind, name = str(layer.get("LayerType", "?")), str(layer.get("Name"))
         by_type[kind] = by_type.get(kind, 0) + 1
         if "Convolution" in kind or "Gemm" in kind or "MatrixMultiply" in kind:
             if not _runs_int8(layer):
-                not_int8.append(layer.get("Name"))
-        elif "PointWise" in kind or kind == "ElementWise":
-            pointwise.append(layer.get("Name"))
+                not_int8.append(name)
+            continue
+        if "PointWise" in kind or kind == "ElementWise":
+            pointwise.append(name)
         elif kind == "Reformat":
-            reformat.append(layer.get("Name"))
+            reformat.append(name)
+        if ONNX_ADD.search(name):
+            adds.append(name)
     conv_layers = sum(n for k, n in by_type.items() if "Convolution" in k or "Gemm" in k or "MatrixMultiply" in k)
     return {"layers": len(layers), "by_type": by_type, "conv_gemm_layers": conv_layers,
-            "conv_gemm_not_int8": not_int8, "pointwise_layers": pointwise, "reformat_layers": reformat}
+            "conv_gemm_not_int8": not_int8, "pointwise_layers": pointwise, "reformat_layers": reformat,
+            "standalone_add_layers": adds}
 
 
 def _runs_int8(layer: dict) -> bool:

@@ -1,7 +1,9 @@
 """Stage 3, graph surgery: rewrite the exported Q/DQ ONNX into the form TensorRT's explicit quantization takes.
 
 Each pass is a small function `(gs.Graph) -> gs.Graph`, idempotent, registered in `PASSES` in the order
-`run_passes` applies them. The default (`faithful`) set keeps every quantization point of the PyTorch model.
+`run_passes` applies them. Two placements: `faithful` (the default) keeps every quantization point of the
+PyTorch model; `fast` also runs the passes marked fast-only, which move Q/DQ to where TensorRT's documentation
+places them so that it fuses residual Add+ReLU into convolutions and runs data movement in int8.
 """
 from __future__ import annotations
 
@@ -16,6 +18,12 @@ from .errors import BridgeError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FIXED_RANGE_OPS = ("Sigmoid", "HardSigmoid")
+PLACEMENTS = ("faithful", "fast")
+# Ops whose outputs are a selection or rearrangement of their input values: a value on a quantization grid stays
+# on it, so requantizing their output at the input's scale changes nothing. Index 0 is their data input, except
+# Concat, whose inputs are all data.
+GRID_PRESERVING_OPS = ("MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                       "Slice", "Identity", "Concat")
 # The op whose weight input (index 1) a per-channel DQ feeds -> the axis of its output channels for a weight
 # of rank r and the node's attributes (TensorRT's rule: per-channel scales run along output channels).
 OUTPUT_CHANNEL_AXIS: dict[str, Callable[[int, dict], int]] = {
@@ -217,6 +225,85 @@ def drop_redundant_dq_q(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
+def _requantized_conv_output(tensor: gs.Tensor) -> gs.Tensor | None:
+    """For tensor = DQ(Q(conv output)) with no other consumers along the way: the conv output; else None."""
+    dq = _producer(tensor, "DequantizeLinear")
+    q = _producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+    conv = _producer(q.inputs[0], "Conv") if q is not None else None
+    if conv is None or len(tensor.outputs) != 1 or len(dq.inputs[0].outputs) != 1 or len(q.inputs[0].outputs) != 1:
+        return None
+    return q.inputs[0]
+
+
+def fuse_residual_add(graph: gs.Graph) -> gs.Graph:
+    """fast: feed a residual Add its conv's float output (no requantization) so TensorRT fuses Add+ReLU into the conv.
+
+    Only when the Add's other input is quantized (comes from a DQ), which TensorRT then reads in int8 as the
+    fused residual. Of two eligible inputs the first (PyTorch's main branch) is chosen. Not exact: the Add sees
+    the conv result before rounding, which is closer to the float model.
+    """
+    for add in [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2]:
+        for index in (0, 1):
+            conv_output = _requantized_conv_output(add.inputs[index])
+            if conv_output is not None and _producer(add.inputs[1 - index], "DequantizeLinear") is not None:
+                add.inputs[index] = conv_output
+                break
+    return _tidy(graph)
+
+
+def _same_quantization(a: gs.Node, b: gs.Node) -> bool:
+    scales = constant_values(a.inputs[1]), constant_values(b.inputs[1])
+    zps = zero_point(a), zero_point(b)
+    return (all(s is not None and s.size == 1 for s in scales) and np.array_equal(*scales)
+            and zps[0].dtype == zps[1].dtype and np.array_equal(*zps))
+
+
+def skip_grid_preserving_requantize(graph: gs.Graph) -> gs.Graph:
+    """fast: drop the Q/DQ after MaxPool/Flatten/Reshape/Transpose/Concat/... whose inputs share its scale (exact).
+
+    Such an op only selects or moves values, so its output is already on its inputs' grid; TensorRT then
+    commutes the input DQ through it and runs it in int8. Concat qualifies only when all its inputs share
+    the scale; the requantization stays where its DQs feed anything but weighted layers or more data movement
+    (a residual Add's input must stay DQ'd for TensorRT to fuse it).
+    """
+    # last to first, so that a chain (MaxPool -> Concat -> Flatten) is freed from its end back to its start
+    for q in [n for n in reversed(graph.nodes) if n.op == "QuantizeLinear"]:
+        op = q.inputs[0].inputs[0] if len(q.inputs[0].inputs) == 1 else None
+        if op is None or op.op not in GRID_PRESERVING_OPS or len(op.outputs) != 1:
+            continue
+        data = op.inputs if op.op == "Concat" else op.inputs[:1]
+        sources = [_producer(t, "DequantizeLinear") for t in data]
+        if not all(dq is not None and _same_quantization(dq, q) for dq in sources):
+            continue
+        dqs = q.outputs[0].outputs
+        # a DQ'd residual-Add input must stay DQ'd for TensorRT to fuse it; weighted layers quantize their input
+        if all(dq.op == "DequantizeLinear" and _same_quantization(dq, q) and dq.outputs[0] not in graph.outputs
+               and all(c.op in OUTPUT_CHANNEL_AXIS or c.op in GRID_PRESERVING_OPS for c in dq.outputs[0].outputs)
+               for dq in dqs):
+            for dq in list(dqs):
+                reroute(graph, dq.outputs[0], op.outputs[0])
+    return _tidy(graph)
+
+
+def float_network_outputs(graph: gs.Graph) -> gs.Graph:
+    """fast: drop a Q/DQ pair that only rounds a network output; the producing layer writes float directly.
+
+    TensorRT would otherwise write int8 and add a reformat layer to dequantize it. Not exact: the output keeps
+    the precision the rounding removed.
+    """
+    for index, output in enumerate(list(graph.outputs)):
+        dq = _producer(output, "DequantizeLinear")
+        q = _producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+        if q is None or constant_values(q.inputs[0]) is not None or len(q.outputs[0].outputs) != 1 \
+                or q.inputs[0] in graph.inputs or q.inputs[0] in graph.outputs:
+            continue
+        unrounded = q.inputs[0]
+        output.name, unrounded.name = f"{output.name}_rounded", output.name  # the network keeps its output name
+        unrounded.dtype, unrounded.shape = output.dtype, unrounded.shape or output.shape
+        graph.outputs[index] = unrounded
+    return _tidy(graph)
+
+
 def conv_kernel_shape(graph: gs.Graph) -> gs.Graph:
     """Set `kernel_shape` on Conv/ConvTranspose from their (DQ'd) constant weights; TensorRT 8.6's parser needs it."""
     for conv in [n for n in graph.nodes if n.op in ("Conv", "ConvTranspose") and "kernel_shape" not in n.attrs]:
@@ -232,13 +319,15 @@ def conv_kernel_shape(graph: gs.Graph) -> gs.Graph:
 class GraphPass:
     name: str
     run: Callable[[gs.Graph], gs.Graph]
+    fast_only: bool = False
 
     @property
     def summary(self) -> str:
         return (self.run.__doc__ or "").strip().splitlines()[0]
 
 
-PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f) for f in (
+FAST_ONLY = (fuse_residual_add, skip_grid_preserving_requantize, float_network_outputs)
+PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) for f in (
     fold_constants,
     remove_cast_between_q_dq,
     fold_bias_dequantize,
@@ -247,21 +336,28 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f) for f in (
     quantize_weight_constants,
     fold_weight_transpose,
     drop_redundant_dq_q,
+    fuse_residual_add,
+    skip_grid_preserving_requantize,
+    float_network_outputs,
     conv_kernel_shape,
 ))
 PASS_NAMES = tuple(p.name for p in PASSES)
 
 
-def run_passes(model: onnx.ModelProto, disabled: Iterable[str] = ()) -> tuple[onnx.ModelProto, list[str]]:
-    """Apply every registered pass not in `disabled`, in order; returns the new model and the passes applied."""
+def run_passes(model: onnx.ModelProto, disabled: Iterable[str] = (),
+               placement: str = "faithful") -> tuple[onnx.ModelProto, list[str]]:
+    """Apply the registered passes of `placement` not in `disabled`, in order; returns the new model and the
+    passes applied."""
     disabled = set(disabled)
     unknown = disabled - set(PASS_NAMES)
     if unknown:
         raise BridgeError(f"unknown pass {', '.join(sorted(unknown))}", f"choose from {', '.join(PASS_NAMES)}")
+    if placement not in PLACEMENTS:
+        raise BridgeError(f"unknown placement '{placement}'", f"choose from {', '.join(PLACEMENTS)}")
     graph = gs.import_onnx(model)
     applied = []
     for graph_pass in PASSES:
-        if graph_pass.name not in disabled:
+        if graph_pass.name not in disabled and (placement == "fast" or not graph_pass.fast_only):
             graph = graph_pass.run(graph)
             applied.append(graph_pass.name)
     return export_like(graph, model), applied

@@ -43,6 +43,7 @@ class ConvertOptions:
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     random_inputs: int = 64
     disabled_passes: tuple[str, ...] = ()
+    placement: str = "faithful"  # faithful: every PyTorch quantization point | fast: TensorRT's fusion-friendly Q/DQ
     opset: int = DEFAULT_OPSET
     dynamic_batch: bool = True
     batch_size: int = 64
@@ -181,7 +182,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     with timer("export"):
         exported = export_onnx(loaded.module, input_shape, options.opset, options.dynamic_batch)
     with timer("passes"):
-        model, applied = run_passes(exported, options.disabled_passes)
+        model, applied = run_passes(exported, options.disabled_passes, options.placement)
     with timer("lint"):
         violations = lint_model(model)
     onnx_name = f"{model_path.stem}.qdq.onnx"
@@ -220,7 +221,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
                        "max_accuracy_gap_points": options.max_accuracy_gap_points},
         "parity": [c.as_dict() | {"judged": any(c is j for j in judged)} for c in parity],
         "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
-        "passes": applied, "passes_disabled": sorted(options.disabled_passes),
+        "placement": options.placement, "passes": applied, "passes_disabled": sorted(options.disabled_passes),
         "lint": [vars(v) for v in violations],
         "tensorrt": tensorrt,
         "stage_seconds": timer.seconds, "versions": _versions(),

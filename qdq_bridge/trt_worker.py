@@ -6,7 +6,7 @@ torch or onnx. The main process (`qdq_bridge.engine`) talks to it through files:
 
     python trt_worker.py REQUEST.json     -> writes the response JSON to request["response"]
 
-Requests: {"command": "probe" | "build" | "infer", ...}; see the handlers below. Arrays travel as .npy files.
+Requests: {"command": "probe" | "build" | "infer" | "benchmark", ...}; see the handlers below. Arrays travel as .npy files.
 A crash or hang here can only take this process down; the main process reports it with this process's log.
 Supports TensorRT 8.6 through 10.x by feature detection (no `X | Y` annotations: Python 3.9 runs this file).
 """
@@ -16,6 +16,7 @@ import ctypes
 import json
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -65,6 +66,20 @@ class Cuda:
 
     def synchronize(self) -> None:
         self._check(self.lib.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
+
+    def event(self) -> ctypes.c_void_p:
+        event = ctypes.c_void_p()
+        self._check(self.lib.cuEventCreate(ctypes.byref(event), 0), "cuEventCreate")
+        return event
+
+    def record(self, event: ctypes.c_void_p) -> None:
+        self._check(self.lib.cuEventRecord(event, self.stream), "cuEventRecord")
+
+    def elapsed_ms(self, start: ctypes.c_void_p, end: ctypes.c_void_p) -> float:
+        self._check(self.lib.cuEventSynchronize(end), "cuEventSynchronize")
+        ms = ctypes.c_float()
+        self._check(self.lib.cuEventElapsedTime(ctypes.byref(ms), start, end), "cuEventElapsedTime")
+        return ms.value
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -186,54 +201,109 @@ def _find_tensor(network, name: str):
     return None
 
 
+def _load_engine(path: str):
+    with open(path, "rb") as f:
+        return trt.Runtime(_logger()).deserialize_cuda_engine(f.read())
+
+
+NOT_DESERIALIZED = {"error": "TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)"}
+
+
+class Bindings:
+    """Device buffers for one input batch and the outputs its shape gives, bound to the execution context."""
+
+    def __init__(self, engine, context, cuda: Cuda, batch: np.ndarray):
+        tensors = _io_tensors(engine)
+        self.input_name = next(n for n, is_input in tensors if is_input)
+        self.output_names = [n for n, is_input in tensors if not is_input]
+        self.cuda, self.context = cuda, context
+        context.set_input_shape(self.input_name, batch.shape)
+        self.pointers = {self.input_name: cuda.alloc(batch.nbytes)}
+        cuda.to_device(self.pointers[self.input_name], batch)
+        self.host = {}
+        for name in self.output_names:
+            self.host[name] = np.empty(tuple(context.get_tensor_shape(name)), trt.nptype(engine.get_tensor_dtype(name)))
+            self.pointers[name] = cuda.alloc(self.host[name].nbytes)
+        for name, pointer in self.pointers.items():
+            context.set_tensor_address(name, pointer)
+
+    def execute(self) -> None:
+        if not self.context.execute_async_v3(self.cuda.stream.value or 0):
+            raise RuntimeError("TensorRT execution failed")
+
+    def outputs(self) -> dict:
+        for name in self.output_names:
+            self.cuda.to_host(self.host[name], self.pointers[name])
+        return self.host
+
+    def free(self) -> None:
+        for pointer in self.pointers.values():
+            self.cuda.free(pointer)
+
+
+def _engine_input(engine, batch_size: int, seed: int = 0) -> np.ndarray:
+    name = next(n for n, is_input in _io_tensors(engine) if is_input)
+    shape = [batch_size if d < 0 else d for d in engine.get_tensor_shape(name)]
+    shape[0] = batch_size
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype(trt.nptype(engine.get_tensor_dtype(name)))
+
+
 def infer(request: dict) -> dict:
-    """Run the engine on a .npy batch file, in chunks of at most max_batch; write each output as .npy."""
-    logger = _logger()
-    with open(request["engine"], "rb") as f:
-        engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
+    """Run the engine on a .npy batch file, in chunks of at most batch_size; write each output as .npy."""
+    engine = _load_engine(request["engine"])
     if engine is None:
-        return {"error": "TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)"}
+        return NOT_DESERIALIZED
     cuda = Cuda()
     context = engine.create_execution_context()
     inputs = np.load(request["inputs"])
-    tensors = _io_tensors(engine)
-    input_name = next(n for n, is_input in tensors if is_input)
-    output_names = [n for n, is_input in tensors if not is_input]
     chunk = int(request.get("batch_size", 64))
-    results = {name: [] for name in output_names}
-    elapsed = 0.0
+    results, output_names = {}, []
     for start in range(0, len(inputs), chunk):
-        batch = np.ascontiguousarray(inputs[start:start + chunk], dtype=np.float32)
-        context.set_input_shape(input_name, batch.shape)
-        pointers = {input_name: cuda.alloc(batch.nbytes)}
-        cuda.to_device(pointers[input_name], batch)
-        host = {}
-        for name in output_names:
-            shape = tuple(context.get_tensor_shape(name))
-            dtype = trt.nptype(engine.get_tensor_dtype(name))
-            host[name] = np.empty(shape, dtype)
-            pointers[name] = cuda.alloc(host[name].nbytes)
-        for name, pointer in pointers.items():
-            context.set_tensor_address(name, pointer)
-        began = time.perf_counter()
-        if not context.execute_async_v3(cuda.stream.value or 0):
-            return {"error": "TensorRT execution failed"}
+        bindings = Bindings(engine, context, cuda, np.ascontiguousarray(inputs[start:start + chunk], np.float32))
+        bindings.execute()
         cuda.synchronize()
-        elapsed += time.perf_counter() - began
-        for name in output_names:
-            cuda.to_host(host[name], pointers[name])
-            results[name].append(host[name].astype(np.float32))
-        for pointer in pointers.values():
-            cuda.free(pointer)
+        output_names = bindings.output_names
+        for name, values in bindings.outputs().items():
+            results.setdefault(name, []).append(values.astype(np.float32))
+        bindings.free()
     files = {}
     for index, name in enumerate(output_names):
         path = f"{request['outputs']}.{index}.npy"
         np.save(path, np.concatenate(results[name]))
         files[name] = path
-    return {"outputs": files, "output_order": output_names, "seconds": elapsed}
+    return {"outputs": files, "output_order": output_names}
 
 
-HANDLERS = {"probe": probe, "build": build, "infer": infer}
+def benchmark(request: dict) -> dict:
+    """Latency of the engine at each batch size, by CUDA events around each execution: `warmup` untimed runs,
+    then `runs` timed ones; median, 10th and 90th percentiles, and the throughput the median gives."""
+    engine = _load_engine(request["engine"])
+    if engine is None:
+        return NOT_DESERIALIZED
+    cuda = Cuda()
+    context = engine.create_execution_context()
+    start, end = cuda.event(), cuda.event()
+    timings = []
+    for batch_size in request["batches"]:
+        bindings = Bindings(engine, context, cuda, _engine_input(engine, batch_size))
+        for _ in range(int(request["warmup"])):
+            bindings.execute()
+        cuda.synchronize()
+        times = []
+        for _ in range(int(request["runs"])):
+            cuda.record(start)
+            bindings.execute()
+            cuda.record(end)
+            times.append(cuda.elapsed_ms(start, end))
+        bindings.free()
+        p10, median, p90 = np.percentile(times, [10, 50, 90])
+        timings.append({"batch": batch_size, "runs": len(times), "median_ms": float(median), "p10_ms": float(p10),
+                        "p90_ms": float(p90), "throughput_per_s": batch_size * 1000.0 / float(median)})
+    return {"timings": timings}
+
+
+HANDLERS = {"probe": probe, "build": build, "infer": infer, "benchmark": benchmark}
 
 
 def main(argv: list) -> int:
@@ -242,7 +312,11 @@ def main(argv: list) -> int:
     if trt is None:
         response = {"error": f"cannot import tensorrt ({TRT_IMPORT_ERROR})", "missing_tensorrt": True}
     else:
-        response = HANDLERS[request["command"]](request)
+        try:
+            response = HANDLERS[request["command"]](request)
+        except Exception as exc:  # TensorRT and CUDA errors: reported with the log, like any other failure
+            traceback.print_exc()
+            response = {"error": f"{type(exc).__name__}: {exc}"}
     with open(request["response"], "w") as f:
         json.dump(response, f)
     return 0

@@ -62,9 +62,12 @@ def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int
 
 def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, reference_name: str,
             candidate_name: str) -> Comparison:
+    """Top-1 agreement counts a candidate's class as agreeing when it is one of the reference's largest logits:
+    int8 logits often tie exactly, and then the reference's own top-1 is just the lowest tied index."""
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
-    result = Comparison(data.name, reference_name, candidate_name, len(data), float((ref_top1 == cand_top1).mean()),
+    agrees = reference[np.arange(len(reference)), cand_top1] == reference.max(1)
+    result = Comparison(data.name, reference_name, candidate_name, len(data), float(agrees.mean()),
                         float(diff.max()), float(diff.mean()))
     if data.y is not None:
         result.reference_accuracy = float((ref_top1 == data.y).mean())

@@ -10,12 +10,14 @@ model (for speed benchmarks, where the weights do not matter).
 """
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import numpy as np
 import torch
 from torch import nn
 
 from . import quantize
-from .data import Dataset
+from .data import Dataset, digits_split
 
 TORCHVISION_FAMILIES = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "googlenet",
                         "shufflenet_v2_x1_0")
@@ -47,20 +49,25 @@ def template_task(input_shape: tuple[int, ...], count: int, num_classes: int = 1
     return Dataset(f"template-task x{count}", x.astype(np.float32), labels.astype(np.int64))
 
 
-def train_on_task(model: nn.Module, input_shape: tuple[int, ...], steps: int, num_classes: int, seed: int,
-                  batch: int = 32, lr: float = 3e-3) -> None:
-    """A few Adam steps on fresh `template_task` batches (on the GPU when there is one; the model ends on the CPU)."""
+def train_steps(model: nn.Module, batches: Iterable[Dataset], lr: float) -> None:
+    """Adam on each labelled batch in turn (on the GPU when there is one; the model ends on the CPU, in eval mode)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    for step in range(steps):
-        data = template_task(input_shape, batch, num_classes, seed=seed * 100_000 + step)
+    for data in batches:
         loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x).to(device)),
                                            torch.from_numpy(data.y).to(device))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     model.cpu().eval()
+
+
+def train_on_task(model: nn.Module, input_shape: tuple[int, ...], steps: int, num_classes: int, seed: int,
+                  batch: int = 32, lr: float = 3e-3) -> None:
+    """A few Adam steps on fresh `template_task` batches."""
+    train_steps(model, (template_task(input_shape, batch, num_classes, seed=seed * 100_000 + step)
+                        for step in range(steps)), lr)
 
 
 def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,
@@ -72,3 +79,24 @@ def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 6
     calibration = template_task(input_shape, 64, num_classes, seed=seed + 1)
     return quantize.quantize_ptq(model, calibration.batches(16), observer)
 
+
+def digits_rgb() -> tuple[Dataset, Dataset]:
+    """The examples' digits split (32x32) with the gray channel repeated three times, for torchvision models."""
+    return tuple(Dataset(d.name, np.repeat(d.x, 3, axis=1), d.y) for d in digits_split())
+
+
+def shuffled_batches(data: Dataset, epochs: int, batch: int, seed: int = 0) -> Iterator[Dataset]:
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        for idx in np.array_split(rng.permutation(len(data)), -(-len(data) // batch)):
+            yield Dataset(data.name, data.x[idx], data.y[idx])
+
+
+def torchvision_on_digits(name: str, epochs: int = 15, seed: int = 0,
+                          observer: str = "histogram") -> tuple[nn.Module, Dataset]:
+    """A torchvision family member trained on the examples' digits at 32x32 (CIFAR's size: the reference
+    workflow's setup), PTQ-quantized for TensorRT on the training split; returns it and the test split."""
+    train, test = digits_rgb()
+    model = torchvision_float(name, 10, seed)
+    train_steps(model, shuffled_batches(train, epochs, 64, seed), lr=1e-3)
+    return quantize.quantize_ptq(model, train.batches(64), observer), test

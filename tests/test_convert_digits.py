@@ -44,6 +44,20 @@ def test_cli_converts_torchscript_ptq_and_qat(example_dir, tmp_path, name):
     assert report["kind"] == "torchscript" and report["input_shape"] == [1, 1, 32, 32]
 
 
+@pytest.mark.parametrize("name", ["resnet_q", "resnet_qat_q"])
+def test_cli_fast_placement_keeps_parity_and_fuses_every_residual_add(example_dir, tmp_path, name):
+    result = run_cli("convert", str(example_dir / f"{name}.pt"), "--placement", "fast", "-o", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    report = check_report(tmp_path / "o", name)
+    assert report["placement"] == "fast" and "fuse_residual_add" in report["passes"]
+    graph = onnx.load(str(tmp_path / "o" / f"{name}.qdq.onnx")).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    adds = [sorted(producers[i] for i in n.input) for n in graph.node if n.op_type == "Add"]
+    assert adds == [["Conv", "DequantizeLinear"]] * 3  # the example's three residual blocks
+    assert producers[graph.output[0].name] == "Gemm"  # float logits straight from the classifier
+    assert "Placement: fast." in (tmp_path / "o" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("file,extra,kind", [
     ("resnet_q_state.pth", [], "state_dict"),
     ("digits_qat_state.pth", [], "state_dict+qat-convert"),

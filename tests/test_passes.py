@@ -175,10 +175,139 @@ def test_run_passes_makes_exporter_style_graph_lint_clean_and_exact():
     raw = model(conv_graph())
     assert {v.rule for v in lint_model(raw)} >= {"QDQ001", "QDQ002", "QDQ006"}
     fixed, applied = passes.run_passes(raw)
-    assert applied == list(passes.PASS_NAMES)
+    assert applied == [p.name for p in passes.PASSES if not p.fast_only]
     assert lint_model(fixed) == []
     x = sample_input(raw)
     np.testing.assert_allclose(run(raw, x), run(fixed, x), atol=1e-6)
+
+
+def test_fast_placement_runs_every_pass_and_stays_lint_clean():
+    from qdq_bridge.lint import lint_model
+    raw = model(conv_graph())
+    fixed, applied = passes.run_passes(raw, placement="fast")
+    assert applied == list(passes.PASS_NAMES) and lint_model(fixed) == []
+    assert fixed.graph.output[0].name == "output" and fixed.graph.node[-1].op_type == "Conv"  # float output
+    x = sample_input(raw)
+    assert_rounds_to(run(fixed, x), run(raw, x), step=0.1)
+
+
+def assert_rounds_to(unrounded: np.ndarray, rounded: np.ndarray, step: float) -> None:
+    """`rounded` is `unrounded` quantized to int8 at `step` (what dropping an output's Q/DQ leaves out)."""
+    assert not np.array_equal(unrounded, rounded)
+    np.testing.assert_allclose(rounded, np.clip(np.rint(unrounded / step), -128, 127) * step, atol=1e-6)
+
+
+def test_run_passes_rejects_unknown_placement():
+    with pytest.raises(BridgeError, match="unknown placement 'quick': choose from faithful, fast"):
+        passes.run_passes(model(conv_graph()), placement="quick")
+
+
+# --- fast placement ---------------------------------------------------------------------------------------------
+
+def int8_q_dq(nodes: list, x: gs.Tensor, name: str, scale: float) -> gs.Variable:
+    return q_dq(nodes, x, name, scale, zp=0, zp_dtype=np.int8)
+
+
+def weighted(nodes: list, x: gs.Tensor, name: str, op: str, cin: int, cout: int) -> gs.Variable:
+    """A Conv (3x3, same padding) or Gemm (transB) with int8 per-channel weights behind a DQ."""
+    shape = (cout, cin, 3, 3) if op == "Conv" else (cout, cin)
+    w_node, w = weight_dq(name, RNG_W.integers(-127, 128, shape).astype(np.int8),
+                          RNG_W.uniform(0.002, 0.004, cout), axis=0)
+    nodes.append(w_node)
+    y = gs.Variable(f"{name}_out", np.float32)
+    attrs = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3]} if op == "Conv" else {"transB": 1}
+    nodes.append(gs.Node(op, f"/{name}/{op}", attrs, [x, w, const(f"{name}_b", np.zeros(cout, np.float32))], [y]))
+    return y
+
+
+RNG_W = np.random.default_rng(7)
+X_SHAPE = (2, 4, 6, 6)
+
+
+def residual_block(identity_from: str = "input") -> gs.Graph:
+    """x -> Q/DQ -> Conv -> Q/DQ -> Add(., DQ'd identity) -> Relu -> Q/DQ: eager mode's residual block."""
+    x = gs.Variable("input", np.float32, X_SHAPE)
+    nodes: list = []
+    a = int8_q_dq(nodes, x, "in", 0.05)
+    conv = int8_q_dq(nodes, weighted(nodes, a, "conv", "Conv", 4, 4), "conv_q", 0.1)
+    identity = a if identity_from == "input" else int8_q_dq(nodes, x, "other", 0.05)
+    summed = gs.Variable("sum", np.float32)
+    nodes.append(gs.Node("Add", "/block/Add", inputs=[conv, identity], outputs=[summed]))
+    relu = gs.Variable("relu", np.float32)
+    nodes.append(gs.Node("Relu", "/block/Relu", inputs=[summed], outputs=[relu]))
+    out = int8_q_dq(nodes, relu, "out", 0.1)
+    out.name, out.shape = "output", X_SHAPE
+    return gs.Graph(nodes, [x], [out], opset=13)
+
+
+def x_sample() -> np.ndarray:
+    return np.random.default_rng(3).standard_normal(X_SHAPE).astype(np.float32) * 3
+
+
+def test_fuse_residual_add_feeds_the_add_the_float_conv_output():
+    before, after = apply_twice(passes.fuse_residual_add, residual_block())
+    add = next(n for n in after.graph.node if n.op_type == "Add")
+    producers = {o: n.op_type for n in after.graph.node for o in n.output}
+    assert [producers[i] for i in add.input] == ["Conv", "DequantizeLinear"]
+    assert ops(before).count("QuantizeLinear") == 3 and ops(after).count("QuantizeLinear") == 2
+    diff = np.abs(run(before, x_sample()) - run(after, x_sample()))
+    # the Add now sees the conv before rounding (half a 0.1 step): the block output moves by one step at most
+    assert 0 < diff.max() <= 0.1 + 1e-6
+
+
+def test_fuse_residual_add_needs_a_quantized_other_input():
+    graph = residual_block()
+    add = next(n for n in graph.nodes if n.op == "Add")
+    add.inputs[1] = graph.inputs[0]  # a float residual: TensorRT could not fuse it as int8, so nothing changes
+    before, after = apply_twice(passes.fuse_residual_add, graph)
+    assert before.graph == after.graph
+
+
+def data_movement_chain(second_scale: float = 0.1, consumer: str = "Gemm") -> gs.Graph:
+    """x -> Q/DQ -> MaxPool -> Q/DQ -> Concat(with itself) -> Q/DQ(second_scale) -> Flatten -> Q/DQ -> consumer."""
+    x = gs.Variable("input", np.float32, X_SHAPE)
+    nodes: list = []
+    a = int8_q_dq(nodes, x, "in", 0.1)
+    pooled = gs.Variable("pooled", np.float32)
+    nodes.append(gs.Node("MaxPool", "/pool/MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [a], [pooled]))
+    p = int8_q_dq(nodes, pooled, "pool_q", 0.1)
+    cat = gs.Variable("cat", np.float32)
+    nodes.append(gs.Node("Concat", "/cat/Concat", {"axis": 1}, [p, p], [cat]))
+    c = int8_q_dq(nodes, cat, "cat_q", second_scale)
+    flat = gs.Variable("flat", np.float32)
+    nodes.append(gs.Node("Flatten", "/flatten/Flatten", {"axis": 1}, [c], [flat]))
+    f = int8_q_dq(nodes, flat, "flat_q", second_scale)
+    if consumer == "Gemm":
+        y = weighted(nodes, f, "fc", "Gemm", 8 * 3 * 3, 5)
+    else:
+        y = gs.Variable("y", np.float32)
+        nodes.append(gs.Node("Add", "/residual/Add", inputs=[f, f], outputs=[y]))
+    y.name, y.shape = "output", (2, 5) if consumer == "Gemm" else (2, 72)
+    return gs.Graph(nodes, [x], [y], opset=13)
+
+
+def test_skip_grid_preserving_requantize_is_exact():
+    before, after = apply_twice(passes.skip_grid_preserving_requantize, data_movement_chain())
+    assert ops(before).count("QuantizeLinear") == 4 and ops(after).count("QuantizeLinear") == 1
+    producers = {o: n.op_type for n in after.graph.node for o in n.output}
+    assert [producers[n.input[0]] for n in after.graph.node if n.op_type in ("Concat", "Flatten", "Gemm")] == \
+        ["MaxPool", "Concat", "Flatten"]
+    np.testing.assert_array_equal(run(before, x_sample()), run(after, x_sample()))
+
+
+def test_skip_grid_preserving_requantize_keeps_a_scale_change_and_a_residual_input():
+    # the Concat output is requantized at 0.3 (not exact to drop); the last Q/DQ then feeds an Add, whose
+    # input TensorRT needs DQ'd to fuse: only the MaxPool's requantization goes
+    before, after = apply_twice(passes.skip_grid_preserving_requantize, data_movement_chain(0.3, consumer="Add"))
+    assert ops(before).count("QuantizeLinear") == 4 and ops(after).count("QuantizeLinear") == 3
+    np.testing.assert_array_equal(run(before, x_sample()), run(after, x_sample()))
+
+
+def test_float_network_outputs_keeps_the_output_name_and_drops_its_rounding():
+    graph = residual_block()
+    before, after = apply_twice(passes.float_network_outputs, graph)
+    assert [o.name for o in after.graph.output] == ["output"] and after.graph.node[-1].op_type == "Relu"
+    assert_rounds_to(run(after, x_sample()), run(before, x_sample()), step=0.1)
 
 
 def test_run_passes_rejects_unknown_pass_names():

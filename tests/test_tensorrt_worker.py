@@ -76,9 +76,14 @@ def test_layer_summary_counts_precisions_and_fusions():
         {"Name": "fc", "LayerType": "CaskGemmConvolution", "Inputs": [{"Format/Datatype": "Row major linear FP32"}]},
         {"Name": "conv2", "LayerType": "CaskConvolution", "Inputs": [{"Format/Datatype": "N/A due to dynamic shapes"}],
          "TacticName": "sm80_xmma_fprop_implicit_gemm_interleaved_i8i8_i8i32_f32_nchw_vect_c_32kcrs_vect_c_32"},
-        {"Name": "add", "LayerType": "PointWiseV2", "Inputs": []},
+        {"Name": "PWN(/stage1/Add, /stage1/Relu)", "LayerType": "PointWiseV2", "Inputs": []},
+        {"Name": "/stage2/conv2/Conv + /stage2/Add_1 + /stage2/Relu", "LayerType": "CaskConvolution",
+         "Inputs": [{"Format/Datatype": "Int8"}]},
+        {"Name": "PWN(/head/Mul)", "LayerType": "PointWiseV2", "Inputs": []},
         {"Name": "reformat", "LayerType": "Reformat", "Inputs": []},
     ]}
     summary = summarize_layers(report)
-    assert summary["conv_gemm_layers"] == 3 and summary["conv_gemm_not_int8"] == ["fc"]
-    assert summary["pointwise_layers"] == ["add"] and summary["reformat_layers"] == ["reformat"]
+    assert summary["conv_gemm_layers"] == 4 and summary["conv_gemm_not_int8"] == ["fc"]
+    assert summary["pointwise_layers"] == ["PWN(/stage1/Add, /stage1/Relu)", "PWN(/head/Mul)"]
+    assert summary["reformat_layers"] == ["reformat"]
+    assert summary["standalone_add_layers"] == ["PWN(/stage1/Add, /stage1/Relu)"]  # the fused one is not

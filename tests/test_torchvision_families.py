@@ -1,24 +1,37 @@
-"""All six torchvision quantizable families convert, lint clean, and match PyTorch on ONNX Runtime."""
+"""All six torchvision quantizable families convert in both placements, lint clean, and match PyTorch on ONNX
+Runtime; the fast placement leaves the Q/DQ where TensorRT fuses residual adds and runs data movement in int8."""
 import collections
 
+import onnx_graphsurgeon as gs
 import pytest
 
 from qdq_bridge import export_onnx, lint_model, run_passes, zoo
 from qdq_bridge.data import random_inputs
+from qdq_bridge.passes import GRID_PRESERVING_OPS, PLACEMENTS
 from qdq_bridge.testing import assert_parity
+from qdq_bridge.verify import run_onnxruntime
 
 SHAPE = (1, 3, 64, 64)
+# residual Adds per family at any input size: BasicBlocks/Bottlenecks, inverted residuals with a skip
+RESIDUAL_ADDS = {"resnet18": 8, "resnet50": 16, "mobilenet_v2": 10, "mobilenet_v3_large": 10, "googlenet": 0,
+                 "shufflenet_v2_x1_0": 0}
 
 
 @pytest.fixture(scope="module", params=zoo.TORCHVISION_FAMILIES)
 def family(request):
     model = zoo.quantized_torchvision(request.param, SHAPE)
-    onnx_model, _ = run_passes(export_onnx(model, SHAPE))
-    return request.param, model, onnx_model
+    exported = export_onnx(model, SHAPE)
+    return request.param, model, {p: run_passes(exported, placement=p)[0] for p in PLACEMENTS}
 
 
-def test_converts_lint_clean_with_int8_weights_and_activations(family):
-    name, _, onnx_model = family
+def producer(tensor: gs.Tensor) -> str | None:
+    return tensor.inputs[0].op if tensor.inputs else None
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_converts_lint_clean_with_int8_weights_and_activations(family, placement):
+    name, _, models = family
+    onnx_model = models[placement]
     assert lint_model(onnx_model) == []
     ops = collections.Counter(n.op_type for n in onnx_model.graph.node)
     assert ops["Conv"] >= 16 and ops["QuantizeLinear"] >= ops["Conv"] // 2
@@ -28,15 +41,41 @@ def test_converts_lint_clean_with_int8_weights_and_activations(family):
     assert weight_dqs and all(inits[n.input[0]].data_type == 3 for n in weight_dqs)  # int8 initializers
 
 
-def test_matches_pytorch_on_64_random_task_inputs(family):
-    name, model, onnx_model = family
+def test_fast_placement_feeds_each_residual_add_a_float_conv_output_and_a_quantized_one(family):
+    name, _, models = family
+    faithful, fast = (gs.import_onnx(models[p]) for p in PLACEMENTS)
+    fused = [n for n in fast.nodes if n.op == "Add" and sorted(map(producer, n.inputs)) == ["Conv", "DequantizeLinear"]]
+    assert len(fused) == RESIDUAL_ADDS[name]
+    assert not [n for n in faithful.nodes if n.op == "Add" and "Conv" in map(producer, n.inputs)]
+    # one requantization fewer per residual Add; fewer still where data movement or the output lost theirs
+    q_count = collections.Counter(n.op for n in fast.nodes)["QuantizeLinear"]
+    assert q_count <= collections.Counter(n.op for n in faithful.nodes)["QuantizeLinear"] - RESIDUAL_ADDS[name]
+
+
+def test_fast_placement_leaves_no_requantization_after_grid_preserving_ops(family):
+    _, _, models = family
+    fast = gs.import_onnx(models["fast"])
+    for q in (n for n in fast.nodes if n.op == "QuantizeLinear" and producer(n.inputs[0]) in GRID_PRESERVING_OPS):
+        op = q.inputs[0].inputs[0]
+        data = op.inputs if op.op == "Concat" else op.inputs[:1]
+        scales = {float(t.inputs[0].inputs[1].values) for t in data if producer(t) == "DequantizeLinear"}
+        readers = {c.op for dq in q.outputs[0].outputs for c in dq.outputs[0].outputs}
+        # a Q is left only where the inputs' scales differ from it (not exact to drop) or it feeds a residual Add
+        assert scales != {float(q.inputs[1].values)} or readers - {"Conv", "Gemm", *GRID_PRESERVING_OPS}, \
+            f"{q.name} requantizes {op.op} at its input's scale"
+    assert fast.outputs[0].inputs[0].op != "DequantizeLinear"  # the classifier writes float logits
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_matches_pytorch_on_64_random_task_inputs(family, placement):
+    _, model, models = family
     inputs = zoo.template_task(SHAPE, 64, seed=99)
-    comparison = assert_parity(model, onnx_model, inputs, min_agreement=0.99, max_accuracy_gap_points=2.0)
+    comparison = assert_parity(model, models[placement], inputs, min_agreement=0.99, max_accuracy_gap_points=2.0)
     assert comparison.samples == 64
 
 
 def test_dynamic_batch_runs(family):
-    _, model, onnx_model = family
+    _, _, models = family
     batch = random_inputs(SHAPE, 3)
-    from qdq_bridge.verify import run_onnxruntime
-    assert run_onnxruntime(onnx_model, batch, batch_size=3).shape == (3, 10)
+    for onnx_model in models.values():
+        assert run_onnxruntime(onnx_model, batch, batch_size=3).shape == (3, 10)
