@@ -85,18 +85,20 @@ def digits_rgb() -> tuple[Dataset, Dataset]:
     return tuple(Dataset(d.name, np.repeat(d.x, 3, axis=1), d.y) for d in digits_split())
 
 
-def shuffled_batches(data: Dataset, epochs: int, batch: int, seed: int = 0) -> Iterator[Dataset]:
+def shuffled_batches(data: Dataset, epochs: int, batch: int, seed: int = 0, max_shift: int = 0) -> Iterator[Dataset]:
+    """`epochs` passes over `data` in random order, each batch rolled by up to `max_shift` pixels (augmentation)."""
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         for idx in np.array_split(rng.permutation(len(data)), -(-len(data) // batch)):
-            yield Dataset(data.name, data.x[idx], data.y[idx])
+            shift = rng.integers(-max_shift, max_shift + 1, 2)
+            yield Dataset(data.name, np.roll(data.x[idx], tuple(shift), axis=(2, 3)), data.y[idx])
 
 
-def torchvision_on_digits(name: str, epochs: int = 15, seed: int = 0,
+def torchvision_on_digits(name: str, epochs: int = 30, seed: int = 0,
                           observer: str = "histogram") -> tuple[nn.Module, Dataset]:
     """A torchvision family member trained on the examples' digits at 32x32 (CIFAR's size: the reference
     workflow's setup), PTQ-quantized for TensorRT on the training split; returns it and the test split."""
     train, test = digits_rgb()
     model = torchvision_float(name, 10, seed)
-    train_steps(model, shuffled_batches(train, epochs, 64, seed), lr=1e-3)
+    train_steps(model, shuffled_batches(train, epochs, 64, seed, max_shift=2), lr=1e-3)
     return quantize.quantize_ptq(model, train.batches(64), observer), test
