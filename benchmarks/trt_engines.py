@@ -179,21 +179,25 @@ def main() -> None:
     parser.add_argument("--opt-batch", type=int, default=128, help="the profile's optimum batch (default 128)")
     parser.add_argument("--trt-python", help="interpreter that has tensorrt (default: $QDQ_BRIDGE_TRT_PYTHON)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the other networks already in --out/results.json (measured earlier on this "
+                             "machine) and report them alongside: for runs split to fit a time limit")
     args = parser.parse_args()
     worker = TensorRTWorker(args.trt_python)
     probe = worker.probe()
     print(f"TensorRT {probe['features']['version']}, fast INT8: {probe['fast_int8']}", flush=True)
-    results = {}
+    saved = args.out / "results.json"
+    results = json.loads(saved.read_text())["networks"] if args.keep and saved.exists() else {}
     for name in args.networks.split(","):
         results[name] = run_network(name, worker, args, args.out / name)
-        (args.out / "results.json").write_text(json.dumps({"tensorrt": probe, "batches": BATCHES, "runs": args.runs,
+        saved.write_text(json.dumps({"tensorrt": probe, "batches": BATCHES, "runs": args.runs,
                                                            "warmup": args.warmup, "networks": results}, indent=1))
     targets = print_tables(results)
     plot(results, args.out / "throughput.png")
     print("\nissue 4 targets:")
     for target, met in targets:
         print(f"  [{'met' if met else 'NOT met'}] {target}")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'throughput.png'}")
+    print(f"wrote {saved} and {args.out / 'throughput.png'}")
 
 
 if __name__ == "__main__":

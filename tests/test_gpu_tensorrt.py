@@ -35,8 +35,9 @@ def print_summary(name: str, report: dict) -> None:
         print(f"  {r['dataset']:<22} {r['reference']:>11} vs {r['candidate']:<14} agree "
               f"{r['top1_agreement'] * 100:6.2f}%{accuracy} max|diff| {r['max_abs_diff']:.4f}")
     s = report["tensorrt"]["layer_summary"]
-    print(f"  layers {s['layers']}, conv/gemm {s['conv_gemm_layers']} (not INT8: {s['conv_gemm_not_int8']}), "
-          f"pointwise {len(s['pointwise_layers'])}, reformat {len(s['reformat_layers'])}; by type {s['by_type']}")
+    print(f"  placement {report['placement']}: layers {s['layers']}, conv/gemm {s['conv_gemm_layers']} "
+          f"(not INT8: {s['conv_gemm_not_int8']}), pointwise {len(s['pointwise_layers'])}, standalone Add "
+          f"{len(s['standalone_add_layers'])}, reformat {len(s['reformat_layers'])}; by type {s['by_type']}")
 
 
 @pytest.mark.parametrize("name", ["resnet_q", "resnet_qat_q"])
@@ -55,6 +56,21 @@ def test_digits_int8_engine_matches_pytorch(tensorrt, example_dir, tmp_path, nam
     assert (tmp_path / name / f"{name}.int8.engine").stat().st_size > 10_000
     layers = json.loads((tmp_path / name / f"{name}.int8.layers.json").read_text())
     assert len(layers["Layers"]) == summary["layers"]
+
+
+def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, example_dir, tmp_path):
+    result = convert(example_dir / "resnet_q.pt", tmp_path / "fast", ConvertOptions(engine="require", placement="fast"))
+    print_summary("resnet_q fast", result.report)
+    summary = result.report["tensorrt"]["layer_summary"]
+    assert summary["standalone_add_layers"] == [] and summary["conv_gemm_not_int8"] == []
+    engine_row = rows(result.report)[("digits-test", "pytorch", "tensorrt")]
+    assert engine_row["top1_agreement"] >= 0.995 and engine_row["accuracy_gap_points"] <= 0.2
+    # the worker's timer: CUDA-event medians, throughput from them
+    timings = TensorRTWorker().benchmark(tmp_path / "fast" / "resnet_q.int8.engine", [1, 16], warmup=5, runs=20)
+    assert [t["batch"] for t in timings] == [1, 16] and all(t["runs"] == 20 for t in timings)
+    for t in timings:
+        assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] < 1000
+        assert t["throughput_per_s"] == pytest.approx(t["batch"] * 1000 / t["median_ms"])
 
 
 def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, tmp_path):
