@@ -4,7 +4,8 @@ Needs a GPU and TensorRT (QDQ_BRIDGE_TRT_PYTHON or --trt-python, as for `convert
 quantizes with qdq_bridge's PTQ preset, exports, runs the passes in both placements, builds four engines with
 the same batch profile and timing cache, and then:
   - times each engine at each batch size with CUDA events (warm-up, then --runs timed runs; median latency,
-    throughput = batch / median);
+    throughput = batch / median), both as an application enqueues it (execute_async_v3 per run, which at small
+    batches includes the CPU's kernel launches) and replayed as a CUDA graph (the GPU's time alone);
   - reads the engine inspector's layer report: layers, convolutions not in INT8, standalone pointwise, Add and
     reformat layers;
   - measures accuracy and top-1 agreement against the PyTorch quantized model on a labelled test set, for
@@ -97,8 +98,17 @@ def run_network(name: str, worker: TensorRTWorker, args, folder: Path) -> dict:
     return result
 
 
-def throughput(entry: dict, batch: int) -> float:
-    return next(t["throughput_per_s"] for t in entry["timings"] if t["batch"] == batch)
+MODES = ("cuda_graph", "enqueue")
+
+
+def throughput(entry: dict, batch: int, mode: str) -> float:
+    timing = next(t for t in entry["timings"] if t["batch"] == batch)[mode]
+    return timing["throughput_per_s"] if timing else float("nan")
+
+
+def latency_ms(entry: dict, batch: int, mode: str) -> float:
+    timing = next(t for t in entry["timings"] if t["batch"] == batch)[mode]
+    return timing["median_ms"] if timing else float("nan")
 
 
 def print_tables(results: dict) -> list[tuple[str, bool]]:
@@ -108,19 +118,23 @@ def print_tables(results: dict) -> list[tuple[str, bool]]:
         engines = r["engines"]
         print(f"\n== {name} {'x'.join(map(str, r['input_shape'][1:]))}, test set {r['test_set']} "
               f"({r['samples']} samples)")
-        print(f"{'engine':<14}{'layers':>7}{'!int8':>6}{'pointw':>7}{'Adds':>5}{'reform':>7}{'build s':>8}" +
-              "".join(f"{f'img/s b{b}':>13}" for b in BATCHES) + f"{'ms b1':>8}")
+        print(f"{'engine':<14}{'layers':>7}{'conv':>5}{'!int8':>6}{'pointw':>7}{'Adds':>5}{'reform':>7}{'build s':>8}")
         for kind, e in engines.items():
             s = e["layers"]
-            print(f"{kind:<14}{s['layers']:>7}{len(s['conv_gemm_not_int8']):>6}{len(s['pointwise_layers']):>7}"
-                  f"{len(s['standalone_add_layers']):>5}{len(s['reformat_layers']):>7}{e['build_seconds']:>8.0f}" +
-                  "".join(f"{throughput(e, b):>13,.0f}" for b in BATCHES) + f"{e['timings'][0]['median_ms']:>8.3f}")
-        print("throughput ratios, side by side:")
-        for top, bottom in (("int8-fast", "int8-faithful"), ("int8-fast", "fp16"), ("int8-faithful", "fp16"),
-                            ("fp16", "fp32"), ("int8-fast", "fp32")):
-            print(f"  {top + ' / ' + bottom:<28}" +
-                  "".join(f"{f'b{b}':>6} {throughput(engines[top], b) / throughput(engines[bottom], b):5.2f}x"
-                          for b in BATCHES))
+            print(f"{kind:<14}{s['layers']:>7}{s['conv_gemm_layers']:>5}{len(s['conv_gemm_not_int8']):>6}"
+                  f"{len(s['pointwise_layers']):>7}{len(s['standalone_add_layers']):>5}{len(s['reformat_layers']):>7}"
+                  f"{e['build_seconds']:>8.0f}")
+        for mode in MODES:
+            print(f"{mode}: images/s at each batch, and batch-1 latency")
+            for kind, e in engines.items():
+                print(f"  {kind:<14}" + "".join(f"{f'b{b}':>6}{throughput(e, b, mode):>11,.0f}" for b in BATCHES) +
+                      f"{latency_ms(e, 1, mode):>9.3f} ms")
+            print(f"{mode}: throughput ratios, side by side")
+            for top, bottom in (("int8-fast", "int8-faithful"), ("int8-fast", "fp16"), ("int8-faithful", "fp16"),
+                                ("fp16", "fp32"), ("int8-fast", "fp32")):
+                print(f"  {top + ' / ' + bottom:<28}" + "".join(
+                    f"{f'b{b}':>6} {throughput(engines[top], b, mode) / throughput(engines[bottom], b, mode):5.2f}x"
+                    for b in BATCHES))
         print(f"accuracy vs the PyTorch quantized model (PyTorch: "
               f"{r['onnxruntime']['int8-faithful']['reference_accuracy'] * 100:.2f}%):")
         rows = [*r["onnxruntime"].values(), *(e["parity"] for e in engines.values())]
@@ -129,28 +143,34 @@ def print_tables(results: dict) -> list[tuple[str, bool]]:
                   f"{c['accuracy_gap_points']:5.2f} pt  top-1 agreement {c['top1_agreement'] * 100:6.2f}%  "
                   f"max|diff| {c['max_abs_diff']:.4f}")
         print(f"lint violations: {r['lint_violations']}")
-        fast, faithful = engines["int8-fast"], engines["int8-faithful"]
-        if name.startswith("resnet"):
-            targets.append((f"{name}: INT8-fast has no standalone Add layers",
-                            not fast["layers"]["standalone_add_layers"]))
+        targets += _targets(name, r)
+    return targets
+
+
+def _targets(name: str, r: dict) -> list[tuple[str, bool]]:
+    engines = r["engines"]
+    fast, faithful = engines["int8-fast"], engines["int8-faithful"]
+    targets = []
+    if name.startswith("resnet"):
+        targets.append((f"{name}: INT8-fast has no standalone Add layers", not fast["layers"]["standalone_add_layers"]))
+        for mode in MODES:
             for b in (1, 128):
-                ratio = throughput(fast, b) / throughput(faithful, b)
-                targets.append((f"{name}: INT8-fast / INT8-faithful at batch {b} = {ratio:.2f} "
-                                f">= {FAST_OVER_FAITHFUL}", ratio >= FAST_OVER_FAITHFUL))
-        if name == "resnet50-224":
-            ratio = throughput(fast, 256) / throughput(engines["fp16"], 256)
-            met = ratio >= FAST_OVER_FP16_RESNET50
-            targets.append((f"{name}: INT8-fast / FP16 at batch 256 = {ratio:.2f} >= {FAST_OVER_FP16_RESNET50}",
-                            met))
-            if not met:
-                s = fast["layers"]
-                print(f"  INT8-fast layers not INT8: {s['conv_gemm_not_int8']}; standalone pointwise: "
-                      f"{s['pointwise_layers']}; reformats: {s['reformat_layers']}")
-        if r["test_set"].startswith("digits"):  # the examples' test set
-            for kind, limit in MAX_GAP_POINTS.items():
-                for c in (r["onnxruntime"][kind], engines[kind]["parity"]):
-                    targets.append((f"{name}: {c['candidate']} accuracy within {limit} pt of PyTorch "
-                                    f"({c['accuracy_gap_points']:.2f})", c["accuracy_gap_points"] <= limit + 1e-9))
+                ratio = throughput(fast, b, mode) / throughput(faithful, b, mode)
+                targets.append((f"{name} {mode}: INT8-fast / INT8-faithful at batch {b} = {ratio:.2f} >= "
+                                f"{FAST_OVER_FAITHFUL}", ratio >= FAST_OVER_FAITHFUL))
+    if name == "resnet50-224":
+        for mode in MODES:
+            ratio = throughput(fast, 256, mode) / throughput(engines["fp16"], 256, mode)
+            targets.append((f"{name} {mode}: INT8-fast / FP16 at batch 256 = {ratio:.2f} >= "
+                            f"{FAST_OVER_FP16_RESNET50}", ratio >= FAST_OVER_FP16_RESNET50))
+        s = fast["layers"]
+        print(f"  {name} INT8-fast: convolutions not INT8: {s['conv_gemm_not_int8']}; standalone pointwise: "
+              f"{s['pointwise_layers']}; reformats: {s['reformat_layers']}")
+    if r["test_set"].startswith("digits"):  # the examples' test set
+        for kind, limit in MAX_GAP_POINTS.items():
+            for c in (r["onnxruntime"][kind], engines[kind]["parity"]):
+                targets.append((f"{name}: {c['candidate']} accuracy within {limit} pt of PyTorch "
+                                f"({c['accuracy_gap_points']:.2f})", c["accuracy_gap_points"] <= limit + 1e-9))
     return targets
 
 
@@ -161,12 +181,14 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
-        for kind, e in r["engines"].items():
-            ax.plot(BATCHES, [throughput(e, b) for b in BATCHES], marker="o", label=kind)
+        for index, (kind, e) in enumerate(r["engines"].items()):
+            for mode, style in zip(MODES, ("-", ":")):
+                ax.plot(BATCHES, [throughput(e, b, mode) for b in BATCHES], style, marker="o", color=f"C{index}",
+                        label=f"{kind} ({mode.replace('_', ' ')})")
         ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="images / s", title=name)
         ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -85,7 +85,8 @@ class TensorRTWorker:
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
     def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200) -> list[dict]:
-        """Latency and throughput per batch size, timed with CUDA events (see trt_worker.benchmark)."""
+        """Latency and throughput per batch size, as enqueued and as a CUDA graph, timed with CUDA events
+        (see trt_worker.benchmark)."""
         return self.call("benchmark", engine=str(engine_path), batches=list(batches), warmup=warmup,
                          runs=runs)["timings"]
 
@@ -119,7 +120,7 @@ def summarize_layers(report: dict) -> dict:
     for layer in layers:
         kind, name = str(layer.get("LayerType", "?")), str(layer.get("Name"))
         by_type[kind] = by_type.get(kind, 0) + 1
-        if "Convolution" in kind or "Gemm" in kind or "MatrixMultiply" in kind:
+        if _computes(kind):
             if not _runs_int8(layer):
                 not_int8.append(name)
             continue
@@ -129,18 +130,25 @@ def summarize_layers(report: dict) -> dict:
             reformat.append(name)
         if ONNX_ADD.search(name):
             adds.append(name)
-    conv_layers = sum(n for k, n in by_type.items() if "Convolution" in k or "Gemm" in k or "MatrixMultiply" in k)
+    conv_layers = sum(n for k, n in by_type.items() if _computes(k))
     return {"layers": len(layers), "by_type": by_type, "conv_gemm_layers": conv_layers,
             "conv_gemm_not_int8": not_int8, "pointwise_layers": pointwise, "reformat_layers": reformat,
             "standalone_add_layers": adds}
 
 
+def _computes(kind: str) -> bool:
+    """Convolution and GEMM layer types: CaskConvolution, CaskGemmConvolution, CaskConvActPool, MatrixMultiply..."""
+    return "Conv" in kind or "Gemm" in kind or "MatrixMultiply" in kind
+
+
 def _runs_int8(layer: dict) -> bool:
-    """Int8 input formats, or (dynamic shapes leave formats 'N/A') an int8 kernel: TensorRT's tactic names say
-    i8i8 or int8int8 (int8 x int8 inputs) or IMMA (integer tensor-core MMA)."""
+    """Int8 weights or input formats, or (dynamic shapes leave formats 'N/A') an int8 kernel: TensorRT's tactic
+    names say i8i8 or int8int8 (int8 x int8 inputs), i8i32 (int32 accumulation) or IMMA (integer MMA)."""
+    weights = [str(layer.get(key, {}).get("Type", "")) for key in ("Weights", "ConvWeights")
+               if isinstance(layer.get(key), dict)]
     formats = " ".join(str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []))
     tactic = str(layer.get("TacticName", "")).lower()
-    return "Int8" in formats or any(mark in tactic for mark in ("i8i8", "int8int8", "imma"))
+    return "Int8" in weights or "Int8" in formats or any(m in tactic for m in ("i8i8", "int8int8", "i8i32", "imma"))
 
 
 def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = None, batch_size: int = 64):

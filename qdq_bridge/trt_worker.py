@@ -75,6 +75,24 @@ class Cuda:
     def record(self, event: ctypes.c_void_p) -> None:
         self._check(self.lib.cuEventRecord(event, self.stream), "cuEventRecord")
 
+    def capture(self, enqueue) -> ctypes.c_void_p | None:
+        """A CUDA graph of what `enqueue()` puts on the stream, instantiated; None where capture fails."""
+        graph, instance = ctypes.c_void_p(), ctypes.c_void_p()
+        if self.lib.cuStreamBeginCapture_v2(self.stream, 1) != 0:  # 1: thread-local capture mode
+            return None
+        try:
+            enqueue()
+        finally:
+            ended = self.lib.cuStreamEndCapture(self.stream, ctypes.byref(graph))
+        if ended != 0 or self.lib.cuGraphInstantiateWithFlags(ctypes.byref(instance), graph,
+                                                              ctypes.c_ulonglong(0)) != 0:
+            return None
+        self.lib.cuGraphDestroy(graph)
+        return instance
+
+    def launch(self, instance: ctypes.c_void_p) -> None:
+        self._check(self.lib.cuGraphLaunch(instance, self.stream), "cuGraphLaunch")
+
     def elapsed_ms(self, start: ctypes.c_void_p, end: ctypes.c_void_p) -> float:
         self._check(self.lib.cuEventSynchronize(end), "cuEventSynchronize")
         ms = ctypes.c_float()
@@ -275,31 +293,48 @@ def infer(request: dict) -> dict:
     return {"outputs": files, "output_order": output_names}
 
 
+def _time(cuda: Cuda, run, runs: int) -> dict:
+    """Median and 10th/90th percentile of `runs` executions of `run()`, each between two CUDA events."""
+    start, end = cuda.event(), cuda.event()
+    times = []
+    for _ in range(runs):
+        cuda.record(start)
+        run()
+        cuda.record(end)
+        times.append(cuda.elapsed_ms(start, end))
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90)}
+
+
 def benchmark(request: dict) -> dict:
-    """Latency of the engine at each batch size, by CUDA events around each execution: `warmup` untimed runs,
-    then `runs` timed ones; median, 10th and 90th percentiles, and the throughput the median gives."""
+    """Latency of the engine at each batch size, by CUDA events around each execution, after `warmup` untimed
+    runs: `enqueue` times execute_async_v3 as an application calls it (at small batches that includes the
+    CPU's kernel launches); `cuda_graph` replays the same execution captured as a CUDA graph (the GPU's own
+    time, as TensorRT advises for launch-bound work; null where capture fails). Throughput = batch / median."""
     engine = _load_engine(request["engine"])
     if engine is None:
         return NOT_DESERIALIZED
     cuda = Cuda()
     context = engine.create_execution_context()
-    start, end = cuda.event(), cuda.event()
+    runs = int(request["runs"])
     timings = []
     for batch_size in request["batches"]:
         bindings = Bindings(engine, context, cuda, _engine_input(engine, batch_size))
         for _ in range(int(request["warmup"])):
             bindings.execute()
         cuda.synchronize()
-        times = []
-        for _ in range(int(request["runs"])):
-            cuda.record(start)
-            bindings.execute()
-            cuda.record(end)
-            times.append(cuda.elapsed_ms(start, end))
+        modes = {"enqueue": _time(cuda, bindings.execute, runs), "cuda_graph": None}
+        graph = cuda.capture(bindings.execute)
+        if graph is not None:
+            for _ in range(int(request["warmup"])):
+                cuda.launch(graph)
+            modes["cuda_graph"] = _time(cuda, lambda: cuda.launch(graph), runs)
+            cuda.lib.cuGraphExecDestroy(graph)
+        cuda.synchronize()
         bindings.free()
-        p10, median, p90 = np.percentile(times, [10, 50, 90])
-        timings.append({"batch": batch_size, "runs": len(times), "median_ms": float(median), "p10_ms": float(p10),
-                        "p90_ms": float(p90), "throughput_per_s": batch_size * 1000.0 / float(median)})
+        for mode in filter(None, modes.values()):
+            mode["throughput_per_s"] = batch_size * 1000.0 / mode["median_ms"]
+        timings.append({"batch": batch_size, "runs": runs, **modes})
     return {"timings": timings}
 
 

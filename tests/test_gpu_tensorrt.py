@@ -69,8 +69,9 @@ def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, exam
     timings = TensorRTWorker().benchmark(tmp_path / "fast" / "resnet_q.int8.engine", [1, 16], warmup=5, runs=20)
     assert [t["batch"] for t in timings] == [1, 16] and all(t["runs"] == 20 for t in timings)
     for t in timings:
-        assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] < 1000
-        assert t["throughput_per_s"] == pytest.approx(t["batch"] * 1000 / t["median_ms"])
+        for mode in (t["enqueue"], t["cuda_graph"]):  # TensorRT 8.6+ enqueues capturably
+            assert 0 < mode["p10_ms"] <= mode["median_ms"] <= mode["p90_ms"] < 1000
+            assert mode["throughput_per_s"] == pytest.approx(t["batch"] * 1000 / mode["median_ms"])
 
 
 def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, tmp_path):

@@ -80,10 +80,14 @@ def test_layer_summary_counts_precisions_and_fusions():
         {"Name": "/stage2/conv2/Conv + /stage2/Add_1 + /stage2/Relu", "LayerType": "CaskConvolution",
          "Inputs": [{"Format/Datatype": "Int8"}]},
         {"Name": "PWN(/head/Mul)", "LayerType": "PointWiseV2", "Inputs": []},
+        {"Name": "/conv1/Conv + /conv1/Relu + /maxpool/MaxPool", "LayerType": "CaskConvActPool",
+         "ConvWeights": {"Type": "Int8", "Count": 9408}, "Inputs": [{"Format/Datatype": "N/A due to dynamic shapes"}]},
+        {"Name": "/fc/Gemm", "LayerType": "CaskConvolution", "Inputs": [],  # int8 in, float out
+         "TacticName": "sm90_xmma_fprop_implicit_gemm_i8f32_i8i32_f32_nchw"},
         {"Name": "reformat", "LayerType": "Reformat", "Inputs": []},
     ]}
     summary = summarize_layers(report)
-    assert summary["conv_gemm_layers"] == 4 and summary["conv_gemm_not_int8"] == ["fc"]
+    assert summary["conv_gemm_layers"] == 6 and summary["conv_gemm_not_int8"] == ["fc"]
     assert summary["pointwise_layers"] == ["PWN(/stage1/Add, /stage1/Relu)", "PWN(/head/Mul)"]
     assert summary["reformat_layers"] == ["reformat"]
     assert summary["standalone_add_layers"] == ["PWN(/stage1/Add, /stage1/Relu)"]  # the fused one is not
