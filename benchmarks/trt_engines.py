@@ -87,10 +87,14 @@ def run_network(name: str, worker: TensorRTWorker, args, folder: Path) -> dict:
                                  timing_cache=str(folder.parent / "timing.cache"))
         build = worker.build(onnx_path, engine_path, settings, layers_path)
         logits = next(iter(worker.infer(engine_path, test.x, 64).values()))
+        layers = json.loads(layers_path.read_text()) if layers_path.exists() else {}
+        measured = worker.benchmark(engine_path, BATCHES, args.warmup, args.runs, profile_batch=max(BATCHES))
         result["engines"][kind] = {
             "build_seconds": build["build_seconds"],
-            "layers": summarize_layers(json.loads(layers_path.read_text()) if layers_path.exists() else {}),
-            "timings": worker.benchmark(engine_path, BATCHES, args.warmup, args.runs),
+            "layers": summarize_layers(layers),
+            "tactics": {layer["Name"]: layer.get("TacticName", "") for layer in layers.get("Layers", [])},
+            "timings": measured["timings"],
+            "layer_profile": measured.get("layer_profile"),
             "parity": compare(reference, logits, test, "pytorch", f"tensorrt {kind}").as_dict(),
         }
         engine_path.unlink()  # hundreds of MB each; the layer reports stay
@@ -166,12 +170,36 @@ def _targets(name: str, r: dict) -> list[tuple[str, bool]]:
         s = fast["layers"]
         print(f"  {name} INT8-fast: convolutions not INT8: {s['conv_gemm_not_int8']}; standalone pointwise: "
               f"{s['pointwise_layers']}; reformats: {s['reformat_layers']}")
+        for kind in ("int8-fast", "fp16"):
+            explain_time(kind, engines[kind])
     if r["test_set"].startswith("digits"):  # the examples' test set
         for kind, limit in MAX_GAP_POINTS.items():
             for c in (r["onnxruntime"][kind], engines[kind]["parity"]):
                 targets.append((f"{name}: {c['candidate']} accuracy within {limit} pt of PyTorch "
                                 f"({c['accuracy_gap_points']:.2f})", c["accuracy_gap_points"] <= limit + 1e-9))
     return targets
+
+
+def kernel_family(tactic: str) -> str:
+    """TensorRT's kernel names start with the architecture they were written for: sm90 (Hopper's own), sm80..."""
+    return tactic.split("_")[0] if tactic.startswith("sm") else "no tactic (reformat, fused stem, ...)"
+
+
+def explain_time(kind: str, engine: dict) -> None:
+    """Where an engine's time goes at the profiled batch, by kernel family, and its slowest layers."""
+    profile = engine.get("layer_profile")
+    if not profile:
+        print(f"  {kind}: no layer profile")
+        return
+    families: dict[str, list] = {}
+    for layer in profile["layers"]:
+        families.setdefault(kernel_family(engine["tactics"].get(layer["name"], "")), []).append(layer["mean_ms"])
+    total = sum(sum(v) for v in families.values())
+    print(f"  {kind} at batch {profile['batch']}, TensorRT profiler ({total:.2f} ms over all layers): " +
+          "; ".join(f"{family} {sum(ms):.2f} ms in {len(ms)} layers ({sum(ms) / total:.0%})"
+                    for family, ms in sorted(families.items(), key=lambda item: -sum(item[1]))))
+    for layer in profile["layers"][:3]:
+        print(f"    {layer['mean_ms']:.3f} ms  {layer['name'][:70]}  [{engine['tactics'].get(layer['name'], '')[:60]}]")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -84,11 +84,13 @@ class TensorRTWorker:
         return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
-    def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200) -> list[dict]:
-        """Latency and throughput per batch size, as enqueued and as a CUDA graph, timed with CUDA events
-        (see trt_worker.benchmark)."""
-        return self.call("benchmark", engine=str(engine_path), batches=list(batches), warmup=warmup,
-                         runs=runs)["timings"]
+    def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200,
+                  profile_batch: int | None = None) -> dict:
+        """{"timings": latency and throughput per batch size, as enqueued and as a CUDA graph, timed with CUDA
+        events; "layer_profile": TensorRT's per-layer times at `profile_batch`, if asked} (see
+        trt_worker.benchmark)."""
+        return self.call("benchmark", engine=str(engine_path), batches=list(batches), warmup=warmup, runs=runs,
+                         profile_batch=profile_batch)
 
     def infer(self, engine_path: Path, inputs: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
         """All outputs of the engine on `inputs`, by output name, in the engine's output order."""

@@ -335,7 +335,38 @@ def benchmark(request: dict) -> dict:
         for mode in filter(None, modes.values()):
             mode["throughput_per_s"] = batch_size * 1000.0 / mode["median_ms"]
         timings.append({"batch": batch_size, "runs": runs, **modes})
-    return {"timings": timings}
+    response = {"timings": timings}
+    if request.get("profile_batch"):
+        response["layer_profile"] = _layer_profile(engine, cuda, int(request["profile_batch"]), runs=20)
+    return response
+
+
+def _layer_profile(engine, cuda: Cuda, batch_size: int, runs: int):
+    """Mean milliseconds per engine layer over `runs` executions, from TensorRT's profiler (which times each
+    layer separately, so the sum exceeds a normal run), slowest first; None where profiling is unsupported."""
+
+    class LayerTimes(trt.IProfiler):
+        def __init__(self):
+            trt.IProfiler.__init__(self)
+            self.ms = {}
+
+        def report_layer_time(self, layer_name, ms):
+            self.ms[layer_name] = self.ms.get(layer_name, 0.0) + ms
+
+    context = engine.create_execution_context()  # a context of its own: profiling slows every run it sees
+    times = LayerTimes()
+    context.profiler = times
+    bindings = Bindings(engine, context, cuda, _engine_input(engine, batch_size))
+    try:
+        for _ in range(runs):
+            bindings.execute()
+            cuda.synchronize()
+    finally:
+        bindings.free()
+    if not times.ms:
+        return None
+    layers = sorted(((name, total / runs) for name, total in times.ms.items()), key=lambda item: -item[1])
+    return {"batch": batch_size, "runs": runs, "layers": [{"name": n, "mean_ms": ms} for n, ms in layers]}
 
 
 HANDLERS = {"probe": probe, "build": build, "infer": infer, "benchmark": benchmark}

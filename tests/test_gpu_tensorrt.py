@@ -66,8 +66,14 @@ def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, exam
     engine_row = rows(result.report)[("digits-test", "pytorch", "tensorrt")]
     assert engine_row["top1_agreement"] >= 0.995 and engine_row["accuracy_gap_points"] <= 0.2
     # the worker's timer: CUDA-event medians, throughput from them
-    timings = TensorRTWorker().benchmark(tmp_path / "fast" / "resnet_q.int8.engine", [1, 16], warmup=5, runs=20)
+    measured = TensorRTWorker().benchmark(tmp_path / "fast" / "resnet_q.int8.engine", [1, 16], warmup=5, runs=20,
+                                          profile_batch=16)
+    timings, profile = measured["timings"], measured["layer_profile"]
     assert [t["batch"] for t in timings] == [1, 16] and all(t["runs"] == 20 for t in timings)
+    layer_names = {layer["Name"] for layer in json.loads(
+        (tmp_path / "fast" / "resnet_q.int8.layers.json").read_text())["Layers"]}
+    assert profile["batch"] == 16 and sum(layer["name"] in layer_names for layer in profile["layers"]) >= 10
+    assert all(layer["mean_ms"] >= 0 for layer in profile["layers"])
     for t in timings:
         for mode in (t["enqueue"], t["cuda_graph"]):  # TensorRT 8.6+ enqueues capturably
             assert 0 < mode["p10_ms"] <= mode["median_ms"] <= mode["p90_ms"] < 1000
