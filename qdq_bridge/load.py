@@ -185,7 +185,16 @@ def _from_state_dict(state: dict, arch: str | None) -> LoadedModel:
     elif kind == "qat":
         quantize.prepare_qat(model)
     _load_state_dict(model, state, arch)
-    return LoadedModel(model.eval(), "state_dict")
+    loaded = LoadedModel(model.eval(), "state_dict")
+    quantizers = quantize.activation_quantizers(model)
+    if kind == "quantized" and quantizers and all(int(sub.zero_point) == 0 for _, sub in quantizers):
+        # a state_dict does not record the activation dtype; all-zero zero-points are symmetric qint8 (quint8
+        # models have the input and logits quantizers, which see negative values, off zero)
+        for _, sub in quantizers:
+            if hasattr(sub, "dtype"):
+                sub.dtype = torch.qint8
+        loaded.notes.append("every activation zero-point in the state_dict is 0: read as qint8 symmetric")
+    return loaded
 
 
 def _refuse_dynamic(module: nn.Module) -> None:
@@ -197,8 +206,23 @@ def _refuse_dynamic(module: nn.Module) -> None:
 
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> LoadedModel:
-    if loaded.kind == "torchscript":
-        return loaded  # TorchScript files come out of torch.jit.script of an already quantized model
+    if loaded.kind != "torchscript":  # TorchScript files come from torch.jit.script of a quantized model
+        _to_quantized_module(loaded, calibration, observer, batch)
+    if quantize.activation_dtype(loaded.module) == "qint8":
+        count = quantize.qint8_to_quint8_activations(loaded.module)
+        loaded.notes.append(f"qint8 symmetric activations rewritten at {count} quantizers as the same values in quint8 "
+                            "with zero-point 128 (q + 128, same scale), which PyTorch's CPU kernels run; TensorRT "
+                            "gets int8 with zero-point 0 either way")
+    quantize.check_symmetric_activations(loaded.module)
+    if any(int(sub.zero_point) == 64 for _, sub in quantize.activation_quantizers(loaded.module)):
+        loaded.notes.append("reduce_range activations (quint8 0..127, zero-point 64) become int8 with zero-point 0: "
+                            "exact for values from -64 to +127 steps (the calibrated range and twice it); TensorRT "
+                            "saturates at +127 steps where PyTorch would go on to +191")
+    loaded.module.eval()
+    return loaded
+
+
+def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> None:
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
@@ -215,5 +239,3 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, 
         loaded.kind += "+ptq"
         loaded.notes.append(f"quantized by qdq_bridge: PTQ, {observer} observer, {len(calibration)} calibration "
                             f"samples of {calibration.name}")
-    loaded.module.eval()
-    return loaded

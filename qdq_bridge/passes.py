@@ -140,16 +140,16 @@ def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
 
 
 def int8_zero_point(graph: gs.Graph) -> gs.Graph:
-    """Turn uint8 Q/DQ with zero-point 128 into int8 with zero-point 0 (exact: q_int8 = q_uint8 - 128).
+    """Turn uint8 Q/DQ with zero-point 128 (or reduce_range's 64) into int8 with zero-point 0: q_int8 = q_uint8 - zp.
 
-    Any other 8-bit zero-point is affine quantization, which TensorRT's symmetric int8 cannot represent
-    without clipping: refused with the node and module named.
+    Exact for 128; for 64, exact from -64 to +127 steps. Any other 8-bit zero-point is affine quantization,
+    which TensorRT's symmetric int8 cannot represent without clipping: refused with the node and module named.
     """
     for node in [n for n in graph.nodes if n.op in QDQ_OPS]:
         zp = zero_point(node)
         if zp.dtype == np.int8 and not zp.any() or zp.dtype not in (np.uint8, np.int8):
             continue
-        if zp.dtype == np.int8 or not np.all(zp == 128):
+        if zp.dtype == np.int8 or zp.size != 1 or int(zp.ravel()[0]) not in (128, 64):
             raise BridgeError(
                 f"node '{node.name}' (module {module_path(node)}) quantizes affinely ({zp.dtype.name}, "
                 f"zero_point={zp.ravel()[:4].tolist()}), which TensorRT's symmetric int8 cannot represent",
@@ -162,7 +162,8 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
         if node.op == "QuantizeLinear":
             node.outputs[0].dtype = np.int8
         elif (values := constant_values(node.inputs[0])) is not None:
-            node.inputs[0] = gs.Constant(node.inputs[0].name + "_int8", (values.astype(np.int16) - 128).astype(np.int8))
+            shifted = values.astype(np.int16) - int(zp.ravel()[0])
+            node.inputs[0] = gs.Constant(node.inputs[0].name + "_int8", np.clip(shifted, -128, 127).astype(np.int8))
     return _tidy(graph)
 
 

@@ -98,6 +98,72 @@ def _muted_stderr_fd():
         os.close(devnull)
 
 
+# Activation dtypes as eager modules hold them and as TorchScript stores them (ScalarType codes).
+QINT8_DTYPES, QUINT8_DTYPES = (torch.qint8, 12), (torch.quint8, 13)
+# uint8 zero-points that are int8 with zero-point 0 shifted: 128 (full range), 64 (reduce_range's 0..127)
+SYMMETRIC_UINT8_ZERO_POINTS = (128, 64)
+# what a quantizer the calibration never reached keeps (e.g. the skip_add of a MobileNetV2 block without skip)
+UNCALIBRATED = (1.0, 0)
+AFFINE_FIX = "re-quantize with qdq_bridge.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric activations)"
+
+
+def activation_quantizers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) for each submodule that quantizes an activation: the Quantize stubs and every quantized
+    module with an output scale and zero-point (weights keep theirs inside the packed parameters)."""
+    return [(name, sub) for name, sub in module.named_modules()
+            if name and hasattr(sub, "scale") and hasattr(sub, "zero_point")]
+
+
+def _is_stub(sub: nn.Module) -> bool:
+    return hasattr(sub, "dtype") and hasattr(sub, "scale") and not hasattr(sub, "_packed_params")
+
+
+def activation_dtype(module: nn.Module) -> str | None:
+    """'qint8' or 'quint8', as the model's Quantize stubs produce it; None without stubs."""
+    dtypes = {sub.dtype for _, sub in activation_quantizers(module) if _is_stub(sub)}
+    if dtypes & set(QINT8_DTYPES):
+        return "qint8"
+    return "quint8" if dtypes else None
+
+
+def _module_type(sub: nn.Module) -> str:
+    return getattr(sub, "original_name", None) or type(sub).__name__  # TorchScript keeps the eager class name
+
+
+def qint8_to_quint8_activations(module: nn.Module) -> int:
+    """Rewrite qint8 symmetric activations (the values PyTorch's CPU kernels no longer take) into the very same
+    values as quint8 with zero-point 128: q_uint8 = q_int8 + 128 at the same scale. Works on eager and
+    TorchScript modules, in place; returns how many quantizers changed. A qint8 zero-point other than 0 is
+    affine: refused, naming the module."""
+    quantizers = activation_quantizers(module)
+    for name, sub in quantizers:
+        zero_point = int(sub.zero_point)
+        if zero_point != 0:
+            raise BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely (qint8, "
+                              f"zero_point={zero_point}), which TensorRT's symmetric int8 cannot represent", AFFINE_FIX)
+    for _, sub in quantizers:
+        if isinstance(sub.zero_point, torch.Tensor):
+            sub.zero_point = torch.full_like(sub.zero_point, 128)
+        else:
+            sub.zero_point = 128
+        if _is_stub(sub):
+            sub.dtype = torch.quint8 if isinstance(sub.dtype, torch.dtype) else QUINT8_DTYPES[1]
+    return len(quantizers)
+
+
+def check_symmetric_activations(module: nn.Module) -> None:
+    """Every activation quantizer must be quint8 symmetric (zero-point 128, or 64 with reduce_range), which maps
+    to TensorRT's int8 with zero-point 0; anything else is refused, naming the module and the qconfig to use."""
+    for name, sub in activation_quantizers(module):
+        zero_point = int(sub.zero_point)
+        if (float(sub.scale), zero_point) == UNCALIBRATED:
+            continue
+        if zero_point not in SYMMETRIC_UINT8_ZERO_POINTS:
+            raise BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely (quint8, "
+                              f"zero_point={zero_point}, scale={float(sub.scale):.4g}), which TensorRT's symmetric "
+                              "int8 cannot represent", AFFINE_FIX)
+
+
 def _fuse(model: nn.Module, is_qat: bool) -> None:
     """Fuse conv/bn/relu through the model's own `fuse_model` (torchvision's and our convention), if it has one."""
     if hasattr(model, "fuse_model"):

@@ -10,6 +10,8 @@ model (for speed benchmarks, where the weights do not matter).
 """
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -75,12 +77,24 @@ def train_on_task(model: nn.Module, input_shape: tuple[int, ...], steps: int, nu
                         for step in range(steps)), lr)
 
 
-def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,
-                          steps: int = 150, seed: int = 0, observer: str = "histogram") -> nn.Module:
-    """A torchvision family member trained briefly on `template_task`, then PTQ-quantized for TensorRT."""
+def trained_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,
+                        steps: int = 150, seed: int = 0) -> nn.Module:
+    """A float torchvision family member trained briefly on `template_task` (a fresh copy of a cached one)."""
+    return copy.deepcopy(_trained_torchvision(name, tuple(input_shape), num_classes, steps, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_torchvision(name: str, input_shape: tuple[int, ...], num_classes: int, steps: int, seed: int) -> nn.Module:
     model = torchvision_float(name, num_classes, seed)
     # ResNet-50 at 224x224 diverged at 3e-3 (measured: float accuracy 14%, logits std 140); MobileNets need 3e-3
     train_on_task(model, input_shape, steps, num_classes, seed, lr=1e-3 if name.startswith("resnet") else 3e-3)
+    return model
+
+
+def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,
+                          steps: int = 150, seed: int = 0, observer: str = "histogram") -> nn.Module:
+    """A torchvision family member trained briefly on `template_task`, then PTQ-quantized for TensorRT."""
+    model = trained_torchvision(name, input_shape, num_classes, steps, seed)
     calibration = template_task(input_shape, 64, num_classes, seed=seed + 1)
     return quantize.quantize_ptq(model, calibration.batches(16), observer)
 

@@ -8,7 +8,7 @@ from qdq_bridge.data import digits_split
 from qdq_bridge.load import save_torchscript
 from qdq_bridge.models import DigitsResNet
 
-from conftest import run_cli
+from conftest import quantize_with, run_cli
 
 
 def refused(tmp_path, *args) -> str:
@@ -45,35 +45,27 @@ def test_state_dict_without_arch(tmp_path):
     assert "holds weights but no architecture: pass --arch" in refused(tmp_path, str(path))
 
 
-def _quantize_with(qconfig) -> torch.nn.Module:
-    model = DigitsResNet().eval()
-    model.fuse_model()
-    model.qconfig = qconfig
-    with quantize.quiet_torch_warnings():
-        torch.ao.quantization.prepare(model, inplace=True)
-        model(torch.from_numpy(digits_split()[0].x[:64]))
-        torch.ao.quantization.convert(model, inplace=True)
-    return model
+def _digits_model(qconfig) -> torch.nn.Module:
+    return quantize_with(DigitsResNet(), qconfig, [digits_split()[0].x[:64]])
 
 
 def test_affine_uint8_activations_are_refused_naming_the_module(tmp_path):
     path = tmp_path / "affine.pt"
-    save_torchscript(_quantize_with(get_default_qconfig("x86")), path, (1, 1, 32, 32))
+    save_torchscript(_digits_model(get_default_qconfig("x86")), path, (1, 1, 32, 32))
     message = refused(tmp_path, str(path))
-    assert "node '/quant/QuantizeLinear' (module quant) quantizes affinely (uint8, zero_point=" in message
-    assert message.endswith("re-quantize with per_tensor_symmetric activations (qdq_bridge.quantize.trt_qconfig())")
+    assert "module 'quant' (Quantize) quantizes activations affinely (quint8, zero_point=" in message
+    assert message.endswith("re-quantize with qdq_bridge.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric "
+                            "activations)")
 
 
-def test_qint8_activations_are_refused_with_the_fix(tmp_path):
+def test_affine_qint8_activations_are_refused_naming_the_module(tmp_path):
     qconfig = torch.ao.quantization.QConfig(
-        activation=torch.ao.quantization.MinMaxObserver.with_args(dtype=torch.qint8,
-                                                                  qscheme=torch.per_tensor_symmetric),
-        weight=quantize.trt_qconfig().weight)
-    path = tmp_path / "qint8.pt"
-    save_torchscript(_quantize_with(qconfig), path, (1, 1, 32, 32))  # as saved by users of older PyTorch, which still ran it
+        activation=torch.ao.quantization.MinMaxObserver.with_args(dtype=torch.qint8), weight=quantize.trt_qconfig().weight)
+    path = tmp_path / "qint8_affine.pt"
+    save_torchscript(_digits_model(qconfig), path, (1, 1, 32, 32))
     message = refused(tmp_path, str(path))
-    assert "quantizes activations as qint8, which PyTorch's CPU kernels no longer run" in message
-    assert message.endswith("qdq_bridge.quantize.trt_qconfig()")
+    assert "module 'quant' (Quantize) quantizes activations affinely (qint8, zero_point=" in message
+    assert "qdq_bridge.quantize.trt_qconfig()" in message
 
 
 def test_dynamic_quantization_is_refused(tmp_path):
