@@ -9,6 +9,7 @@ from rich.table import Table
 
 from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError
+from .export import EXPORTERS
 from .lint import errors, lint_file, to_json
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
 from .pipeline import ConvertOptions, convert
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare on N standard-normal inputs (default: 64; 0 to skip)")
     conv.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",
                       help="skip a graph pass (repeatable); 'python -m qdq_bridge passes' lists them")
+    conv.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                      help="structural: build the Q/DQ ONNX from the model's structure and quantization parameters "
+                           "(no quantized kernel runs); torch: torch.onnx's TorchScript-based exporter; auto "
+                           "(default): structural, torch where it does not know an op")
     conv.add_argument("--placement", choices=PLACEMENTS, default="faithful",
                       help="faithful (default): keep every PyTorch quantization point; fast: move Q/DQ where "
                            "TensorRT fuses residual Add+ReLU into convolutions (see the README for the trade-off)")
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
-            disabled_passes=tuple(args.disable_pass), placement=args.placement, opset=args.opset, dynamic_batch=not args.static_batch,
+            exporter=args.exporter, disabled_passes=tuple(args.disable_pass), placement=args.placement, opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
             max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, compare_precisions=_precisions(args.compare_precisions),

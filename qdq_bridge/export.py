@@ -18,10 +18,13 @@ from torch import nn
 from .errors import BridgeError
 from .load import LoadedModel
 from .quantize import QUANT_ENGINE, quiet_torch_warnings
+from .structural import export_structural
 
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 _QINT8_ACTIVATION_ERRORS = ("Expected activation data type QUInt8", "should be QUint8")
+EXPORTERS = ("auto", "structural", "torch")
+EXPORTER_KEY = "qdq_bridge.exporter"
 
 
 def _quantized_constant_chunk(g, tensor, chunks, dim):
@@ -85,12 +88,42 @@ def check_runs(module: nn.Module, shape: tuple[int, ...]) -> None:
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = True) -> onnx.ModelProto:
-    """Export through torch's TorchScript-based exporter and return the ONNX model (nothing written to disk)."""
-    check_runs(module, input_shape)
+                dynamic_batch: bool = True, exporter: str = "auto") -> onnx.ModelProto:
+    """The quantized model as Q/DQ ONNX (nothing written to disk), by `exporter`:
+    structural: built from the model's structure and quantization parameters (qdq_bridge.structural; torch.fx
+    for eager modules, the graph for TorchScript), no quantized kernel runs;
+    torch: torch.onnx's TorchScript-based exporter, which runs the model;
+    auto: structural, and torch.onnx where the structural exporter does not know an op.
+    `exported_by(model)` says which one made it."""
     if opset < DEFAULT_OPSET:
         raise BridgeError(f"opset {opset} cannot express per-channel weight quantization",
                           f"use --opset {DEFAULT_OPSET} or newer")
+    if exporter not in EXPORTERS:
+        raise BridgeError(f"unknown exporter '{exporter}'", f"choose from {', '.join(EXPORTERS)}")
+    used = "torch.onnx"
+    if exporter != "torch":
+        try:
+            model = export_structural(module, input_shape, opset, dynamic_batch, INPUT_NAME, OUTPUT_NAME)
+            frontend = "TorchScript graph" if isinstance(module, torch.jit.ScriptModule) else "torch.fx"
+            return _stamped(model, f"structural ({frontend})")
+        except BridgeError as exc:
+            if exporter == "structural":
+                raise
+            used = f"torch.onnx (the structural exporter could not: {exc.problem})"
+    return _stamped(_export_torch(module, input_shape, opset, dynamic_batch), used)
+
+
+def _stamped(model: onnx.ModelProto, exporter: str) -> onnx.ModelProto:
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, EXPORTER_KEY: exporter})
+    return model
+
+
+def exported_by(model: onnx.ModelProto) -> str:
+    return next((p.value for p in model.metadata_props if p.key == EXPORTER_KEY), "unknown")
+
+
+def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    check_runs(module, input_shape)
     _register_symbolics(opset)
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None

@@ -20,7 +20,7 @@ import onnx
 from . import data as datasets
 from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from .errors import BridgeError
-from .export import DEFAULT_OPSET, export_onnx, float_twin, resolve_input_shape
+from .export import DEFAULT_OPSET, check_runs, export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
 from .load import load_model
 from .passes import run_passes
@@ -42,6 +42,7 @@ class ConvertOptions:
     observer: str = "histogram"
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     random_inputs: int = 64
+    exporter: str = "auto"  # auto: structural, torch.onnx where it cannot | structural | torch
     disabled_passes: tuple[str, ...] = ()
     placement: str = "faithful"  # faithful: every PyTorch quantization point | fast: TensorRT's fusion-friendly Q/DQ
     opset: int = DEFAULT_OPSET
@@ -180,7 +181,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         from_data = (1, *checks[0].x.shape[1:]) if checks and loaded.input_shape is None else None
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
     with timer("export"):
-        exported = export_onnx(loaded.module, input_shape, options.opset, options.dynamic_batch)
+        check_runs(loaded.module, input_shape)  # the parity check runs it anyway: shape errors surface here, clearly
+        exported = export_onnx(loaded.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     with timer("passes"):
         model, applied = run_passes(exported, options.disabled_passes, options.placement)
     with timer("lint"):
@@ -215,7 +217,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         tensorrt["divergence"] = _locate_divergence(worker, model, scratch / onnx_name, checks[0], options)
     report = {
         "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": notes,
-        "input_shape": list(input_shape), "opset": options.opset, "onnx": onnx_name,
+        "input_shape": list(input_shape), "opset": options.opset, "exporter": exported_by(exported),
+        "onnx": onnx_name,
         "ok": parity_ok and not errors(violations),
         "thresholds": {"min_agreement": options.min_agreement,
                        "max_accuracy_gap_points": options.max_accuracy_gap_points},

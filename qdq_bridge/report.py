@@ -28,7 +28,7 @@ def render_markdown(report: dict) -> str:
                      f"{'yes' if c['judged'] else 'shown only'} |")
     lines += ["", "## Graph", "", "| op | count |", "|---|---:|"]
     lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
-    lines += ["", f"Placement: {report['placement']}. Passes applied: {', '.join(report['passes']) or 'none'}",
+    lines += ["", f"Exported by {report['exporter']}. Placement: {report['placement']}. Passes applied: {', '.join(report['passes']) or 'none'}",
               f"{', '.join(report['passes_disabled'])} disabled." if report["passes_disabled"] else "",
               "", "## Lint", ""]
     lines += [f"- {v['severity']} {v['rule']} `{v['node']}`: {v['message']}" for v in report["lint"]] or \

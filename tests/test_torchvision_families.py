@@ -2,11 +2,15 @@
 Runtime; the fast placement leaves the Q/DQ where TensorRT fuses residual adds and runs data movement in int8."""
 import collections
 
+import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
+import torch
 
 from qdq_bridge import export_onnx, lint_model, run_passes, zoo
 from qdq_bridge.data import random_inputs
+from qdq_bridge.export import exported_by
+from qdq_bridge.structural import export_structural
 from qdq_bridge.passes import GRID_PRESERVING_OPS, PLACEMENTS
 from qdq_bridge.testing import assert_parity
 from qdq_bridge.verify import run_onnxruntime
@@ -21,6 +25,7 @@ RESIDUAL_ADDS = {"resnet18": 8, "resnet50": 16, "mobilenet_v2": 10, "mobilenet_v
 def family(request):
     model = zoo.quantized_torchvision(request.param, SHAPE)
     exported = export_onnx(model, SHAPE)
+    assert exported_by(exported) == "structural (torch.fx)"
     return request.param, model, {p: run_passes(exported, placement=p)[0] for p in PLACEMENTS}
 
 
@@ -79,3 +84,15 @@ def test_dynamic_batch_runs(family):
     batch = random_inputs(SHAPE, 3)
     for onnx_model in models.values():
         assert run_onnxruntime(onnx_model, batch, batch_size=3).shape == (3, 10)
+
+
+def test_both_structural_frontends_equal_torch_onnx_bit_for_bit(family):
+    """torch.fx (the eager module) and the TorchScript graph (its torch.jit.script) against torch.onnx, with
+    torch.onnx's bias rounding: the same ONNX Runtime outputs on the task inputs."""
+    _, model, _ = family
+    inputs = zoo.template_task(SHAPE, 64, seed=99)
+    expected = run_onnxruntime(run_passes(export_onnx(model, SHAPE, exporter="torch"))[0], inputs)
+    for module in (model, torch.jit.script(model)):
+        structural, _ = run_passes(export_structural(module, SHAPE, bias_rounding="toward_zero"))
+        assert lint_model(structural) == []
+        np.testing.assert_array_equal(run_onnxruntime(structural, inputs), expected)
