@@ -177,23 +177,21 @@ def _fuse(model: nn.Module, is_qat: bool) -> None:
 
 def prepare_ptq(model: nn.Module, observer: str = "histogram") -> nn.Module:
     """Fuse and insert observers into a float model (in place); calibrate it, then call `convert`."""
-    torch.backends.quantized.engine = QUANT_ENGINE
-    model.eval()
-    _fuse(model, is_qat=False)
-    model.qconfig = trt_qconfig(observer)
-    with quiet_torch_warnings():
-        torch.ao.quantization.prepare(model, inplace=True)
-    return model
+    return _prepare(model, trt_qconfig(observer), qat=False)
 
 
 def prepare_qat(model: nn.Module) -> nn.Module:
     """Fuse and insert fake-quant modules into a float model (in place) for quantization-aware training."""
+    return _prepare(model, trt_qat_qconfig(), qat=True)
+
+
+def _prepare(model: nn.Module, qconfig: QConfig, qat: bool) -> nn.Module:
     torch.backends.quantized.engine = QUANT_ENGINE
-    model.train()
-    _fuse(model, is_qat=True)
-    model.qconfig = trt_qat_qconfig()
+    model.train(qat)
+    _fuse(model, is_qat=qat)
+    model.qconfig = qconfig
     with quiet_torch_warnings():
-        torch.ao.quantization.prepare_qat(model, inplace=True)
+        (torch.ao.quantization.prepare_qat if qat else torch.ao.quantization.prepare)(model, inplace=True)
     return model
 
 

@@ -6,10 +6,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript, zoo
-from qdq_bridge.engine import TensorRTUnavailable, TensorRTWorker
+from qdq_bridge.data import digits_split
+from qdq_bridge.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker
 from qdq_bridge.errors import BridgeError
+from qdq_bridge.models import DigitsResNet
+
+from conftest import quantize_with, symmetric_qconfig
 
 pytestmark = pytest.mark.gpu
 
@@ -22,13 +27,24 @@ def tensorrt() -> dict:
         pytest.skip(f"no TensorRT/GPU: {exc}")
 
 
+@pytest.fixture(scope="module")
+def options(tmp_path_factory):
+    """ConvertOptions with the engine required and one timing cache for every build of the module."""
+    cache = str(tmp_path_factory.mktemp("trt") / "timing.cache")
+
+    def make(**kwargs) -> ConvertOptions:
+        return ConvertOptions(engine="require", trt=BuildSettings(timing_cache=cache), **kwargs)
+    return make
+
+
 def rows(report: dict) -> dict:
     return {(r["dataset"], r["reference"], r["candidate"]): r for r in report["parity"]}
 
 
 def print_summary(name: str, report: dict) -> None:
     """The numbers the closing note quotes, in the test log (-s)."""
-    print(f"\n== {name}: TensorRT {report['tensorrt']['probe']['features']['version']}")
+    print(f"\n== {name}: TensorRT {report['tensorrt']['probe']['features']['version']}, exported by "
+          f"{report['exporter']}")
     for r in report["parity"]:
         accuracy = "" if r["reference_accuracy"] is None else \
             f" acc {r['reference_accuracy'] * 100:.2f}% / {r['candidate_accuracy'] * 100:.2f}%"
@@ -41,10 +57,10 @@ def print_summary(name: str, report: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["resnet_q", "resnet_qat_q"])
-def test_digits_int8_engine_matches_pytorch(tensorrt, example_dir, tmp_path, name):
+def test_digits_int8_engine_matches_pytorch(tensorrt, options, example_dir, tmp_path, name):
     compare = ("fp16",) if name == "resnet_q" else ()  # the FP16 engine of the same weights, for the record
     result = convert(example_dir / f"{name}.pt", tmp_path / name,
-                     ConvertOptions(engine="require", compare_precisions=compare))
+                     options(compare_precisions=compare))
     report = result.report
     print_summary(name, report)
     summary = report["tensorrt"]["layer_summary"]
@@ -58,8 +74,8 @@ def test_digits_int8_engine_matches_pytorch(tensorrt, example_dir, tmp_path, nam
     assert len(layers["Layers"]) == summary["layers"]
 
 
-def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, example_dir, tmp_path):
-    result = convert(example_dir / "resnet_q.pt", tmp_path / "fast", ConvertOptions(engine="require", placement="fast"))
+def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, options, example_dir, tmp_path):
+    result = convert(example_dir / "resnet_q.pt", tmp_path / "fast", options(placement="fast"))
     print_summary("resnet_q fast", result.report)
     summary = result.report["tensorrt"]["layer_summary"]
     assert summary["standalone_add_layers"] == [] and summary["conv_gemm_not_int8"] == []
@@ -80,17 +96,33 @@ def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, exam
             assert mode["throughput_per_s"] == pytest.approx(t["batch"] * 1000 / mode["median_ms"])
 
 
-def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, tmp_path):
+def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, options, tmp_path):
     shape = (1, 3, 224, 224)
     model = zoo.quantized_torchvision("resnet50", shape)
     path = tmp_path / "resnet50_q.pt"
     save_torchscript(model, path, shape)
     inputs = zoo.template_task(shape, 64, seed=99)
     np.savez(tmp_path / "task.npz", x=inputs.x, y=inputs.y)
-    result = convert(path, tmp_path / "r50", ConvertOptions(engine="require", dataset=str(tmp_path / "task.npz"),
+    result = convert(path, tmp_path / "r50", options(dataset=str(tmp_path / "task.npz"),
                                                             min_agreement=0.99, max_accuracy_gap_points=2.0))
     print_summary("resnet50", result.report)
     assert result.report["tensorrt"]["layer_summary"]["conv_gemm_not_int8"] == []
     engine_row = rows(result.report)[("task", "pytorch", "tensorrt")]
     assert engine_row["reference_accuracy"] >= 0.9  # a decisive model, not a constant answer
     assert engine_row["top1_agreement"] >= 0.99
+
+
+def test_qint8_model_runs_through_to_a_matching_int8_engine(tensorrt, options, example_dir, tmp_path):
+    """The reference workflow's qint8 recipe, as a TorchScript file: rewritten for PyTorch, exported
+    structurally, built by TensorRT, and all three agree."""
+    model = DigitsResNet()
+    model.load_state_dict(torch.load(example_dir / "digits_float.pth"))
+    qint8 = quantize_with(model, symmetric_qconfig(torch.qint8), [digits_split()[0].x[:512]])
+    save_torchscript(qint8, tmp_path / "q8.pt", (1, 1, 32, 32), "digits")
+    result = convert(tmp_path / "q8.pt", tmp_path / "q8", options())
+    print_summary("qint8 TorchScript", result.report)
+    assert any("qint8 symmetric activations rewritten" in n for n in result.report["notes"])
+    assert result.report["exporter"] == "structural (TorchScript graph)"
+    engine_row = rows(result.report)[("digits-test", "pytorch", "tensorrt")]
+    assert engine_row["top1_agreement"] >= 0.995 and engine_row["accuracy_gap_points"] <= 0.2
+    assert result.ok
