@@ -185,8 +185,16 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     return _prepare(model, trt_qat_qconfig(), qat=True)
 
 
+def engine_for(model: nn.Module) -> str:
+    """QUANT_ENGINE, except onednn for models with 3-d convolutions: qnnpack packs their weights but cannot
+    unpack them, which the exporters need."""
+    three_d = any(type(m).__name__.endswith(("Conv3d", "ConvTranspose3d", "ConvReLU3d", "ConvBn3d", "ConvBnReLU3d"))
+                  for m in model.modules())
+    return "onednn" if three_d and "onednn" in torch.backends.quantized.supported_engines else QUANT_ENGINE
+
+
 def _prepare(model: nn.Module, qconfig: QConfig, qat: bool) -> nn.Module:
-    torch.backends.quantized.engine = QUANT_ENGINE
+    torch.backends.quantized.engine = engine_for(model)
     model.train(qat)
     _fuse(model, is_qat=qat)
     model.qconfig = qconfig
@@ -197,7 +205,7 @@ def _prepare(model: nn.Module, qconfig: QConfig, qat: bool) -> nn.Module:
 
 def convert(model: nn.Module) -> nn.Module:
     """Convert an observed (PTQ) or fake-quantized (QAT) model to a quantized model, in place."""
-    torch.backends.quantized.engine = QUANT_ENGINE
+    torch.backends.quantized.engine = engine_for(model)
     model.eval()
     with quiet_torch_warnings():
         torch.ao.quantization.convert(model, inplace=True)

@@ -274,8 +274,9 @@ class _Ops(_Builder):
         return [Value(o, x.scale) for o in outputs]
 
     def quantized_op(self, where: str, op: str, inputs: list[Value], scale: float, dim: int = 0) -> Value:
-        """QFunctional's add/add_relu/mul/mul_relu/cat: the float op, then requantization at `scale`."""
-        names = [v.name for v in inputs]
+        """QFunctional's add/add_relu/mul/mul_relu/cat: the float op on DQ'd inputs (TensorRT fuses a residual
+        Add only with a DQ'd input), then requantization at `scale`."""
+        names = [self.dequantized_input(where, v) if v.scale else v.name for v in inputs]
         if op in ("add", "add_relu", "mul", "mul_relu"):
             out = self.node(where, "Add" if op.startswith("add") else "Mul", names)
         elif op == "cat":

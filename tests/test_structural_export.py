@@ -107,7 +107,8 @@ def test_cli_records_the_exporter(example_dir, tmp_path, exporter, expected):
 def test_the_rest_of_the_quantized_module_set(name):
     """BatchNorm, Hardswish, ELU, LeakyReLU, ConvTranspose, AvgPool, QFunctional mul/cat/add, Linear+ReLU, Conv1d,
     Conv3d: both frontends give the same graph, lint-clean, within one output step of PyTorch; torch.onnx equals
-    it bit for bit where it can export the model at all (it has no quantized BatchNorm2d)."""
+    it bit for bit where it can export the model at all (it has no quantized BatchNorm2d, and cannot serialize
+    onednn's 3-d packed weights)."""
     model, shape = quantized(name)
     data = Dataset("random", np.random.default_rng(9).standard_normal((32, *shape[1:]), np.float32))
     fx_graph, _ = run_passes(export_structural(model, shape, bias_rounding="toward_zero"))
@@ -121,7 +122,7 @@ def test_the_rest_of_the_quantized_module_set(name):
     assert np.abs(outputs - run_torch(model, data, 32)).max() <= output_step + 1e-6
     try:
         torch_graph, _ = run_passes(export_onnx(model, shape, exporter="torch"))
-    except BridgeError as exc:
-        assert name == "modules2d" and "quantized::batch_norm2d" in str(exc)
+    except BridgeError as exc:  # what torch.onnx cannot export, measured on torch 2.14
+        assert {"modules2d": "quantized::batch_norm2d", "modules1d3d": "Conv3dPackedParamsBase"}[name] in str(exc)
     else:
         np.testing.assert_array_equal(run_onnxruntime(torch_graph, data, 32), outputs)
