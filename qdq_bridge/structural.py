@@ -133,8 +133,10 @@ class _Builder:
                 names[:] = [output_name if n == output else n for n in names]
         out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, dims)
         graph = helper.make_graph(self.nodes, "qdq_bridge_structural", [self.input], [out], self.initializers)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                 producer_name="qdq_bridge.structural")
+        opsets = [helper.make_opsetid("", self.opset)]
+        # the oldest IR version the opset allows: a newer onnx package writes a newer one than runtimes read
+        return helper.make_model(graph, opset_imports=opsets, producer_name="qdq_bridge.structural",
+                                 ir_version=helper.find_min_ir_version_for(opsets))
 
     def shape_of(self, tensor: str) -> list[int]:
         """Static dims of a tensor so far, by ONNX shape inference (the batch dim comes back as `Batch`)."""
