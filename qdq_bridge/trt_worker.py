@@ -337,13 +337,14 @@ def benchmark(request: dict) -> dict:
         timings.append({"batch": batch_size, "runs": runs, **modes})
     response = {"timings": timings}
     if request.get("profile_batch"):
-        response["layer_profile"] = _layer_profile(engine, cuda, int(request["profile_batch"]), runs=20)
+        response["layer_profile"] = _layer_profile(engine, context, cuda, int(request["profile_batch"]), runs=20)
     return response
 
 
-def _layer_profile(engine, cuda: Cuda, batch_size: int, runs: int):
+def _layer_profile(engine, context, cuda: Cuda, batch_size: int, runs: int):
     """Mean milliseconds per engine layer over `runs` executions, from TensorRT's profiler (which times each
-    layer separately, so the sum exceeds a normal run), slowest first; None where profiling is unsupported."""
+    layer separately, so the sum exceeds a normal run), slowest first; None where profiling is unsupported.
+    It takes over the context (the optimization profile belongs to it): call it after the timings."""
 
     class LayerTimes(trt.IProfiler):
         def __init__(self):
@@ -353,7 +354,6 @@ def _layer_profile(engine, cuda: Cuda, batch_size: int, runs: int):
         def report_layer_time(self, layer_name, ms):
             self.ms[layer_name] = self.ms.get(layer_name, 0.0) + ms
 
-    context = engine.create_execution_context()  # a context of its own: profiling slows every run it sees
     times = LayerTimes()
     context.profiler = times
     bindings = Bindings(engine, context, cuda, _engine_input(engine, batch_size))
