@@ -58,7 +58,7 @@ def test_exports_qint8_activations_without_running_them(example_dir):
     model = DigitsResNet()
     model.load_state_dict(torch.load(example_dir / "digits_float.pth"))
     qint8 = quantize_with(model, symmetric_qconfig(torch.qint8), [digits_split()[0].x[:256]])
-    with pytest.raises(RuntimeError, match="(?i)QUint8"):
+    with pytest.raises(RuntimeError):  # 2.14: "Expected activation data type QUInt8"; 2.11: "Unsupported config"
         with quantize.quiet_torch_warnings():
             qint8(torch.zeros(SHAPE))
     direct = export_structural(qint8, SHAPE)
