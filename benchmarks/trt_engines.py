@@ -105,14 +105,18 @@ def run_network(name: str, worker: TensorRTWorker, args, folder: Path) -> dict:
 MODES = ("cuda_graph", "enqueue")
 
 
-def throughput(entry: dict, batch: int, mode: str) -> float:
+def _measure(entry: dict, batch: int, mode: str, key: str) -> float:
+    """One number of an engine's timing at `batch` in `mode`; NaN where that mode did not run (no CUDA graph)."""
     timing = next(t for t in entry["timings"] if t["batch"] == batch)[mode]
-    return timing["throughput_per_s"] if timing else float("nan")
+    return timing[key] if timing else float("nan")
+
+
+def throughput(entry: dict, batch: int, mode: str) -> float:
+    return _measure(entry, batch, mode, "throughput_per_s")
 
 
 def latency_ms(entry: dict, batch: int, mode: str) -> float:
-    timing = next(t for t in entry["timings"] if t["batch"] == batch)[mode]
-    return timing["median_ms"] if timing else float("nan")
+    return _measure(entry, batch, mode, "median_ms")
 
 
 def print_tables(results: dict) -> list[tuple[str, bool]]:

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
-            exporter=args.exporter, disabled_passes=tuple(args.disable_pass), placement=args.placement, opset=args.opset, dynamic_batch=not args.static_batch,
+            exporter=args.exporter, disabled_passes=tuple(args.disable_pass), placement=args.placement,
+            opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
             max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, compare_precisions=_precisions(args.compare_precisions),

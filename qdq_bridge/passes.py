@@ -210,19 +210,25 @@ def fold_weight_transpose(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
+def _same_quantization(a: gs.Node, b: gs.Node) -> bool:
+    """Equal constant scales, zero-points (of one dtype) and axis: Q and DQ of one grid."""
+    scales = constant_values(a.inputs[1]), constant_values(b.inputs[1])
+    zps = zero_point(a), zero_point(b)
+    return (all(s is not None for s in scales) and np.array_equal(*scales) and zps[0].dtype == zps[1].dtype
+            and np.array_equal(*zps) and a.attrs.get("axis", 1) == b.attrs.get("axis", 1))
+
+
+def _per_tensor(node: gs.Node) -> bool:
+    scale = constant_values(node.inputs[1])
+    return scale is not None and scale.size == 1
+
+
 def drop_redundant_dq_q(graph: gs.Graph) -> gs.Graph:
     """DequantizeLinear followed by QuantizeLinear with equal scale, zero-point and axis is the identity: drop it."""
     for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
         dq = _producer(q.inputs[0], "DequantizeLinear")
-        if dq is None:
-            continue
-        same = [constant_values(dq.inputs[1]), constant_values(q.inputs[1])]
-        if any(v is None for v in same) or not np.array_equal(*same):
-            continue
-        zps = zero_point(dq), zero_point(q)
-        if zps[0].dtype != zps[1].dtype or not np.array_equal(*zps) or dq.attrs.get("axis", 1) != q.attrs.get("axis", 1):
-            continue
-        reroute(graph, q.outputs[0], dq.inputs[0])
+        if dq is not None and _same_quantization(dq, q):
+            reroute(graph, q.outputs[0], dq.inputs[0])
     return _tidy(graph)
 
 
@@ -252,13 +258,6 @@ def fuse_residual_add(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
-def _same_quantization(a: gs.Node, b: gs.Node) -> bool:
-    scales = constant_values(a.inputs[1]), constant_values(b.inputs[1])
-    zps = zero_point(a), zero_point(b)
-    return (all(s is not None and s.size == 1 for s in scales) and np.array_equal(*scales)
-            and zps[0].dtype == zps[1].dtype and np.array_equal(*zps))
-
-
 def skip_grid_preserving_requantize(graph: gs.Graph) -> gs.Graph:
     """fast: drop the Q/DQ after MaxPool/Flatten/Reshape/Transpose/Concat/... whose inputs share its scale (exact).
 
@@ -270,7 +269,7 @@ def skip_grid_preserving_requantize(graph: gs.Graph) -> gs.Graph:
     # last to first, so that a chain (MaxPool -> Concat -> Flatten) is freed from its end back to its start
     for q in [n for n in reversed(graph.nodes) if n.op == "QuantizeLinear"]:
         op = q.inputs[0].inputs[0] if len(q.inputs[0].inputs) == 1 else None
-        if op is None or op.op not in GRID_PRESERVING_OPS or len(op.outputs) != 1:
+        if op is None or op.op not in GRID_PRESERVING_OPS or len(op.outputs) != 1 or not _per_tensor(q):
             continue
         data = op.inputs if op.op == "Concat" else op.inputs[:1]
         sources = [_producer(t, "DequantizeLinear") for t in data]

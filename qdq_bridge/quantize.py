@@ -139,10 +139,8 @@ def qint8_to_quint8_activations(module: nn.Module) -> int:
     affine: refused, naming the module."""
     quantizers = activation_quantizers(module)
     for name, sub in quantizers:
-        zero_point = int(sub.zero_point)
-        if zero_point != 0:
-            raise BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely (qint8, "
-                              f"zero_point={zero_point}), which TensorRT's symmetric int8 cannot represent", AFFINE_FIX)
+        if int(sub.zero_point) != 0:
+            raise _affine(name, sub, "qint8")
     for _, sub in quantizers:
         if isinstance(sub.zero_point, torch.Tensor):
             sub.zero_point = torch.full_like(sub.zero_point, 128)
@@ -161,9 +159,13 @@ def check_symmetric_activations(module: nn.Module) -> None:
         if (float(sub.scale), zero_point) == UNCALIBRATED:
             continue
         if zero_point not in SYMMETRIC_UINT8_ZERO_POINTS:
-            raise BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely (quint8, "
-                              f"zero_point={zero_point}, scale={float(sub.scale):.4g}), which TensorRT's symmetric "
-                              "int8 cannot represent", AFFINE_FIX)
+            raise _affine(name, sub, "quint8")
+
+
+def _affine(name: str, sub: nn.Module, dtype: str) -> BridgeError:
+    return BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely ({dtype}, "
+                       f"zero_point={int(sub.zero_point)}, scale={float(sub.scale):.4g}), which TensorRT's symmetric "
+                       "int8 cannot represent", AFFINE_FIX)
 
 
 def _fuse(model: nn.Module, is_qat: bool) -> None:

@@ -231,9 +231,8 @@ class Bindings:
     """Device buffers for one input batch and the outputs its shape gives, bound to the execution context."""
 
     def __init__(self, engine, context, cuda: Cuda, batch: np.ndarray):
-        tensors = _io_tensors(engine)
-        self.input_name = next(n for n, is_input in tensors if is_input)
-        self.output_names = [n for n, is_input in tensors if not is_input]
+        self.input_name = _input_name(engine)
+        self.output_names = [n for n, is_input in _io_tensors(engine) if not is_input]
         self.cuda, self.context = cuda, context
         context.set_input_shape(self.input_name, batch.shape)
         self.pointers = {self.input_name: cuda.alloc(batch.nbytes)}
@@ -259,10 +258,13 @@ class Bindings:
             self.cuda.free(pointer)
 
 
+def _input_name(engine) -> str:
+    return next(n for n, is_input in _io_tensors(engine) if is_input)
+
+
 def _engine_input(engine, batch_size: int, seed: int = 0) -> np.ndarray:
-    name = next(n for n, is_input in _io_tensors(engine) if is_input)
-    shape = [batch_size if d < 0 else d for d in engine.get_tensor_shape(name)]
-    shape[0] = batch_size
+    name = _input_name(engine)
+    shape = [batch_size, *list(engine.get_tensor_shape(name))[1:]]
     rng = np.random.default_rng(seed)
     return rng.standard_normal(shape).astype(trt.nptype(engine.get_tensor_dtype(name)))
 
