@@ -13,7 +13,7 @@ from .export import EXPORTERS
 from .lint import errors, lint_file, to_json
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
 from .pipeline import ConvertOptions, convert
-from .quantize import OBSERVERS
+from .quantize import ENGINE_ORDER, OBSERVERS
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -26,6 +26,13 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224")
     return shape
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    chosen = tuple(e for e in text.split(",") if e)
+    if not chosen or any(e not in ENGINE_ORDER for e in chosen):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of {', '.join(ENGINE_ORDER)}")
+    return chosen
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -65,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "or an .npz with array x")
     conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
                       help="activation observer for --calibrate (default: histogram)")
+    conv.add_argument("--torch-engines", type=_engines, default=ENGINE_ORDER, metavar="LIST",
+                      help="PyTorch quantized engines for the reference, by preference: the first packs and runs the "
+                           "model, the next cross-checks it and takes over where the first deviates from the "
+                           f"model's integer semantics (default: {','.join(ENGINE_ORDER)}; one name: no cross-check)")
     conv.add_argument("--dataset", metavar="DATA", help="labelled data for parity and accuracy: 'digits' or an "
                                                         ".npz with arrays x, y (default: from the file's metadata)")
     conv.add_argument("--random-inputs", type=int, default=64, metavar="N",
@@ -97,10 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="optimization profile for the batch dimension (default: 1,32,256)")
     trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
     trt.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
-    trt.add_argument("--no-fp16-fallback", action="store_true",
-                     help="run layers left unquantized in FP32 instead of FP16")
-    trt.add_argument("--strongly-typed", action="store_true",
-                     help="TensorRT 9.1+: take precisions from the Q/DQ graph alone (no precision flags)")
+    trt.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto",
+                     help="strong: precisions from the ONNX alone, no precision flags (TensorRT 9.1+, the only way "
+                          "from 11.x); weak: INT8/FP16 builder flags (8.6 to 10.x); auto (default): strong where the "
+                          "TensorRT has it")
+    trt.add_argument("--float-precision", choices=("fp16", "fp32"), default="fp16",
+                     help="float compute outside the Q/DQ pairs in the engine: fp16 (default; built from a "
+                          "mixed-precision copy of the ONNX, <name>.qdq.fp16.onnx, as strongly typed TensorRT needs "
+                          "it) or fp32")
     trt.add_argument("--compare-precisions", default="", metavar="LIST",
                      help="also build engines of the float twin for comparison: fp16, fp32 or fp16,fp32")
 
@@ -137,7 +152,10 @@ def _print_convert(console: Console, result) -> None:
     n_errors = len(errors(result.lint))
     console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
                   f"reports: {result.report_md}, {result.report_json}")
-    console.print("[green]PASS[/green]" if result.ok else "[red]FAIL[/red]: see the report")
+    reference = result.report["pytorch_reference"]
+    console.print(f"PyTorch reference: {reference['engine']} engine", highlight=False)
+    console.print("[green]PASS[/green]" if result.ok else "[red]FAIL[/red]: " + "; ".join(result.report["failed"]),
+                  highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         batches = _batch_range(args.batch_range)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
-            observer=args.observer, dataset=args.dataset, random_inputs=args.random_inputs,
+            observer=args.observer, torch_engines=args.torch_engines, dataset=args.dataset, random_inputs=args.random_inputs,
             exporter=args.exporter, disabled_passes=tuple(args.disable_pass), placement=args.placement,
             opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
             max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
-            trt_timeout_s=args.trt_timeout, compare_precisions=_precisions(args.compare_precisions),
-            trt=BuildSettings(fp16_fallback=not args.no_fp16_fallback, strongly_typed=args.strongly_typed,
+            trt_timeout_s=args.trt_timeout, float_precision=args.float_precision,
+            compare_precisions=_precisions(args.compare_precisions),
+            trt=BuildSettings(fp16_fallback=args.float_precision == "fp16", typing=args.typing,
                               min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
                               workspace_mib=args.workspace_mib,
                               timing_cache=args.timing_cache))

@@ -32,8 +32,10 @@ class TensorRTUnavailable(BridgeError):
 @dataclass
 class BuildSettings:
     precision: str = "int8"  # int8 (explicit Q/DQ) | fp16 | fp32
-    fp16_fallback: bool = True  # let layers left unquantized run in FP16 instead of FP32
-    strongly_typed: bool = False  # TensorRT 9.1+: take precisions from the Q/DQ graph, no precision flags
+    fp16_fallback: bool = True  # weakly typed int8: let layers left unquantized run in FP16 instead of FP32
+    # strong: precisions from the ONNX itself (Q/DQ nodes; fp16 needs an fp16 ONNX), no precision flags (9.1+,
+    # the only typing from 11.x); weak: from INT8/FP16 builder flags (8.6 to 10.x); auto: strong where available
+    typing: str = "auto"
     min_batch: int = 1
     opt_batch: int = 32
     max_batch: int = 256
@@ -77,10 +79,15 @@ class TensorRTWorker:
         return result
 
     def probe(self) -> dict:
+        """{"features", "typings": the typings a build can have, the one `auto` picks first, "fast_int8",
+        "fast_fp16": null where TensorRT no longer says (11.x)} (see trt_worker.probe)."""
         return self.call("probe")
 
     def build(self, onnx_path: Path, engine_path: Path, settings: BuildSettings,
               layers_path: Path | None = None) -> dict:
+        """Builds the engine; says how it was typed: {"typing": "strong" | "weak", "flags": the precision builder
+        flags set, "precision_source": "onnx" | "builder flags", "network_flags", "build_seconds",
+        "engine_bytes", "features"} (see trt_worker.build)."""
         return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
@@ -115,7 +122,8 @@ ONNX_ADD = re.compile(r"(?:^|[\s(,+/])Add(?:_\d+)?(?=$|[\s),+])")
 def summarize_layers(report: dict) -> dict:
     """Layer counts by type and precision from the engine inspector's JSON, and which convolution/GEMM layers
     are not INT8, plus the standalone pointwise and reformat layers that explicit quantization should avoid
-    (`standalone_add_layers`: those computing an ONNX Add outside a convolution)."""
+    (`standalone_add_layers`: those computing an ONNX Add outside a convolution), and the engine's I/O tensors.
+    Reads TensorRT 8.6/10.x's schema and 11.x's (see `_io_tensor_names` and `_tensor_types`)."""
     layers = [layer for layer in report.get("Layers", []) if isinstance(layer, dict)]
     by_type: dict[str, int] = {}
     not_int8, pointwise, reformat, adds = [], [], [], []
@@ -135,7 +143,15 @@ def summarize_layers(report: dict) -> dict:
     conv_layers = sum(n for k, n in by_type.items() if _computes(k))
     return {"layers": len(layers), "by_type": by_type, "conv_gemm_layers": conv_layers,
             "conv_gemm_not_int8": not_int8, "pointwise_layers": pointwise, "reformat_layers": reformat,
-            "standalone_add_layers": adds}
+            "standalone_add_layers": adds, "io_tensors": _io_tensor_names(report)}
+
+
+def _io_tensor_names(report: dict) -> list[str]:
+    """The engine's I/O tensors: "Bindings", a list of names, up to TensorRT 10.x; "I/O Tensors", a list of
+    objects with a "Name", from 11.x."""
+    if "Bindings" in report:
+        return [str(name) for name in report["Bindings"]]
+    return [str(tensor.get("Name")) for tensor in report.get("I/O Tensors", []) if isinstance(tensor, dict)]
 
 
 def _computes(kind: str) -> bool:
@@ -148,9 +164,15 @@ def _runs_int8(layer: dict) -> bool:
     names say i8i8 or int8int8 (int8 x int8 inputs), i8i32 (int32 accumulation) or IMMA (integer MMA)."""
     weights = [str(layer.get(key, {}).get("Type", "")) for key in ("Weights", "ConvWeights")
                if isinstance(layer.get(key), dict)]
-    formats = " ".join(str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []))
+    formats = " ".join(_tensor_types(t) for t in layer.get("Inputs", [])).lower()
     tactic = str(layer.get("TacticName", "")).lower()
-    return "Int8" in weights or "Int8" in formats or any(m in tactic for m in ("i8i8", "int8int8", "i8i32", "imma"))
+    return "Int8" in weights or "int8" in formats or any(m in tactic for m in ("i8i8", "int8int8", "i8i32", "imma"))
+
+
+def _tensor_types(tensor: dict) -> str:
+    """A layer input's format and data type: one "Format/Datatype" field up to TensorRT 10.x, separate "Format"
+    and "Datatype" fields from 11.x."""
+    return " ".join(str(tensor[key]) for key in ("Format/Datatype", "Format", "Datatype") if key in tensor)
 
 
 def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = None, batch_size: int = 64):

@@ -11,3 +11,9 @@ class BridgeError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem}: {fix}" if fix else problem)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -15,14 +15,13 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import BridgeError
+from .errors import BridgeError, first_line
 from .load import LoadedModel
-from .quantize import QUANT_ENGINE, quiet_torch_warnings
+from .quantize import quiet_torch_warnings
 from .structural import export_structural
 
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-_QINT8_ACTIVATION_ERRORS = ("Expected activation data type QUInt8", "should be QUint8")
 EXPORTERS = ("auto", "structural", "torch")
 EXPORTER_KEY = "qdq_bridge.exporter"
 
@@ -71,22 +70,6 @@ def resolve_input_shape(loaded: LoadedModel, override: tuple[int, ...] | None) -
     return tuple(int(d) for d in shape)
 
 
-def check_runs(module: nn.Module, shape: tuple[int, ...]) -> None:
-    """Run the model once so input-shape and dtype problems surface as one clear error, not an exporter trace."""
-    torch.backends.quantized.engine = QUANT_ENGINE
-    try:
-        with torch.no_grad(), quiet_torch_warnings():
-            module(torch.zeros(shape))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        if any(marker in str(exc) for marker in _QINT8_ACTIVATION_ERRORS):
-            raise BridgeError("the model quantizes activations as qint8, which PyTorch's CPU kernels no longer run "
-                              f"({first})", "re-quantize with quint8 symmetric activations: "
-                              "qdq_bridge.quantize.trt_qconfig()") from None
-        raise BridgeError(f"input shape {shape} does not fit the model ({first})",
-                          "pass the right --input-shape N,C,H,W") from None
-
-
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, exporter: str = "auto") -> onnx.ModelProto:
     """The quantized model as Q/DQ ONNX (nothing written to disk), by `exporter`:
@@ -123,7 +106,6 @@ def exported_by(model: onnx.ModelProto) -> str:
 
 
 def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
-    check_runs(module, input_shape)
     _register_symbolics(opset)
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -135,8 +117,7 @@ def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, d
             torch.onnx.export(module, (torch.zeros(input_shape),), buffer, opset_version=opset, **legacy,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
     except Exception as exc:  # the exporter raises many types; each is a model it cannot express
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BridgeError(f"torch.onnx could not export this model ({first})",
+        raise BridgeError(f"torch.onnx could not export this model ({first_line(exc)})",
                           "quantized modules must be eager-mode torch.ao.nn.quantized ones; see the README's list of "
                           "supported modules") from None
     return onnx.load_from_string(buffer.getvalue())

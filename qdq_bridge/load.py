@@ -19,8 +19,9 @@ from torch import nn
 
 from . import quantize
 from .data import Dataset
-from .errors import BridgeError
+from .errors import BridgeError, first_line
 
+LOADABLE = "pass a TorchScript .pt, a torch.save'd module or a state_dict"
 METADATA_FILE = "qdq_bridge.json"  # extra file in TorchScript archives: {"input_shape": [...], "dataset": "..."}
 TORCHVISION_INPUT = (1, 3, 224, 224)
 
@@ -31,6 +32,7 @@ class LoadedModel:
 
     module: nn.Module
     kind: str  # torchscript | pickled-module | state_dict; with "+qat-convert" / "+ptq" when qdq_bridge converted it
+    engine: str  # the quantized engine its weights are packed for (quantize.packing_engine)
     input_shape: tuple[int, ...] | None = None
     dataset: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -50,22 +52,22 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def _load_torchscript(path: Path) -> LoadedModel:
+def _load_torchscript(path: Path, engine: str) -> LoadedModel:
     extra = {METADATA_FILE: ""}
     try:
-        with quantize.quiet_torch_warnings():
+        with quantize.using_engine(engine), quantize.quiet_torch_warnings():
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except RuntimeError as exc:
-        raise BridgeError(f"'{path}' is a corrupt TorchScript archive ({str(exc).splitlines()[0]})",
+        meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    except Exception as exc:  # a damaged archive fails in the zip reader, the unpickler or the TorchScript compiler
+        raise BridgeError(f"'{path}' is a corrupt TorchScript archive ({_reason(exc)})",
                           "re-save it with torch.jit.save") from None
-    meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
     shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
-    return LoadedModel(module.eval(), "torchscript", shape, meta.get("dataset"))
+    return LoadedModel(module.eval(), "torchscript", engine, shape, meta.get("dataset"))
 
 
-def _torch_load(path: Path, trust_pickle: bool):
+def _torch_load(path: Path, trust_pickle: bool, engine: str):
     try:
-        with quantize.quiet_torch_warnings():
+        with quantize.using_engine(engine), quantize.quiet_torch_warnings():
             return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         # the safe unpickler names the class it refused ("Unsupported global"); garbage fails on an opcode
@@ -73,11 +75,19 @@ def _torch_load(path: Path, trust_pickle: bool):
             raise BridgeError(f"'{path}' is a pickled module, and unpickling runs code stored in the file",
                               "pass --trust-pickle if you trust its source, or save a state_dict or TorchScript "
                               "instead") from None
-        raise BridgeError(f"'{path}' is not a PyTorch model file ({str(exc).splitlines()[0]})",
-                          "pass a TorchScript .pt, a torch.save'd module or a state_dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise BridgeError(f"'{path}' is not a readable PyTorch model file ({str(exc).splitlines()[0]})",
-                          "pass a TorchScript .pt, a torch.save'd module or a state_dict") from None
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # torch.load's legacy reader fails on garbage with KeyError, IndexError, OSError...
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: BaseException) -> BridgeError:
+    return BridgeError(f"'{path}' is damaged or not a PyTorch model file ({type(exc).__name__}: {_reason(exc)})",
+                       LOADABLE)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an exception's message: PyTorch's readers add paragraphs of advice after it."""
+    return first_line(exc).split(". ")[0].rstrip(".")
 
 
 def _restore_module_internals(module: nn.Module) -> None:
@@ -140,27 +150,38 @@ def module_kind(module: nn.Module) -> str:
 def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise BridgeError(f"the state_dict does not fit the architecture {where} ({str(exc).splitlines()[1].strip()})",
+    except RuntimeError as exc:  # the first line only says "Error(s) in loading state_dict"; the second says which
+        detail = [line.strip() for line in str(exc).splitlines() if line.strip()][1:2] or [first_line(exc)]
+        raise BridgeError(f"the state_dict does not fit the architecture {where} ({detail[0]})",
                           "pass the --arch the weights were trained with") from None
 
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
                calibration: Dataset | None = None, observer: str = "histogram",
-               calibration_batch: int = 32) -> LoadedModel:
-    """Load any supported model file and return it quantized (converting QAT and quantizing float models)."""
+               calibration_batch: int = 32, engines: tuple[str, ...] | None = None) -> LoadedModel:
+    """Load any supported model file and return it quantized (converting QAT and quantizing float models), its
+    weights packed for the engine chosen, before anything was read, from `engines` (an order of preference,
+    default quantize.ENGINE_ORDER): `LoadedModel.engine`."""
     path = Path(path)
     if not path.is_file():
         raise BridgeError(f"model file '{path}' not found", "check the path")
-    if _is_torchscript(path):
-        loaded = _load_torchscript(path)
+    if path.stat().st_size == 0:
+        raise BridgeError(f"'{path}' is empty (0 bytes)", LOADABLE)
+    try:  # both read the zip directory and pickles as bytes, nothing is unpickled
+        engine = quantize.packing_engine(quantize.file_has_3d_conv(path), engines)
+        torchscript = _is_torchscript(path)
+    except Exception as exc:  # zipfile raises BadZipFile, zlib.error, NotImplementedError... on damaged archives
+        raise BridgeError(f"'{path}' is a damaged zip archive ({first_line(exc)})",
+                          "save the model again (torch.jit.save or torch.save)") from None
+    if torchscript:
+        loaded = _load_torchscript(path, engine)
     else:
-        obj = _torch_load(path, trust_pickle)
+        obj = _torch_load(path, trust_pickle, engine)
         if isinstance(obj, nn.Module):
             _restore_module_internals(obj)
-            loaded = LoadedModel(obj, "pickled-module")
+            loaded = LoadedModel(obj, "pickled-module", engine)
         elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
-            loaded = _from_state_dict(obj, arch)
+            loaded = _from_state_dict(obj, arch, engines)
         else:
             raise BridgeError(f"'{path}' holds a {type(obj).__name__}, not a model",
                               "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")
@@ -173,19 +194,21 @@ def torchvision_arch(arch: str | None) -> bool:
     return bool(arch) and arch.startswith("torchvision:")
 
 
-def _from_state_dict(state: dict, arch: str | None) -> LoadedModel:
+def _from_state_dict(state: dict, arch: str | None, engines: tuple[str, ...] | None) -> LoadedModel:
     if arch is None:
         raise BridgeError("the file is a state_dict, which holds weights but no architecture",
                           "pass --arch torchvision:resnet18 or --arch package.module:factory")
     model = resolve_arch(arch)()
+    engine = quantize.engine_for(model, engines)
     kind = state_dict_kind(state)
     if kind == "quantized":  # build the quantized module structure; scales and weights come from the state
         quantize.prepare_ptq(model, observer="minmax")
-        quantize.convert(model)
+        quantize.convert(model, engine)
     elif kind == "qat":
         quantize.prepare_qat(model)
-    _load_state_dict(model, state, arch)
-    loaded = LoadedModel(model.eval(), "state_dict")
+    with quantize.using_engine(engine):  # loading quantized weights packs them
+        _load_state_dict(model, state, arch)
+    loaded = LoadedModel(model.eval(), "state_dict", engine)
     quantizers = quantize.activation_quantizers(model)
     if kind == "quantized" and quantizers and all(int(sub.zero_point) == 0 for _, sub in quantizers):
         # a state_dict does not record the activation dtype; all-zero zero-points are symmetric qint8 (quint8
@@ -206,8 +229,12 @@ def _refuse_dynamic(module: nn.Module) -> None:
 
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> LoadedModel:
-    if loaded.kind != "torchscript":  # TorchScript files come from torch.jit.script of a quantized model
+    if loaded.kind != "torchscript":
         _to_quantized_module(loaded, calibration, observer, batch)
+    elif not quantize.activation_quantizers(loaded.module):
+        raise BridgeError("the TorchScript model is a float model with no quantization, and TorchScript cannot be "
+                          "quantized in eager mode", "save the float model's state_dict and pass it with --arch "
+                          "and --calibrate DATA, or quantize it before scripting")
     if quantize.activation_dtype(loaded.module) == "qint8":
         count = quantize.qint8_to_quint8_activations(loaded.module)
         loaded.notes.append(f"qint8 symmetric activations rewritten at {count} quantizers as the same values in quint8 "
@@ -226,7 +253,7 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | None, obser
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
-        quantize.convert(loaded.module)
+        quantize.convert(loaded.module, loaded.engine)
         loaded.kind += "+qat-convert"
         loaded.notes.append("QAT fake-quant modules converted to quantized modules by qdq_bridge")
     elif kind == "float":
@@ -235,7 +262,8 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | None, obser
                               "pass --calibrate digits|data.npz so qdq_bridge quantizes it (PTQ), or quantize it "
                               "first")
         n_batches = -(-len(calibration) // batch)
-        quantize.quantize_ptq(loaded.module, calibration.batches(batch), observer, total=n_batches)
+        quantize.quantize_ptq(loaded.module, calibration.batches(batch), observer, total=n_batches,
+                              engine=loaded.engine)
         loaded.kind += "+ptq"
         loaded.notes.append(f"quantized by qdq_bridge: PTQ, {observer} observer, {len(calibration)} calibration "
                             f"samples of {calibration.name}")

@@ -1,4 +1,4 @@
-"""The whole job, top to bottom: load -> quantize -> export -> passes -> lint -> verify -> report.
+"""The whole job, top to bottom: load -> quantize -> reference -> export -> passes -> lint -> verify -> report.
 
 `convert` writes `<name>.qdq.onnx`, `report.json` and `report.md` into the output folder, all or nothing:
 files are written to a scratch folder inside it and moved into place only once every stage has run.
@@ -20,13 +20,16 @@ import onnx
 from . import data as datasets
 from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from .errors import BridgeError
-from .export import DEFAULT_OPSET, check_runs, export_onnx, exported_by, float_twin, resolve_input_shape
+from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
 from .load import load_model
 from .passes import run_passes
+from .precision import mixed_precision
+from .quantize import ENGINE_ORDER, using_engine
+from .reference import check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
 from .verify import (Comparison, compare, first_divergences, quantized_tensors, run_onnxruntime,
-                     run_onnxruntime_tensors, run_torch)
+                     run_onnxruntime_tensors)
 
 # (reference, candidate) pairs compared wherever both ran; the verdict is taken on the INT8 ones
 JUDGED_PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
@@ -40,6 +43,7 @@ class ConvertOptions:
     trust_pickle: bool = False
     calibrate: str | None = None  # dataset spec to quantize a float model with (PTQ)
     observer: str = "histogram"
+    torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (quantize.ENGINE_ORDER)
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     random_inputs: int = 64
     exporter: str = "auto"  # auto: structural, torch.onnx where it cannot | structural | torch
@@ -55,6 +59,9 @@ class ConvertOptions:
     trt_timeout_s: float = 900.0
     trt: BuildSettings = field(default_factory=BuildSettings)
     compare_precisions: tuple[str, ...] = ()  # also build fp16 / fp32 engines of the float twin
+    # the float compute outside Q/DQ in engines: fp16 from a mixed-precision copy of the ONNX (the way strongly
+    # typed TensorRT takes it; ONNX Runtime's parity keeps the float32 file), or fp32
+    float_precision: str = "fp16"
 
 
 @dataclass
@@ -84,6 +91,10 @@ class _StageTimer:
 
 def _writable_folder(output_dir: Path) -> tuple[Path, bool]:
     """Create the output folder if needed and return (scratch folder inside it, whether we created it)."""
+    for path in (output_dir, *output_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise BridgeError(f"output folder '{output_dir}' cannot be made: '{path}' is a file",
+                              "pass --output-dir with a folder path, not a file's")
     created = not output_dir.exists()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -119,17 +130,13 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
 
 
 def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
-                    checks: list, logits: dict, options: ConvertOptions, notes: list[str]) -> dict:
-    """Build the INT8 engine (and float comparison engines), run it on the parity data; {} when TensorRT is
-    not found and not required."""
+                    checks: list, sample: datasets.Dataset, logits: dict, options: ConvertOptions,
+                    notes: list[str]) -> dict:
+    """Build the INT8 engine (and float comparison engines) and run it on the parity data; {} when TensorRT is
+    not found and not required. A failure after the probe is recorded under "failed" (the step and TensorRT's
+    message) with whatever was made before it: the CPU stages' results stand."""
     if options.engine == "off":
         return {}
-
-    def run_engine(engine: str, backend: str) -> None:
-        for data in checks:
-            outputs = worker.infer(scratch / engine, data.x, options.batch_size)
-            logits[data.name][backend] = next(iter(outputs.values()))
-
     try:
         probe = worker.probe()
     except TensorRTUnavailable as exc:
@@ -137,36 +144,91 @@ def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Pat
             raise
         notes.append(f"no TensorRT engine built: {exc}")
         return {}
+    except BridgeError as exc:  # TensorRT is there but broke: an engine-stage failure, not bad input
+        return {"failed": {"step": "probe", "message": exc.problem}, "files": []}
     stem = onnx_name.removesuffix(".qdq.onnx")
     engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
-    build = worker.build(scratch / onnx_name, scratch / engine_name, options.trt, scratch / layers_name)
-    layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
-    result = {"probe": probe, "engine": engine_name, "build": build, "layer_summary": summarize_layers(layers),
-              "files": [engine_name] + ([layers_name] if layers else [])}
-    run_engine(engine_name, "tensorrt")
-    for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
-        twin_name, name = f"{stem}.float.onnx", f"{stem}.{precision}.engine"
-        if not (scratch / twin_name).exists():
-            onnx.save(float_twin(model), str(scratch / twin_name))
-        settings = replace(options.trt, precision=precision, fp16_fallback=False, strongly_typed=False)
-        result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
-        result["files"] += [name] + ([twin_name] if twin_name not in result["files"] else [])
-        run_engine(name, f"tensorrt-{precision}")
+    result = {"probe": probe, "files": []}
+    step = "fp16 conversion"
+    try:
+        result["engine_onnx"] = _engine_onnx(model, onnx_name, scratch, sample, options.float_precision, result)
+        step = f"build of {engine_name}"
+        result["build"] = worker.build(scratch / result["engine_onnx"], scratch / engine_name, options.trt,
+                                       scratch / layers_name)
+        result["engine"] = engine_name
+        layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
+        result["layer_summary"] = summarize_layers(layers)
+        result["files"] += [engine_name] + ([layers_name] if layers else [])
+        step = f"run of {engine_name}"
+        _run_engine(worker, scratch / engine_name, "tensorrt", checks, logits, options.batch_size)
+        twin = float_twin(model)
+        for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
+            name = f"{stem}.{precision}.engine"
+            step = f"{precision} conversion of the float twin"
+            twin_name = _engine_onnx(twin, f"{stem}.float.onnx", scratch, sample, precision, result)
+            step = f"build of {name}"
+            settings = replace(options.trt, precision=precision, fp16_fallback=False)
+            result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
+            result["files"].append(name)
+            step = f"run of {name}"
+            _run_engine(worker, scratch / name, f"tensorrt-{precision}", checks, logits, options.batch_size)
+    except BridgeError as exc:
+        result["failed"] = {"step": step, "message": exc.problem}
     return result
 
 
+def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: datasets.Dataset, float_precision: str,
+                 result: dict) -> str:
+    """Write the ONNX an engine is built from, once: `name` itself for fp32 float compute, its mixed-precision
+    copy `*.fp16.onnx` for fp16 (precision.mixed_precision; its findings go to result["mixed_precision"])."""
+    if float_precision == "fp16":
+        name = name.replace(".onnx", ".fp16.onnx")
+    if name not in result["files"]:
+        if float_precision == "fp16":
+            model, result.setdefault("mixed_precision", {})[name] = mixed_precision(model, sample.x)
+        onnx.save(model, str(scratch / name))
+        result["files"].append(name)
+    return name
+
+
+def _run_engine(worker: TensorRTWorker, engine: Path, backend: str, checks: list, logits: dict,
+                batch_size: int) -> None:
+    for data in checks:
+        logits[data.name][backend] = next(iter(worker.infer(engine, data.x, batch_size).values()))
+
+
+LOCATOR_BUILDS = 12  # engine builds the divergence locator may spend
+
+
 def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
-                       options: ConvertOptions) -> list[dict]:
-    """Where the INT8 engine's activations first leave ONNX Runtime's: rebuild it with every quantized
-    activation marked as an output (this stops some fusions, which is fine for a diagnosis) and compare."""
+                       options: ConvertOptions) -> dict:
+    """Where the INT8 engine's activations first leave ONNX Runtime's. Quantized activations are marked as
+    engine outputs a group at a time, in graph order, until a group diverges. Exposing a tensor stops some
+    fusions (fine for a diagnosis), and some tensors TensorRT cannot expose at all (8.6's graph compiler
+    asserted with every one marked): a group whose build fails is split, down to single tensors, which are
+    then listed as not exposable."""
     tensors = quantized_tensors(model)
-    names = [name for name, _ in tensors]
     sample = data.x[:8]
+    emulated = run_onnxruntime_tensors(model, [name for name, _ in tensors], sample)
+    pending, unexposable, builds = [tensors], [], 0
     with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
         engine = Path(work) / "debug.engine"
-        worker.build(onnx_path, engine, replace(options.trt, mark_outputs=names))
-        engine_values = worker.infer(engine, sample, len(sample))
-    return first_divergences(run_onnxruntime_tensors(model, names, sample), engine_values, tensors)
+        while pending and builds < LOCATOR_BUILDS:
+            group = pending.pop(0)
+            builds += 1
+            try:
+                worker.build(onnx_path, engine, replace(options.trt, mark_outputs=[name for name, _ in group]))
+                values = worker.infer(engine, sample, len(sample))
+            except BridgeError:
+                if len(group) == 1:
+                    unexposable.append(group[0][0])
+                else:
+                    pending[:0] = [group[:len(group) // 2], group[len(group) // 2:]]
+                continue
+            found = first_divergences(emulated, values, group)
+            if found:
+                return {"first": found, "not_exposable": unexposable, "builds": builds}
+    return {"first": [], "not_exposable": unexposable, "builds": builds, "complete": not pending}
 
 
 def _convert(model_path: Path, output_dir: Path, scratch: Path, options: ConvertOptions) -> ConvertResult:
@@ -174,15 +236,16 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     with timer("load"):
         calibration = datasets.load_dataset(options.calibrate) if options.calibrate else None
         loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
-                            calibration=calibration, observer=options.observer)
+                            calibration=calibration, observer=options.observer, engines=options.torch_engines)
         dataset_spec = options.dataset or loaded.dataset
         checks = [datasets.load_dataset(dataset_spec)] if dataset_spec else []
         # shape precedence: --input-shape, the file's metadata, the labelled dataset, the first layer's weights
         from_data = (1, *checks[0].x.shape[1:]) if checks and loaded.input_shape is None else None
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
-    with timer("export"):
-        check_runs(loaded.module, input_shape)  # the parity check runs it anyway: shape errors surface here, clearly
-        exported = export_onnx(loaded.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
+    with timer("reference"):  # shape errors and engine limits surface here, before any export
+        reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
+    with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
+        exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     with timer("passes"):
         model, applied = run_passes(exported, options.disabled_passes, options.placement)
     with timer("lint"):
@@ -190,20 +253,25 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     onnx_name = f"{model_path.stem}.qdq.onnx"
     onnx.save(model, str(scratch / onnx_name))
 
+    for data in checks:
+        if data.x.shape[1:] != tuple(input_shape[1:]):
+            raise BridgeError(f"dataset {data.name} has samples of shape {data.x.shape[1:]}, the model takes "
+                              f"{tuple(input_shape[1:])}", "pass a dataset that matches --input-shape")
+    with timer("reference"):
+        sample = check_sample(checks, input_shape)
+        cross_check(reference, sample,
+                    lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False),
+                    output_step(exported), options.torch_engines)
     with timer("verify"):
         if options.random_inputs:
             checks.append(datasets.random_inputs(input_shape, options.random_inputs))
-        logits: dict[str, dict[str, np.ndarray]] = {}
-        for data in checks:
-            if data.x.shape[1:] != tuple(input_shape[1:]):
-                raise BridgeError(f"dataset {data.name} has samples of shape {data.x.shape[1:]}, the model takes "
-                                  f"{tuple(input_shape[1:])}", "pass a dataset that matches --input-shape")
-            logits[data.name] = {"pytorch": run_torch(loaded.module, data, options.batch_size),
-                                 "onnxruntime": run_onnxruntime(model, data, options.batch_size)}
-    notes = list(loaded.notes)
+        logits: dict[str, dict[str, np.ndarray]] = {
+            data.name: {"pytorch": reference.run(data, options.batch_size),
+                        "onnxruntime": run_onnxruntime(model, data, options.batch_size)} for data in checks}
+    notes = [*loaded.notes, *reference.notes]
     with timer("tensorrt"):
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
-        tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, checks, logits, options, notes)
+        tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, checks, sample, logits, options, notes)
 
     parity = [compare(backends[ref], backends[cand], data, ref, cand)
               for data in checks for backends in [logits[data.name]]
@@ -212,14 +280,24 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.
     int8 = [c for c in parity if (c.reference, c.candidate) in JUDGED_PAIRS]
     judged = [c for c in int8 if c.reference_accuracy is not None] or int8
-    parity_ok = all(c.within(options.min_agreement, options.max_accuracy_gap_points) for c in judged)
-    if tensorrt.get("engine") and not parity_ok:
-        tensorrt["divergence"] = _locate_divergence(worker, model, scratch / onnx_name, checks[0], options)
+    failed = [f for c in judged for f in c.failures(options.min_agreement, options.max_accuracy_gap_points)]
+    parity_ok = not failed
+    if errors(violations):
+        failed.append(f"lint: {len(errors(violations))} errors "
+                      f"({', '.join(sorted({v.rule for v in errors(violations)}))})")
+    if tensorrt.get("failed"):
+        failed.append(f"TensorRT: the {tensorrt['failed']['step']} failed ({tensorrt['failed']['message']})")
+    elif tensorrt.get("engine") and not parity_ok:
+        try:
+            tensorrt["divergence"] = _locate_divergence(worker, model, scratch / onnx_name, checks[0], options)
+        except BridgeError as exc:
+            notes.append(f"the divergence locator failed: {exc.problem}")
     report = {
         "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": notes,
         "input_shape": list(input_shape), "opset": options.opset, "exporter": exported_by(exported),
         "onnx": onnx_name,
-        "ok": parity_ok and not errors(violations),
+        "ok": not failed, "failed": failed,
+        "pytorch_reference": reference.as_dict(),
         "thresholds": {"min_agreement": options.min_agreement,
                        "max_accuracy_gap_points": options.max_accuracy_gap_points},
         "parity": [c.as_dict() | {"judged": any(c is j for j in judged)} for c in parity],
@@ -231,7 +309,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     }
     write_reports(report, scratch)
     final = {}
-    for name in (onnx_name, "report.json", "report.md", *tensorrt.get("files", [])):
+    for name in dict.fromkeys((onnx_name, "report.json", "report.md", *tensorrt.get("files", []))):
         final[name] = output_dir / name
         (scratch / name).replace(final[name])
     return ConvertResult(final[onnx_name], final["report.json"], final["report.md"], report, violations, parity)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
+import zipfile
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -25,13 +28,59 @@ from .errors import BridgeError
 # quant_min/quant_max stay unset on purpose: with an explicit 0..255 range torch picks zero-point 127.
 ACTIVATION = dict(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric)
 WEIGHT = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-128, quant_max=127, ch_axis=0)
-# The CPU engine that packs weights and runs the PyTorch reference. Not x86/fbgemm: their u8*s8 kernels sum
-# pairs of products in int16 and saturate with full-range 8-bit activations (why torch's own default qconfig
-# reduces activations to 7 bits); measured here, a depthwise conv of torchvision's mobilenet_v2 came out 82
-# quantization steps off. Not onednn first: its quantized ConvTranspose2d (as x86's) is up to 46 steps off
-# float emulation where qnnpack and fbgemm are exact, and on mobilenet_v2 its logits sit 16 output steps from
-# the Q/DQ graph's against qnnpack's 5 (measured here, torch 2.14).
-QUANT_ENGINE = next(e for e in ("qnnpack", "onednn") if e in torch.backends.quantized.supported_engines)
+# The quantized CPU engines in order of preference. A model's weights are packed for the engine in force when
+# it is converted or loaded, and that engine's kernels run it afterwards (qdq_bridge.reference checks it).
+# qnnpack first: x86/fbgemm's u8*s8 kernels sum pairs of products in int16 and saturate with full-range 8-bit
+# activations on CPUs without AVX-512 VNNI (why torch's own default qconfig reduces activations to 7 bits;
+# measured here, a depthwise conv of torchvision's mobilenet_v2 came out 82 quantization steps off, the
+# examples' model 10 % accurate); onednn's quantized ConvTranspose2d (as x86's) is up to 46 steps off float
+# emulation where qnnpack is exact, and on mobilenet_v2 its logits sit 16 output steps from the Q/DQ graph's
+# against qnnpack's 5 (torch 2.14).
+ENGINE_ORDER = ("qnnpack", "onednn", "x86", "fbgemm")
+# qnnpack packs 3-d convolution weights but cannot unpack them, which both exporters need
+THREE_D_CONV = re.compile(rb"Conv(?:Transpose|ReLU|Bn|BnReLU)?3d")
+
+
+def available_engines(order: tuple[str, ...] | None = None) -> list[str]:
+    """The engines of `order` (default ENGINE_ORDER) this PyTorch build has, in that order."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    engines = [engine for engine in order or ENGINE_ORDER if engine in supported]
+    if not engines:
+        raise BridgeError(f"none of the quantized engines {', '.join(order)} is in this PyTorch build",
+                          f"choose from {', '.join(supported)}")
+    return engines
+
+
+@contextlib.contextmanager
+def using_engine(engine: str):
+    """Set PyTorch's quantized engine for the duration only: what the user's process set stays set."""
+    saved = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = saved
+
+
+def packing_engine(has_3d_conv: bool, order: tuple[str, ...] | None = None) -> str:
+    """The engine to pack a model's weights with: the first available of `order`, onednn for 3-d convolutions."""
+    engines = available_engines(order)
+    return "onednn" if has_3d_conv and "onednn" in engines else engines[0]
+
+
+def file_has_3d_conv(path: Path) -> bool:
+    """Whether a model file names a 3-d convolution class, read from its pickles and TorchScript code without
+    unpickling anything (so the engine is chosen before any weight is packed)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(THREE_D_CONV.search(archive.read(name)) for name in archive.namelist()
+                       if name.endswith(".pkl") or "/code/" in name)
+    return bool(THREE_D_CONV.search(path.read_bytes()))  # a legacy (non-zip) torch.save file is one pickle
+
+
+def engine_for(model: nn.Module, order: tuple[str, ...] | None = None) -> str:
+    """The packing engine for an eager model (float, observed or quantized)."""
+    return packing_engine(any(THREE_D_CONV.search(type(m).__name__.encode()) for m in model.modules()), order)
 
 
 class PercentileObserver(HistogramObserver):
@@ -187,16 +236,7 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     return _prepare(model, trt_qat_qconfig(), qat=True)
 
 
-def engine_for(model: nn.Module) -> str:
-    """QUANT_ENGINE, except onednn for models with 3-d convolutions: qnnpack packs their weights but cannot
-    unpack them, which the exporters need."""
-    three_d = any(type(m).__name__.endswith(("Conv3d", "ConvTranspose3d", "ConvReLU3d", "ConvBn3d", "ConvBnReLU3d"))
-                  for m in model.modules())
-    return "onednn" if three_d and "onednn" in torch.backends.quantized.supported_engines else QUANT_ENGINE
-
-
 def _prepare(model: nn.Module, qconfig: QConfig, qat: bool) -> nn.Module:
-    torch.backends.quantized.engine = engine_for(model)
     model.train(qat)
     _fuse(model, is_qat=qat)
     model.qconfig = qconfig
@@ -205,11 +245,12 @@ def _prepare(model: nn.Module, qconfig: QConfig, qat: bool) -> nn.Module:
     return model
 
 
-def convert(model: nn.Module) -> nn.Module:
-    """Convert an observed (PTQ) or fake-quantized (QAT) model to a quantized model, in place."""
-    torch.backends.quantized.engine = engine_for(model)
+def convert(model: nn.Module, engine: str | None = None) -> nn.Module:
+    """Convert an observed (PTQ) or fake-quantized (QAT) model to a quantized model, in place, its weights packed
+    for `engine` (default `engine_for(model)`): run it with that engine (`using_engine`), as qdq_bridge's
+    reference does."""
     model.eval()
-    with quiet_torch_warnings():
+    with using_engine(engine or engine_for(model)), quiet_torch_warnings():
         torch.ao.quantization.convert(model, inplace=True)
     return model
 
@@ -226,7 +267,7 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
 
 
 def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str = "histogram",
-                 total: int | None = None) -> nn.Module:
+                 total: int | None = None, engine: str | None = None) -> nn.Module:
     """Post-training quantization of a float eager-mode model with the TensorRT-legal scheme."""
     if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
         raise BridgeError("the float model has no QuantStub, so eager-mode quantization cannot place its inputs",
@@ -234,4 +275,4 @@ def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str 
                           "quantizable model (torchvision.models.quantization)")
     prepare_ptq(model, observer)
     calibrate(model, batches, total)
-    return convert(model)
+    return convert(model, engine)

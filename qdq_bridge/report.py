@@ -17,6 +17,8 @@ def render_markdown(report: dict) -> str:
              f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** "
              f"(top-1 agreement ≥ {report['thresholds']['min_agreement'] * 100:g}%, accuracy gap ≤ "
              f"{report['thresholds']['max_accuracy_gap_points']:g} points on the judged rows, no lint errors)"]
+    lines += [f"  - failed: {reason}" for reason in report["failed"]]
+    lines += [_reference_line(report["pytorch_reference"])]
     lines += [f"- note: {note}" for note in report["notes"]]
     lines += ["", "## Parity", "",
               "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
@@ -40,22 +42,40 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _reference_line(reference: dict) -> str:
+    line = f"- PyTorch reference: {reference['engine']} engine (weights packed by {reference['packed_by']})"
+    engines = reference.get("cross_check", {}).get("engines", {})
+    if engines:
+        line += "; from the Q/DQ graph's float emulation: " + ", ".join(
+            f"{engine} {d['mean_steps']:.2f} steps mean, {d['max_steps']:.0f} max" for engine, d in engines.items())
+    return line
+
+
 def _tensorrt_section(trt: dict) -> list[str]:
+    lines = ["", "## TensorRT", ""]
     if not trt:
-        return ["", "## TensorRT", "", "No engine was built (see the notes)."]
-    summary = trt["layer_summary"]
-    lines = ["", "## TensorRT", "",
-             f"- TensorRT {trt['probe']['features']['version']}, engine `{trt['engine']}` built in "
-             f"{trt['build']['build_seconds']:.1f} s ({'strongly typed' if trt['build']['strongly_typed'] else 'INT8 flag'})",
-             f"- {summary['layers']} layers; {summary['conv_gemm_layers']} convolution/GEMM layers, not INT8: "
-             f"{', '.join(summary['conv_gemm_not_int8']) or 'none'}",
-             f"- standalone pointwise layers: {len(summary['pointwise_layers'])}; reformat layers: "
-             f"{len(summary['reformat_layers'])}",
-             "", "| layer type | count |", "|---|---:|"]
+        return lines + ["No engine was built (see the notes)."]
+    if "failed" in trt:
+        lines.append(f"- **the {trt['failed']['step']} failed**: {trt['failed']['message']}")
+    if "layer_summary" not in trt:
+        return lines
+    summary, build = trt["layer_summary"], trt["build"]
+    source = "the ONNX" if build["precision_source"] == "onnx" else "builder flags " + ", ".join(build["flags"])
+    lines += [f"- TensorRT {trt['probe']['features']['version']}, engine `{trt['engine']}` built in "
+              f"{build['build_seconds']:.1f} s from `{trt['engine_onnx']}`: {build['typing']}ly typed, precisions "
+              f"from {source}",
+              f"- {summary['layers']} layers; {summary['conv_gemm_layers']} convolution/GEMM layers, not INT8: "
+              f"{', '.join(summary['conv_gemm_not_int8']) or 'none'}",
+              f"- standalone pointwise layers: {len(summary['pointwise_layers'])}; reformat layers: "
+              f"{len(summary['reformat_layers'])}",
+              "", "| layer type | count |", "|---|---:|"]
     lines += [f"| {kind} | {n} |" for kind, n in sorted(summary["by_type"].items())]
-    for row in trt.get("divergence", []):
+    divergence = trt.get("divergence", {})
+    for row in divergence.get("first", []):
         lines.append(f"- diverges at `{row['tensor']}`: {row['steps']:.1f} quantization steps "
                      f"({row['fraction_over'] * 100:.2f}% of values over 2 steps)")
+    if divergence.get("not_exposable"):
+        lines.append("- tensors TensorRT could not expose for the comparison: " + ", ".join(divergence["not_exposable"]))
     return lines
 
 

@@ -8,12 +8,16 @@ torch or onnx. The main process (`qdq_bridge.engine`) talks to it through files:
 
 Requests: {"command": "probe" | "build" | "infer" | "benchmark", ...}; see the handlers below. Arrays travel as .npy files.
 A crash or hang here can only take this process down; the main process reports it with this process's log.
-Supports TensorRT 8.6 through 10.x by feature detection (no `X | Y` annotations: Python 3.9 runs this file).
+Supports TensorRT 8.6 through 11.x by feature detection, and acts on it: a build is weakly typed (precision
+builder flags: 8.6 to 10.x) or strongly typed (precisions from the ONNX itself: 9.1+, the only way from 11.x),
+see `typings` and `_route`. No `X | Y` annotations: Python 3.9 runs this file.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -93,11 +97,27 @@ class Cuda:
     def launch(self, instance: ctypes.c_void_p) -> None:
         self._check(self.lib.cuGraphLaunch(instance, self.stream), "cuGraphLaunch")
 
+    def destroy(self, instance: ctypes.c_void_p) -> None:
+        self.lib.cuGraphExecDestroy(instance)
+
     def elapsed_ms(self, start: ctypes.c_void_p, end: ctypes.c_void_p) -> float:
         self._check(self.lib.cuEventSynchronize(end), "cuEventSynchronize")
         ms = ctypes.c_float()
         self._check(self.lib.cuEventElapsedTime(ctypes.byref(ms), start, end), "cuEventElapsedTime")
         return ms.value
+
+
+CUDA_ENV = "QDQ_BRIDGE_TRT_CUDA"
+
+
+def make_cuda():
+    """The CUDA helper: `Cuda` (the driver), or the stand-in class that $QDQ_BRIDGE_TRT_CUDA names as
+    "module:Class" (the CPU tests' fake, beside their fake tensorrt)."""
+    spec = os.environ.get(CUDA_ENV)
+    if not spec:
+        return Cuda()
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)()
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -111,13 +131,72 @@ def features() -> dict:
     creation = trt.NetworkDefinitionCreationFlag
     return {
         "version": trt.__version__,
-        "explicit_batch_flag": hasattr(creation, "EXPLICIT_BATCH"),  # default and deprecated from TensorRT 10
-        "strongly_typed": hasattr(creation, "STRONGLY_TYPED"),  # 9.1+
-        "int8_flag": hasattr(trt.BuilderFlag, "INT8"),
+        "explicit_batch_flag": hasattr(creation, "EXPLICIT_BATCH"),  # needed by 8.x, ignored by 10.x, gone in 11.x
+        "strongly_typed": hasattr(creation, "STRONGLY_TYPED"),  # 9.1+ (deprecated in 11.x: always on there)
+        "int8_flag": hasattr(trt.BuilderFlag, "INT8"),  # precision flags: deprecated in 10.12, gone in 11.x
         "fp16_flag": hasattr(trt.BuilderFlag, "FP16"),
         "execute_v3": hasattr(trt.IExecutionContext, "execute_async_v3"),
         "engine_inspector": hasattr(trt.ICudaEngine, "create_engine_inspector"),
     }
+
+
+def typings(feats: dict) -> list:
+    """The typings a build can have here, the one `auto` picks first: weak where the precision builder flags
+    exist; strong where STRONGLY_TYPED exists or the flags do not (without them every network is strongly typed)."""
+    weak = feats["int8_flag"] and feats["fp16_flag"]
+    strong = feats["strongly_typed"] or not weak
+    return [typing for typing, offered in (("strong", strong), ("weak", weak)) if offered]
+
+
+class RouteError(Exception):
+    """A build this TensorRT cannot do as asked; the message says what to ask instead."""
+
+
+def _typing(feats: dict, asked: str) -> str:
+    offered = typings(feats)
+    if asked == "auto":
+        return offered[0]
+    if asked in offered:
+        return asked
+    if asked == "weak":
+        raise RouteError(f"TensorRT {feats['version']} has no precision builder flags (BuilderFlag.INT8/FP16), so "
+                         "no weakly typed build: ask for typing 'strong' or 'auto', which take precisions from the "
+                         "ONNX (Q/DQ nodes for int8; an fp16 engine needs an fp16 ONNX)")
+    if asked == "strong":
+        raise RouteError(f"TensorRT {feats['version']} has no strongly typed networks (NetworkDefinitionCreationFlag"
+                         ".STRONGLY_TYPED, TensorRT 9.1+): ask for typing 'weak' or 'auto'")
+    raise RouteError(f"unknown typing '{asked}': ask for 'auto', 'strong' or 'weak'")
+
+
+def _route(feats: dict, request: dict) -> dict:
+    """Where the engine's precisions come from. Strongly typed: from the ONNX's own types (Q/DQ nodes for int8,
+    fp16 tensors for fp16), no precision flag. Weakly typed: from builder flags, INT8 for the Q/DQ graph, FP16 for
+    fp16 or as int8's fallback for layers left unquantized; fp32 sets none."""
+    typing = _typing(feats, request.get("typing", "auto"))
+    if typing == "strong":
+        return {"typing": "strong", "flags": [], "precision_source": "onnx"}
+    precision = request["precision"]
+    flags = ["INT8"] if precision == "int8" else []
+    if precision == "fp16" or (precision == "int8" and request.get("fp16_fallback")):
+        flags.append("FP16")
+    return {"typing": "weak", "flags": flags, "precision_source": "builder flags"}
+
+
+def _network_flags(feats: dict, typing: str) -> list:
+    """NetworkDefinitionCreationFlag names: EXPLICIT_BATCH where it exists; STRONGLY_TYPED for a strong build
+    where weak typing is the alternative (where it is not, 11.x, every network is strongly typed and the flag is
+    deprecated and ignored)."""
+    names = ["EXPLICIT_BATCH"] if feats["explicit_batch_flag"] else []
+    if typing == "strong" and "weak" in typings(feats):
+        names.append("STRONGLY_TYPED")
+    return names
+
+
+def _bits(enum, names: list) -> int:
+    bits = 0
+    for name in names:
+        bits |= 1 << int(getattr(enum, name))
+    return bits
 
 
 def _io_tensors(engine) -> list:
@@ -134,24 +213,30 @@ def _layer_report(engine) -> dict:
 # --- handlers --------------------------------------------------------------------------------------------------
 
 def probe(request: dict) -> dict:
+    """Features, the typings a build can have (`auto` takes the first) and whether the GPU has fast INT8/FP16,
+    null where TensorRT no longer says (11.x)."""
     builder = trt.Builder(_logger())
-    return {"features": features(), "fast_int8": bool(builder.platform_has_fast_int8),
-            "fast_fp16": bool(builder.platform_has_fast_fp16)}
+    feats = features()
+    return {"features": feats, "typings": typings(feats), "fast_int8": _platform_has(builder, "int8"),
+            "fast_fp16": _platform_has(builder, "fp16")}
+
+
+def _platform_has(builder, precision: str):
+    value = getattr(builder, f"platform_has_fast_{precision}", None)
+    return None if value is None else bool(value)
 
 
 def build(request: dict) -> dict:
-    """ONNX -> serialized engine (+ layer report JSON, + timing cache)."""
+    """ONNX -> serialized engine (+ layer report JSON, + timing cache); the response says how it was typed."""
+    feats = features()
+    try:
+        route = _route(feats, request)
+    except RouteError as exc:
+        return {"error": str(exc)}
     logger = _logger()
     builder = trt.Builder(logger)
-    feats = features()
-    flags = 0
-    if feats["explicit_batch_flag"]:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    precision = request["precision"]
-    strongly_typed = precision == "int8" and request.get("strongly_typed", False) and feats["strongly_typed"]
-    if strongly_typed:  # types come from the Q/DQ graph itself; precision flags are then not allowed
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network_flags = _network_flags(feats, route["typing"])
+    network = builder.create_network(_bits(trt.NetworkDefinitionCreationFlag, network_flags))
     parser = trt.OnnxParser(network, logger)
     with open(request["onnx"], "rb") as f:
         if not parser.parse(f.read()):
@@ -161,14 +246,33 @@ def build(request: dict) -> dict:
         tensor = _find_tensor(network, name)
         if tensor is not None and not tensor.is_network_output:
             network.mark_output(tensor)
+    config = _builder_config(builder, network, feats, route["flags"], request)
 
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        return {"error": "TensorRT could not build the engine (see the worker log above)"}
+    with open(request["engine"], "wb") as f:
+        f.write(serialized)
+    if request.get("timing_cache"):
+        with open(request["timing_cache"], "wb") as f:
+            f.write(memoryview(config.get_timing_cache().serialize()))
+    if feats["engine_inspector"] and request.get("layers"):
+        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        with open(request["layers"], "w") as f:
+            json.dump(_layer_report(engine), f, indent=1)
+    return {"build_seconds": seconds, "engine_bytes": int(serialized.nbytes), "features": feats,
+            "network_flags": network_flags, **route}
+
+
+def _builder_config(builder, network, feats: dict, flags: list, request: dict):
+    """Workspace, the route's precision flags (a weak route only, which exists only where they do), detailed
+    layer information, the batch profile and the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(request.get("workspace_mib", 4096)) << 20)
-    if not strongly_typed:
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-        if precision == "fp16" or request.get("fp16_fallback"):
-            config.set_flag(trt.BuilderFlag.FP16)
+    for name in flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
     if feats["engine_inspector"]:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
@@ -180,34 +284,19 @@ def build(request: dict) -> dict:
             profile.set_shape(tensor.name, pick(request["min_batch"]), pick(request["opt_batch"]),
                               pick(request["max_batch"]))
     config.add_optimization_profile(profile)
-    cache_path = request.get("timing_cache")
-    cache_bytes = b""
-    if cache_path:
+    cache = config.create_timing_cache(_read_cache(request.get("timing_cache")))
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
+
+
+def _read_cache(path) -> bytes:
+    if path:
         try:
-            with open(cache_path, "rb") as f:
-                cache_bytes = f.read()
+            with open(path, "rb") as f:
+                return f.read()
         except FileNotFoundError:
             pass
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
-    if serialized is None:
-        return {"error": "TensorRT could not build the engine (see the worker log above)"}
-    with open(request["engine"], "wb") as f:
-        f.write(serialized)
-    if cache_path:
-        with open(cache_path, "wb") as f:
-            f.write(memoryview(config.get_timing_cache().serialize()))
-    response = {"build_seconds": seconds, "strongly_typed": bool(strongly_typed), "features": feats,
-                "engine_bytes": int(serialized.nbytes)}
-    if feats["engine_inspector"] and request.get("layers"):
-        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-        with open(request["layers"], "w") as f:
-            json.dump(_layer_report(engine), f, indent=1)
-    return response
+    return b""
 
 
 def _find_tensor(network, name: str):
@@ -232,6 +321,7 @@ class Bindings:
 
     def __init__(self, engine, context, cuda: Cuda, batch: np.ndarray):
         self.input_name = _input_name(engine)
+        batch = np.ascontiguousarray(batch, _dtype(engine, self.input_name))  # fp16 where an fp16 ONNX says so
         self.output_names = [n for n, is_input in _io_tensors(engine) if not is_input]
         self.cuda, self.context = cuda, context
         context.set_input_shape(self.input_name, batch.shape)
@@ -239,7 +329,7 @@ class Bindings:
         cuda.to_device(self.pointers[self.input_name], batch)
         self.host = {}
         for name in self.output_names:
-            self.host[name] = np.empty(tuple(context.get_tensor_shape(name)), trt.nptype(engine.get_tensor_dtype(name)))
+            self.host[name] = np.empty(tuple(context.get_tensor_shape(name)), _dtype(engine, name))
             self.pointers[name] = cuda.alloc(self.host[name].nbytes)
         for name, pointer in self.pointers.items():
             context.set_tensor_address(name, pointer)
@@ -262,11 +352,15 @@ def _input_name(engine) -> str:
     return next(n for n, is_input in _io_tensors(engine) if is_input)
 
 
+def _dtype(engine, name: str) -> type:
+    return trt.nptype(engine.get_tensor_dtype(name))
+
+
 def _engine_input(engine, batch_size: int, seed: int = 0) -> np.ndarray:
     name = _input_name(engine)
     shape = [batch_size, *list(engine.get_tensor_shape(name))[1:]]
     rng = np.random.default_rng(seed)
-    return rng.standard_normal(shape).astype(trt.nptype(engine.get_tensor_dtype(name)))
+    return rng.standard_normal(shape).astype(_dtype(engine, name))
 
 
 def infer(request: dict) -> dict:
@@ -274,13 +368,13 @@ def infer(request: dict) -> dict:
     engine = _load_engine(request["engine"])
     if engine is None:
         return NOT_DESERIALIZED
-    cuda = Cuda()
+    cuda = make_cuda()
     context = engine.create_execution_context()
     inputs = np.load(request["inputs"])
     chunk = int(request.get("batch_size", 64))
     results, output_names = {}, []
     for start in range(0, len(inputs), chunk):
-        bindings = Bindings(engine, context, cuda, np.ascontiguousarray(inputs[start:start + chunk], np.float32))
+        bindings = Bindings(engine, context, cuda, inputs[start:start + chunk])
         bindings.execute()
         cuda.synchronize()
         output_names = bindings.output_names
@@ -316,7 +410,7 @@ def benchmark(request: dict) -> dict:
     engine = _load_engine(request["engine"])
     if engine is None:
         return NOT_DESERIALIZED
-    cuda = Cuda()
+    cuda = make_cuda()
     context = engine.create_execution_context()
     runs = int(request["runs"])
     timings = []
@@ -331,7 +425,7 @@ def benchmark(request: dict) -> dict:
             for _ in range(int(request["warmup"])):
                 cuda.launch(graph)
             modes["cuda_graph"] = _time(cuda, lambda: cuda.launch(graph), runs)
-            cuda.lib.cuGraphExecDestroy(graph)
+            cuda.destroy(graph)
         cuda.synchronize()
         bindings.free()
         for mode in filter(None, modes.values()):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .data import Dataset
-from .quantize import QUANT_ENGINE, quiet_torch_warnings
+from .quantize import available_engines, quiet_torch_warnings, using_engine
 
 
 @dataclass
@@ -35,24 +35,43 @@ class Comparison:
         return abs(self.reference_accuracy - self.candidate_accuracy) * 100
 
     def within(self, min_agreement: float, max_accuracy_gap_points: float) -> bool:
+        return not self.failures(min_agreement, max_accuracy_gap_points)
+
+    def failures(self, min_agreement: float, max_accuracy_gap_points: float) -> list[str]:
+        """Each criterion this comparison misses, with its numbers, e.g. 'pytorch vs onnxruntime on digits-test:
+        top-1 agreement 10.44% < 99.50%'."""
+        pair = f"{self.reference} vs {self.candidate} on {self.dataset}"
+        found = []
+        if self.top1_agreement < min_agreement:
+            found.append(f"{pair}: top-1 agreement {self.top1_agreement * 100:.2f}% < {min_agreement * 100:.2f}%")
         gap = self.accuracy_gap_points
-        return self.top1_agreement >= min_agreement and (gap is None or gap <= max_accuracy_gap_points + 1e-9)
+        if gap is not None and gap > max_accuracy_gap_points + 1e-9:
+            found.append(f"{pair}: accuracy gap {gap:.2f} points > {max_accuracy_gap_points:g} ({self.reference} "
+                         f"{self.reference_accuracy * 100:.2f}%, {self.candidate} {self.candidate_accuracy * 100:.2f}%)")
+        return found
 
     def as_dict(self) -> dict:
         return {**asdict(self), "accuracy_gap_points": self.accuracy_gap_points}
 
 
-def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64) -> np.ndarray:
-    torch.backends.quantized.engine = QUANT_ENGINE
-    with torch.no_grad(), quiet_torch_warnings():
+def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64, engine: str | None = None) -> np.ndarray:
+    """The model's float outputs, run with `engine`'s quantized kernels (default: the first of
+    quantize.ENGINE_ORDER; use the engine the weights were packed for, as `LoadedModel.engine` says)."""
+    with using_engine(engine or available_engines()[0]), torch.no_grad(), quiet_torch_warnings():
         return np.concatenate([module(torch.from_numpy(b)).float().numpy() for b in data.batches(batch_size)])
 
 
-def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64) -> np.ndarray:
+def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64,
+                    optimize: bool = True) -> np.ndarray:
+    """The model's first output on ONNX Runtime's CPU. optimize=False turns graph optimizations off, so Q/DQ
+    pairs are not fused into integer kernels and every op computes in float on dequantized values."""
     import onnxruntime as ort
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     static_batch = session.get_inputs()[0].shape[0]
     if isinstance(static_batch, int):  # a static-batch export runs one sample at a time

@@ -1,4 +1,6 @@
 """Bad input: one line naming the problem and the fix, exit status 2, no half-written outputs."""
+import os
+
 import pytest
 import torch
 from torch.ao.quantization import get_default_qconfig
@@ -9,6 +11,8 @@ from qdq_bridge.load import save_torchscript
 from qdq_bridge.models import DigitsResNet
 
 from conftest import quantize_with, run_cli
+
+ARCH = "qdq_bridge.models:digits_resnet"
 
 
 def refused(tmp_path, *args) -> str:
@@ -29,7 +33,49 @@ def test_missing_file(tmp_path):
 def test_corrupt_file(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(b"\x80\x04 definitely not a model")
-    assert "is not a PyTorch model file" in refused(tmp_path, str(path))
+    assert "is damaged or not a PyTorch model file (UnpicklingError: " in refused(tmp_path, str(path))
+
+
+def test_text_file_named_pt(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_text("these are release notes, not weights\n" * 20)
+    message = refused(tmp_path, str(path))
+    assert message.startswith(f"error: '{path}' is damaged or not a PyTorch model file (")
+    assert message.endswith("pass a TorchScript .pt, a torch.save'd module or a state_dict")
+
+
+@pytest.fixture(scope="module")
+def model_files(example_dir, tmp_path_factory) -> dict:
+    """The example in each file format: TorchScript, state_dict, pickled module."""
+    from qdq_bridge.load import load_model
+    pickled = tmp_path_factory.mktemp("pickled") / "whole.pth"
+    torch.save(load_model(example_dir / "resnet_q_state.pth", arch=ARCH).module, pickled)
+    return {"torchscript": example_dir / "resnet_q.pt", "state_dict": example_dir / "resnet_q_state.pth",
+            "pickled": pickled}
+
+
+FORMAT_ARGS = ["--arch", "qdq_bridge.models:digits_resnet", "--trust-pickle"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "state_dict", "pickled"])
+@pytest.mark.parametrize("damage,expected", [
+    ("empty", "is empty (0 bytes): pass a TorchScript .pt"),
+    ("truncated", "is damaged or not a PyTorch model file ("),
+    ("corrupt", "is a damaged zip archive ("),
+])
+def test_damaged_model_files(tmp_path, model_files, fmt, damage, expected):
+    data = bytearray(model_files[fmt].read_bytes())
+    if damage == "empty":
+        data = b""
+    elif damage == "truncated":
+        data = data[:len(data) // 2]
+    else:  # flip bytes across the archive, its central directory included
+        for i in range(len(data) // 3, len(data), 97):
+            data[i] ^= 0x5A
+    path = tmp_path / f"damaged{model_files[fmt].suffix}"
+    path.write_bytes(bytes(data))
+    message = refused(tmp_path, str(path), *FORMAT_ARGS)
+    assert message.startswith(f"error: '{path}' ") and expected in message
 
 
 def test_float_model_without_quantization(tmp_path):
@@ -37,6 +83,16 @@ def test_float_model_without_quantization(tmp_path):
     torch.save(DigitsResNet().state_dict(), path)
     message = refused(tmp_path, str(path), "--arch", "qdq_bridge.models:digits_resnet")
     assert "float model with no quantization: pass --calibrate" in message
+
+
+@pytest.mark.parametrize("calibrate", [[], ["--calibrate", "digits"]])
+def test_float_torchscript_model_is_refused_at_once(tmp_path, calibrate):
+    path = tmp_path / "float.pt"
+    torch.jit.save(torch.jit.script(DigitsResNet().eval()), str(path))
+    message = refused(tmp_path, str(path), "--input-shape", "1,1,32,32", *calibrate)
+    assert message == ("error: the TorchScript model is a float model with no quantization, and TorchScript cannot be "
+                       "quantized in eager mode: save the float model's state_dict and pass it with --arch and "
+                       "--calibrate DATA, or quantize it before scripting")
 
 
 def test_state_dict_without_arch(tmp_path):
@@ -83,13 +139,26 @@ def test_wrong_input_shape(tmp_path, example_dir):
     assert message.endswith("pass the right --input-shape N,C,H,W")
 
 
-def test_unwritable_output_folder(tmp_path, example_dir):
+@pytest.mark.parametrize("below", [False, True])
+def test_output_folder_that_is_a_file(tmp_path, example_dir, below):
     blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(blocker / "out"))
+    blocker.write_text("mine")
+    out = blocker / "out" if below else blocker
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(out))
     assert result.returncode == 2
-    assert f"error: output folder '{blocker / 'out'}' is not writable" in result.stderr
-    assert "pass --output-dir with a folder you can write to" in result.stderr
+    assert result.stderr == (f"error: output folder '{out}' cannot be made: '{blocker}' is a file: pass --output-dir "
+                             "with a folder path, not a file's\n")
+    assert blocker.read_text() == "mine"
+
+
+def test_unwritable_output_folder(tmp_path, example_dir):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as a user who may write anywhere (root)")
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(locked / "out"))
+    assert result.returncode == 2
+    assert f"error: output folder '{locked / 'out'}' is not writable" in result.stderr
 
 
 def test_malformed_input_shape_is_a_usage_error(tmp_path, example_dir):

@@ -1,35 +1,223 @@
-"""The TensorRT worker protocol and its error paths, on CPU with a stand-in `tensorrt` package."""
+"""The TensorRT worker protocol, its routes and its error paths, on CPU with a stand-in `tensorrt` package that
+emulates TensorRT 8.6, 10.13 or 11.4 (tests/fake_trt, built from the real bindings' names in tests/trt_api)."""
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from qdq_bridge.engine import TensorRTUnavailable, TensorRTWorker, summarize_layers
+from qdq_bridge.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from qdq_bridge.errors import BridgeError
+from qdq_bridge.trt_worker import CUDA_ENV
 
 from conftest import run_cli
 
 FAKE = Path(__file__).parent / "fake_trt"
+API_LISTS = {"8.6": "tensorrt-8.6.1.txt", "10.13": "tensorrt-10.13.0.35.txt", "11.4": "tensorrt-11.4.0.106.txt"}
+
+
+class Fake:
+    """A worker on the fake tensorrt of one API surface, and the calls that fake recorded."""
+
+    def __init__(self, record: Path):
+        self.worker, self.record = TensorRTWorker(sys.executable, timeout_s=60), record
+
+    def calls(self, name: str) -> list:
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [call for call in map(json.loads, lines) if call["call"] == name]
+
+    def flags_set(self) -> list:
+        return [call["flag"] for call in self.calls("set_flag")]
 
 
 @pytest.fixture
-def fake_trt(monkeypatch):
-    def use(mode: str) -> TensorRTWorker:
+def fake_trt(monkeypatch, tmp_path):
+    def use(mode: str = "ok", api: str = "8.6") -> Fake:
         monkeypatch.setenv("PYTHONPATH", str(FAKE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         monkeypatch.setenv("FAKE_TRT_MODE", mode)
-        return TensorRTWorker(sys.executable, timeout_s=5)
+        monkeypatch.setenv("FAKE_TRT_API", api)
+        monkeypatch.setenv("FAKE_TRT_RECORD", str(tmp_path / f"calls-{api}.jsonl"))
+        monkeypatch.setenv(CUDA_ENV, "fake_cuda:Cuda")
+        return Fake(tmp_path / f"calls-{api}.jsonl")
     return use
 
 
-def test_probe_round_trip(fake_trt):
-    result = fake_trt("ok").probe()
-    assert result["fast_int8"] is True
-    assert result["features"] == {"version": "0.0-fake", "explicit_batch_flag": True, "strongly_typed": False,
-                                  "int8_flag": True, "fp16_flag": True, "execute_v3": True,
-                                  "engine_inspector": False}
+def tiny_onnx(path: Path, io_type: int = TensorProto.FLOAT) -> Path:
+    """x [N,1,4,4] -> Conv -> conv -> Relu -> relu -> Flatten -> flat -> MatMul -> logits [N,3]; the fake
+    parser reads only names, shapes and I/O types."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], name="/conv/Conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"], name="/relu/Relu"),
+             helper.make_node("Flatten", ["relu"], ["flat"], name="/flat/Flatten"),
+             helper.make_node("MatMul", ["flat", "m"], ["logits"], name="/fc/MatMul")]
+    weights = [helper.make_tensor("w", io_type, [2, 1, 3, 3], [0.1] * 18),
+               helper.make_tensor("m", io_type, [32, 3], [0.01] * 96)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", io_type, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", io_type, ["N", 3])], weights)
+    onnx.save(helper.make_model(graph), str(path))
+    return path
 
+
+def fake_logits(x: np.ndarray, output_index: int = 0) -> np.ndarray:
+    """What the fake engine computes for an output: (index + 1) times each sample's input sum."""
+    return x.reshape(len(x), -1).astype(np.float64).sum(axis=1) * (output_index + 1)
+
+
+# --- the fake against the real bindings' names ------------------------------------------------------------------
+
+FAKE_NAMES = """
+import json, types, tensorrt as trt
+names = []
+for name, value in vars(trt).items():
+    if name.startswith("_") or isinstance(value, types.ModuleType):
+        continue
+    names.append(name)
+    for cls in getattr(value, "__mro__", []):
+        if cls.__module__ == "tensorrt":  # what the fake defines, not what Python's bytes or enum bring
+            names += [name + "." + attr for attr in vars(cls) if not attr.startswith("_")]
+print(json.dumps(names))
+"""
+
+
+@pytest.mark.parametrize("api", sorted(API_LISTS))
+def test_fake_defines_only_names_the_real_tensorrt_has(api):
+    env = {**os.environ, "PYTHONPATH": str(FAKE), "FAKE_TRT_API": api}
+    done = subprocess.run([sys.executable, "-c", FAKE_NAMES], env=env, capture_output=True, text=True, check=True)
+    real = set((Path(__file__).parent / "trt_api" / API_LISTS[api]).read_text().split())
+    assert sorted(set(json.loads(done.stdout)) - real) == []
+
+
+# --- probe --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("api, version, expected, typings, fast", [
+    ("8.6", "8.6.1", {"explicit_batch_flag": True, "strongly_typed": False, "int8_flag": True, "fp16_flag": True},
+     ["weak"], True),
+    ("10.13", "10.13.0.35", {"explicit_batch_flag": True, "strongly_typed": True, "int8_flag": True,
+                             "fp16_flag": True}, ["strong", "weak"], True),
+    ("11.4", "11.4.0.106", {"explicit_batch_flag": False, "strongly_typed": True, "int8_flag": False,
+                            "fp16_flag": False}, ["strong"], None),
+])
+def test_probe_reports_features_typings_and_fast_precisions_where_tensorrt_says(fake_trt, api, version, expected,
+                                                                                typings, fast):
+    result = fake_trt(api=api).worker.probe()
+    assert result["features"] == {"version": version, **expected, "execute_v3": True, "engine_inspector": True}
+    assert result["typings"] == typings
+    assert result["fast_int8"] is fast and result["fast_fp16"] is fast
+
+
+# --- build routes -------------------------------------------------------------------------------------------------
+
+ROUTES = [  # api, typing, precision -> typing, builder flags, precision source, network creation flags
+    ("8.6", "auto", "int8", "weak", ["INT8", "FP16"], "builder flags", ["EXPLICIT_BATCH"]),
+    ("8.6", "weak", "fp16", "weak", ["FP16"], "builder flags", ["EXPLICIT_BATCH"]),
+    ("8.6", "auto", "fp32", "weak", [], "builder flags", ["EXPLICIT_BATCH"]),
+    ("10.13", "auto", "int8", "strong", [], "onnx", ["EXPLICIT_BATCH", "STRONGLY_TYPED"]),
+    ("10.13", "weak", "int8", "weak", ["INT8", "FP16"], "builder flags", ["EXPLICIT_BATCH"]),
+    ("11.4", "auto", "int8", "strong", [], "onnx", []),
+    ("11.4", "strong", "fp16", "strong", [], "onnx", []),
+    ("11.4", "auto", "fp32", "strong", [], "onnx", []),
+]
+
+
+@pytest.mark.parametrize("api, typing, precision, route_typing, flags, source, network_flags", ROUTES)
+def test_build_route_sets_exactly_the_flags_it_reports(fake_trt, tmp_path, api, typing, precision, route_typing,
+                                                       flags, source, network_flags):
+    fake = fake_trt(api=api)
+    model = tiny_onnx(tmp_path / "m.onnx")
+    result = fake.worker.build(model, tmp_path / "m.engine", BuildSettings(precision=precision, typing=typing))
+    assert (result["typing"], result["flags"], result["precision_source"]) == (route_typing, flags, source)
+    assert result["network_flags"] == network_flags and result["engine_bytes"] > 0
+    assert fake.flags_set() == flags  # on a strong route, and on all of 11.4: no precision flag at all
+    assert [call["flags"] for call in fake.calls("create_network")] == [network_flags]
+    [parsed] = fake.calls("parse")
+    assert Path(parsed["onnx"]).read_bytes() == model.read_bytes()
+    assert (tmp_path / "m.engine").stat().st_size == result["engine_bytes"]
+
+
+def test_build_on_11_4_is_strongly_typed_without_precision_flags(fake_trt, tmp_path):
+    fake = fake_trt(api="11.4")
+    result = fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildSettings())
+    assert result["typing"] == "strong" and result["precision_source"] == "onnx"
+    assert result["flags"] == [] and fake.calls("set_flag") == []
+    assert fake.calls("create_network") == [{"call": "create_network", "flags": []}]
+
+
+@pytest.mark.parametrize("api, typing, message", [
+    ("11.4", "weak", r"TensorRT 11\.4\.0\.106 has no precision builder flags .* ask for typing 'strong' or 'auto'"),
+    ("8.6", "strong", r"TensorRT 8\.6\.1 has no strongly typed networks .* ask for typing 'weak' or 'auto'"),
+    ("10.13", "loose", r"unknown typing 'loose': ask for 'auto', 'strong' or 'weak'"),
+])
+def test_build_refuses_a_typing_this_tensorrt_lacks_and_says_what_to_ask(fake_trt, tmp_path, api, typing, message):
+    fake = fake_trt(api=api)
+    with pytest.raises(BridgeError, match=message):
+        fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildSettings(typing=typing))
+    assert fake.calls("create_network") == [] and not (tmp_path / "m.engine").exists()
+
+
+def test_mark_outputs_adds_engine_outputs(fake_trt, tmp_path):
+    fake = fake_trt(api="11.4")
+    settings = BuildSettings(mark_outputs=["relu", "logits", "absent"])  # already an output, and no such tensor
+    fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", settings)
+    assert [call["tensor"] for call in fake.calls("mark_output")] == ["relu"]
+    x = np.ones((2, 1, 4, 4), np.float32)
+    outputs = fake.worker.infer(tmp_path / "m.engine", x)
+    assert list(outputs) == ["logits", "relu"]
+    np.testing.assert_allclose(outputs["relu"][:, 0], fake_logits(x, 1))
+
+
+# --- build, infer, benchmark end to end ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("api", sorted(API_LISTS))
+def test_build_infer_benchmark_end_to_end(fake_trt, tmp_path, api):
+    fake = fake_trt(api=api)
+    engine, layers = tmp_path / "m.engine", tmp_path / "m.layers.json"
+    settings = BuildSettings(min_batch=1, opt_batch=4, max_batch=8, timing_cache=str(tmp_path / "timing.cache"))
+    fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), engine, settings, layers)
+    assert fake.calls("set_shape") == [{"call": "set_shape", "input": "x",
+                                        "shapes": [[1, 1, 4, 4], [4, 1, 4, 4], [8, 1, 4, 4]]}]
+    assert (tmp_path / "timing.cache").exists()
+    summary = summarize_layers(json.loads(layers.read_text()))  # this TensorRT's inspector schema
+    assert summary["conv_gemm_layers"] == 2 and summary["conv_gemm_not_int8"] == []
+    assert summary["io_tensors"] == ["x", "logits"]
+
+    x = np.random.default_rng(0).standard_normal((5, 1, 4, 4)).astype(np.float32)
+    logits = fake.worker.infer(engine, x, batch_size=2)["logits"]  # in chunks of 2, 2 and 1
+    np.testing.assert_allclose(logits, np.repeat(fake_logits(x)[:, None], 3, axis=1), rtol=1e-5)
+
+    result = fake.worker.benchmark(engine, [1, 4], warmup=2, runs=5, profile_batch=2)
+    for timing in result["timings"]:
+        for mode in ("enqueue", "cuda_graph"):
+            assert timing[mode]["median_ms"] == 0.25  # the fake CUDA's tick
+            assert timing[mode]["throughput_per_s"] == timing["batch"] * 4000
+    assert [layer["name"] for layer in result["layer_profile"]["layers"]] == [
+        "/conv/Conv", "/relu/Relu", "/flat/Flatten", "/fc/MatMul"]
+
+
+def test_fp16_onnx_makes_an_fp16_engine_on_11_4(fake_trt, tmp_path):
+    """No FP16 flag on 11.x: an fp16 engine comes from an ONNX that carries fp16; infer feeds it fp16."""
+    fake = fake_trt(api="11.4")
+    model = tiny_onnx(tmp_path / "m16.onnx", TensorProto.FLOAT16)
+    result = fake.worker.build(model, tmp_path / "m16.engine", BuildSettings(precision="fp16"))
+    assert (result["typing"], result["flags"], result["precision_source"]) == ("strong", [], "onnx")
+    [parsed] = fake.calls("parse")
+    assert onnx.load(parsed["onnx"]).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    x = np.full((3, 1, 4, 4), 0.5, np.float32)
+    logits = fake.worker.infer(tmp_path / "m16.engine", x)["logits"]
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits[:, 0], fake_logits(x))
+
+
+def test_engine_of_another_tensorrt_is_reported_not_run(fake_trt, tmp_path):
+    fake_trt(api="8.6").worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildSettings())
+    with pytest.raises(BridgeError, match="could not deserialize the engine"):
+        fake_trt(api="11.4").worker.infer(tmp_path / "m.engine", np.ones((1, 1, 4, 4), np.float32))
+
+
+# --- failures of the worker process -------------------------------------------------------------------------------
 
 def test_missing_tensorrt_says_how_to_enable_it():
     with pytest.raises(TensorRTUnavailable, match=r"no TensorRT under .*No module named 'tensorrt'.*"
@@ -44,11 +232,11 @@ def test_missing_interpreter():
 
 def test_worker_crash_is_an_error_not_a_dead_main_process(fake_trt):
     with pytest.raises(BridgeError, match=r"TensorRT worker 'probe' crashed with signal 11"):
-        fake_trt("crash").probe()
+        fake_trt("crash").worker.probe()
 
 
 def test_worker_hang_times_out(fake_trt):
-    worker = fake_trt("hang")
+    worker = fake_trt("hang").worker
     worker.timeout_s = 1
     with pytest.raises(BridgeError, match=r"TensorRT worker 'probe' timed out after 1 s.*raise --trt-timeout"):
         worker.probe()
@@ -69,6 +257,8 @@ def test_convert_with_engine_required_fails_cleanly(example_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+# --- layer summary, both inspector schemas ------------------------------------------------------------------------
+
 def test_layer_summary_counts_precisions_and_fusions():
     report = {"Layers": [
         {"Name": "conv1 + relu", "LayerType": "CaskConvolution",
@@ -85,9 +275,70 @@ def test_layer_summary_counts_precisions_and_fusions():
         {"Name": "/fc/Gemm", "LayerType": "CaskConvolution", "Inputs": [],  # int8 in, float out
          "TacticName": "sm90_xmma_fprop_implicit_gemm_i8f32_i8i32_f32_nchw"},
         {"Name": "reformat", "LayerType": "Reformat", "Inputs": []},
-    ]}
+    ], "Bindings": ["input", "logits"]}
     summary = summarize_layers(report)
     assert summary["conv_gemm_layers"] == 6 and summary["conv_gemm_not_int8"] == ["fc"]
     assert summary["pointwise_layers"] == ["PWN(/stage1/Add, /stage1/Relu)", "PWN(/head/Mul)"]
     assert summary["reformat_layers"] == ["reformat"]
     assert summary["standalone_add_layers"] == ["PWN(/stage1/Add, /stage1/Relu)"]  # the fused one is not
+    assert summary["io_tensors"] == ["input", "logits"]
+
+
+def test_layer_summary_reads_the_tensorrt_11_schema():
+    """11.x: "I/O Tensors" objects instead of "Bindings" names (NVIDIA's 10.x-to-11.x IEngineInspector migration
+    page); layer tensors with separate "Format" and "Datatype" instead of "Format/Datatype" (as Polygraphy reads
+    them)."""
+    report = {"Layers": [
+        {"Name": "/conv1/Conv + /conv1/Relu", "LayerType": "CaskConvolution",
+         "Inputs": [{"Name": "x", "Dimensions": [-1, 1, 8, 8], "Format": "Row major linear format (kLINEAR)",
+                     "Datatype": "Int8"}]},
+        {"Name": "/fc/Gemm", "LayerType": "CaskGemmConvolution",
+         "Inputs": [{"Name": "flat", "Format": "Row major linear format (kLINEAR)", "Datatype": "Float"}]},
+        {"Name": "PWN(/stage1/Add, /stage1/Relu)", "LayerType": "PointWiseV2", "Inputs": []},
+    ], "I/O Tensors": [
+        {"Name": "x", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 1, 8, 8], "Location": "Device",
+         "IsShapeInferenceIO": False,
+         "ProfileInfo": [{"MinShape": [1, 1, 8, 8], "OptShape": [32, 1, 8, 8], "MaxShape": [256, 1, 8, 8],
+                          "Format": "Row major linear FP32 format (kLINEAR)"}]},
+        {"Name": "logits", "IOMode": "Output", "DataType": "Float", "Dimensions": [-1, 10], "Location": "Device",
+         "IsShapeInferenceIO": False}]}
+    summary = summarize_layers(report)
+    assert summary["conv_gemm_layers"] == 2 and summary["conv_gemm_not_int8"] == ["/fc/Gemm"]
+    assert summary["standalone_add_layers"] == ["PWN(/stage1/Add, /stage1/Relu)"]
+    assert summary["io_tensors"] == ["x", "logits"]
+
+
+# --- convert with a TensorRT stand-in: the route, and engine-stage failures that keep the CPU results ---------
+
+def test_convert_on_11_4_builds_from_the_fp16_onnx_with_no_precision_flag(fake_trt, example_dir, tmp_path):
+    fake = fake_trt(api="11.4")
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--engine", "require", "--random-inputs", "0",
+                     "-o", str(tmp_path / "o"))
+    assert result.returncode == 1, result.stderr  # the stand-in's logits are input sums: parity fails, as it should
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    trt = report["tensorrt"]
+    assert (trt["build"]["typing"], trt["build"]["flags"], trt["build"]["precision_source"]) == ("strong", [], "onnx")
+    assert trt["engine_onnx"] == "resnet_q.qdq.fp16.onnx" and fake.calls("set_flag") == []
+    parsed = fake.calls("parse")  # the engine's build, then the divergence locator's (parity failed)
+    assert len(parsed) == 1 + trt["divergence"]["builds"]
+    handed = onnx.load(parsed[0]["onnx"])
+    assert handed.SerializeToString() == onnx.load(str(tmp_path / "o" / "resnet_q.qdq.fp16.onnx")).SerializeToString()
+    types = {v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(handed).graph.value_info}
+    assert TensorProto.FLOAT16 in types  # float compute between the Q/DQ pairs runs in fp16
+    assert handed.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # I/O stays float32
+    assert any(r["candidate"] == "tensorrt" for r in report["parity"])
+
+
+@pytest.mark.parametrize("mode, step", [("crash", "probe"), ("build-fails", "build of resnet_q.int8.engine")])
+def test_engine_stage_failure_keeps_the_cpu_results_and_exits_1(fake_trt, example_dir, tmp_path, mode, step):
+    fake_trt(mode=mode)
+    out = tmp_path / "o"
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--random-inputs", "0", "-o", str(out))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert {"resnet_q.qdq.onnx", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["tensorrt"]["failed"]["step"] == step
+    assert report["failed"][-1].startswith(f"TensorRT: the {step} failed (")
+    assert report["parity"][0]["candidate"] == "onnxruntime" and report["parity"][0]["top1_agreement"] == 1.0
+    assert f"**the {step} failed**" in (out / "report.md").read_text()
+    assert f"FAIL: TensorRT: the {step} failed" in " ".join(result.stdout.split())

@@ -1,35 +1,217 @@
-"""A stand-in `tensorrt` for CPU tests of the worker protocol: behaves as FAKE_TRT_MODE says."""
+"""A stand-in `tensorrt` for CPU tests of the worker, emulating the API surface of one real TensorRT.
+
+FAKE_TRT_API (8.6 | 10.13 | 11.4, default 8.6) picks the surface: tests/trt_api/tensorrt-<version>.txt, the names
+of the real bindings (tools/trt_api_names.py). The enums hold exactly the members that list has; names the lists
+disagree on are defined only where the list has them; a test holds every public name here to the list.
+FAKE_TRT_MODE=crash|hang: Builder() crashes or hangs; build-fails: building returns None.
+FAKE_TRT_RECORD: a JSON-lines file that gets one line per call a test asserts on (flags, parsed ONNX kept beside it, marked outputs, profile shapes).
+Engines are JSON plans of the parsed network; executing one writes each output as (output index + 1) times the
+sum of the sample's input values, through the fake CUDA memory of `fake_cuda`.
+"""
+import enum
+import hashlib
+import json
 import os
+import pathlib
 import signal
 import time
 
-__version__ = "0.0-fake"
+import fake_cuda as _cuda
+import numpy as np
+
+_VERSIONS = {"8.6": "8.6.1", "10.13": "10.13.0.35", "11.4": "11.4.0.106"}
+__version__ = _VERSIONS[os.environ.get("FAKE_TRT_API", "8.6")]
+_NAMES = set((pathlib.Path(__file__).resolve().parents[2] / "trt_api" / f"tensorrt-{__version__}.txt").read_text()
+             .split())
 _MODE = os.environ.get("FAKE_TRT_MODE", "ok")
+_SCHEMA_11 = int(__version__.split(".")[0]) >= 11  # the engine inspector's JSON changed in 11.x
+
+
+def _enum(name: str) -> type:
+    """The enum with the members (upper-case names) the real list gives it."""
+    members = sorted(entry.split(".", 1)[1] for entry in _NAMES if entry.startswith(name + "."))
+    return enum.IntEnum(name, [m for m in members if m.isupper()], module=__name__, start=0)
+
+
+BuilderFlag = _enum("BuilderFlag")
+NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag")
+MemoryPoolType = _enum("MemoryPoolType")
+ProfilingVerbosity = _enum("ProfilingVerbosity")
+LayerInformationFormat = _enum("LayerInformationFormat")
+TensorIOMode = _enum("TensorIOMode")
+DataType = _enum("DataType")
+
+_NUMPY = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32}
+_ONNX_TYPES = {1: DataType.FLOAT, 10: DataType.HALF}  # onnx.TensorProto.FLOAT, FLOAT16
+
+
+def nptype(trt_type):
+    return _NUMPY[trt_type]
+
+
+def _record(call: str, **details) -> None:
+    path = os.environ.get("FAKE_TRT_RECORD")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"call": call, **details}) + "\n")
+
+
+def _keep(data: bytes, suffix: str):
+    """A copy of `data` beside the record file, for the test to read; its path, None without a record file."""
+    path = os.environ.get("FAKE_TRT_RECORD")
+    if not path:
+        return None
+    kept = f"{path}.{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
+    pathlib.Path(kept).write_bytes(data)
+    return kept
 
 
 class Logger:
     WARNING = 2
 
-    def __init__(self, level):
-        pass
+    def __init__(self, min_severity):
+        self._min_severity = min_severity
 
 
-class NetworkDefinitionCreationFlag:
-    EXPLICIT_BATCH = 0
+class IHostMemory(bytes):
+    nbytes = property(len)
 
 
-class BuilderFlag:
-    INT8 = 0
-    FP16 = 1
+class ITimingCache:
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def serialize(self) -> IHostMemory:
+        return IHostMemory(self._data or b"fake timing cache")
 
 
-class IExecutionContext:
-    def execute_async_v3(self, stream):
+class ITensor:
+    def __init__(self, name: str, shape: list, dtype, is_output: bool = False):
+        self._name, self._shape, self._dtype, self._is_output = name, shape, dtype, is_output
+
+    name = property(lambda self: self._name)
+    shape = property(lambda self: tuple(self._shape))
+    dtype = property(lambda self: self._dtype)
+    is_network_output = property(lambda self: self._is_output)
+
+    def _plan(self) -> dict:
+        return {"name": self._name, "shape": self._shape, "dtype": self._dtype.name}
+
+
+class ILayer:
+    def __init__(self, name: str, kind: str, outputs: list):
+        self._name, self._kind, self._outputs = name, kind, outputs
+
+    name = property(lambda self: self._name)
+    num_outputs = property(lambda self: len(self._outputs))
+
+    def get_output(self, index: int) -> ITensor:
+        return self._outputs[index]
+
+
+class INetworkDefinition:
+    def __init__(self):
+        self._inputs, self._layers, self._outputs = [], [], []
+
+    num_inputs = property(lambda self: len(self._inputs))
+    num_layers = property(lambda self: len(self._layers))
+
+    def get_input(self, index: int) -> ITensor:
+        return self._inputs[index]
+
+    def get_layer(self, index: int) -> ILayer:
+        return self._layers[index]
+
+    def mark_output(self, tensor: ITensor) -> None:
+        _record("mark_output", tensor=tensor.name)
+        self._add_output(tensor)
+
+    def _add_output(self, tensor: ITensor) -> None:
+        tensor._is_output = True
+        self._outputs.append(tensor)
+
+    def _plan(self) -> dict:
+        return {"version": __version__, "inputs": [t._plan() for t in self._inputs],
+                "outputs": [t._plan() for t in self._outputs],
+                "layers": [{"name": layer.name, "kind": layer._kind} for layer in self._layers]}
+
+
+# engine layer types of the ONNX ops, as the inspector names them
+_LAYER_TYPES = {"Conv": "CaskConvolution", "MatMul": "CaskGemmConvolution", "Gemm": "CaskGemmConvolution"}
+
+
+class OnnxParser:
+    """Reads the ONNX with the onnx package: graph inputs (symbolic dimensions become -1), one layer per node
+    (its outputs have shape [-1, 1] unless they are graph outputs), graph outputs."""
+
+    def __init__(self, network: INetworkDefinition, logger):
+        self._network, self._errors = network, []
+
+    num_errors = property(lambda self: len(self._errors))
+
+    def get_error(self, index: int) -> str:
+        return self._errors[index]
+
+    def parse(self, model) -> bool:
+        import onnx
+
+        _record("parse", onnx=_keep(bytes(model), ".onnx"))
+        try:
+            graph = onnx.load_from_string(bytes(model)).graph
+        except Exception as exc:  # noqa: BLE001 - the real parser reports any failure as errors
+            self._errors.append(f"fake parser: {exc}")
+            return False
+        declared = {value.name: _tensor(value) for value in list(graph.input) + list(graph.output)}
+        weights = {init.name for init in graph.initializer}
+        self._network._inputs = [declared[v.name] for v in graph.input if v.name not in weights]
+        for node in graph.node:
+            outputs = [declared.get(name) or ITensor(name, [-1, 1], DataType.FLOAT) for name in node.output]
+            self._network._layers.append(ILayer(node.name or node.op_type, _LAYER_TYPES.get(node.op_type,
+                                                                                           "PointWiseV2"), outputs))
+        for value in graph.output:
+            self._network._add_output(declared[value.name])
         return True
 
 
-class ICudaEngine:
-    pass
+def _tensor(value) -> ITensor:
+    tensor_type = value.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+    return ITensor(value.name, shape, _ONNX_TYPES[tensor_type.elem_type])
+
+
+class IOptimizationProfile:
+    def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's own keyword names
+        _record("set_shape", input=input, shapes=[list(min), list(opt), list(max)])
+
+
+class IBuilderConfig:
+    def __init__(self):
+        self._verbosity, self._cache = ProfilingVerbosity.LAYER_NAMES_ONLY, None
+
+    def set_memory_pool_limit(self, pool, pool_size: int) -> None:
+        _record("set_memory_pool_limit", pool=pool.name, bytes=pool_size)
+
+    def set_flag(self, flag) -> None:
+        _record("set_flag", flag=flag.name)
+
+    def _set_verbosity(self, verbosity) -> None:
+        _record("profiling_verbosity", verbosity=verbosity.name)
+        self._verbosity = verbosity
+
+    profiling_verbosity = property(lambda self: self._verbosity, _set_verbosity)
+
+    def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+        return 0
+
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+        return ITimingCache(bytes(serialized_timing_cache))
+
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        self._cache = cache
+        return True
+
+    def get_timing_cache(self) -> ITimingCache:
+        return self._cache
 
 
 class Builder:
@@ -38,5 +220,124 @@ class Builder:
             os.kill(os.getpid(), signal.SIGSEGV)
         if _MODE == "hang":
             time.sleep(3600)
-        self.platform_has_fast_int8 = True
-        self.platform_has_fast_fp16 = True
+
+    if "Builder.platform_has_fast_int8" in _NAMES:  # gone in 11.x
+        platform_has_fast_int8 = True
+    if "Builder.platform_has_fast_fp16" in _NAMES:
+        platform_has_fast_fp16 = True
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        _record("create_network", flags=[f.name for f in NetworkDefinitionCreationFlag if flags >> f.value & 1])
+        return INetworkDefinition()
+
+    def create_builder_config(self) -> IBuilderConfig:
+        return IBuilderConfig()
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory:
+        if _MODE == "build-fails":  # as TensorRT does: None, the reason in its log
+            return None
+        return IHostMemory(json.dumps(network._plan()).encode())
+
+
+class Runtime:
+    def __init__(self, logger):
+        pass
+
+    def deserialize_cuda_engine(self, serialized_engine):
+        plan = json.loads(bytes(serialized_engine))
+        return ICudaEngine(plan) if plan["version"] == __version__ else None  # as a real plan of another version
+
+
+class ICudaEngine:
+    def __init__(self, plan: dict):
+        self._plan = plan
+        self._tensors = {t["name"]: t for t in plan["inputs"] + plan["outputs"]}
+
+    num_io_tensors = property(lambda self: len(self._tensors))
+
+    def get_tensor_name(self, index: int) -> str:
+        return list(self._tensors)[index]
+
+    def get_tensor_mode(self, name: str):
+        return TensorIOMode.INPUT if self._tensors[name] in self._plan["inputs"] else TensorIOMode.OUTPUT
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return tuple(self._tensors[name]["shape"])
+
+    def get_tensor_dtype(self, name: str):
+        return DataType[self._tensors[name]["dtype"]]
+
+    def create_execution_context(self) -> "IExecutionContext":
+        return IExecutionContext(self)
+
+    def create_engine_inspector(self) -> "EngineInspector":
+        return EngineInspector(self._plan)
+
+
+class EngineInspector:
+    """The engine information JSON in the schema of the chosen TensorRT: 8.6/10.x "Bindings" and one
+    "Format/Datatype" per layer tensor; 11.x "I/O Tensors" objects and separate "Format" and "Datatype"."""
+
+    def __init__(self, plan: dict):
+        self._plan = plan
+
+    def get_engine_information(self, format) -> str:  # noqa: A002 - TensorRT's own keyword name
+        first = self._plan["inputs"][0]
+        layers = [{"Name": layer["name"], "LayerType": layer["kind"], "Inputs": [_layer_tensor(first, layer)]}
+                  for layer in self._plan["layers"]]
+        if _SCHEMA_11:
+            io = [{"Name": t["name"], "IOMode": mode, "DataType": t["dtype"].title(), "Dimensions": t["shape"],
+                   "Location": "Device", "IsShapeInferenceIO": False}
+                  for mode, key in (("Input", "inputs"), ("Output", "outputs")) for t in self._plan[key]]
+            return json.dumps({"Layers": layers, "I/O Tensors": io})
+        return json.dumps({"Layers": layers, "Bindings": [t["name"] for t in self._plan["inputs"] +
+                                                          self._plan["outputs"]]})
+
+
+def _layer_tensor(tensor: dict, layer: dict) -> dict:
+    """A layer's input as the inspector describes it: int8 into convolutions and GEMMs, float elsewhere."""
+    datatype = "Int8" if layer["kind"].startswith("Cask") else "FP32"
+    described = {"Name": tensor["name"], "Location": "Device", "Dimensions": tensor["shape"]}
+    if _SCHEMA_11:
+        return {**described, "Format": "Row major linear format (kLINEAR)", "Datatype": datatype}
+    return {**described, "Format/Datatype": f"Row major linear {datatype} format"}
+
+
+class IProfiler:
+    def report_layer_time(self, layer_name: str, ms: float) -> None:
+        raise NotImplementedError
+
+
+class IExecutionContext:
+    def __init__(self, engine: ICudaEngine):
+        self._engine, self._batch, self._addresses, self._profiler = engine, 0, {}, None
+
+    profiler = property(lambda self: self._profiler, lambda self, profiler: setattr(self, "_profiler", profiler))
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        self._batch = shape[0]
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return tuple(self._batch if d < 0 else d for d in self._engine.get_tensor_shape(name))
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        self._addresses[name] = memory
+        return True
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        plan = self._engine._plan
+        source = plan["inputs"][0]["name"]
+        x = _cuda.read(self._addresses[source], nptype(self._engine.get_tensor_dtype(source)),
+                       self.get_tensor_shape(source))
+        sums = x.reshape(len(x), -1).astype(np.float64).sum(axis=1)
+        for index, output in enumerate(plan["outputs"]):
+            shape = self.get_tensor_shape(output["name"])
+            values = np.broadcast_to(sums.reshape(-1, *[1] * (len(shape) - 1)) * (index + 1), shape)
+            _cuda.write(self._addresses[output["name"]], values.astype(nptype(DataType[output["dtype"]])))
+        for layer in plan["layers"] if self._profiler else []:
+            self._profiler.report_layer_time(layer["name"], 0.01)
+        return True
