@@ -28,6 +28,7 @@ FP16_MAX = float(np.finfo(np.float16).max)
 # Left as they are: Q/DQ carry the int8 grid, Casts and Constants carry no compute of their own.
 UNCONVERTED_OPS = (*QDQ_OPS, "Cast", "Constant")
 LIBRARY = "qdq_bridge"
+INT8_GEMM_OPS = ("Gemm", "MatMul")  # int8 matrix products TensorRT 8.6 builds only with float32 types around them
 CAST_PREFIX = "mixed_precision/Cast/"  # names the Casts this module adds
 
 
@@ -120,6 +121,9 @@ def _fp32_reason(node: gs.Node, opset: int, ranges: dict, max_abs: float) -> str
     """Why `node` must stay float32, or None when it can run fp16."""
     if _typed_like_output(node, opset) is None:
         return f"ONNX opset {opset} has no {node.op} that computes on float16 inputs"
+    if node.op in INT8_GEMM_OPS and any(t.inputs and t.inputs[0].op == "DequantizeLinear" for t in node.inputs):
+        return (f"TensorRT 8.6 has no int8 {node.op} behind DequantizeLinear -> Cast(fp16) (\"Could not find any "
+                "implementation\", measured on an H200): it stays float32 and its output is cast")
     for tensor in node.inputs:
         if isinstance(tensor, gs.Constant) and np.issubdtype(tensor.values.dtype, np.floating):
             largest = _max_abs(tensor.values)

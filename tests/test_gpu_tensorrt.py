@@ -43,6 +43,7 @@ def rows(report: dict) -> dict:
 
 def print_summary(name: str, report: dict) -> None:
     """The numbers the closing note quotes, in the test log (-s)."""
+    assert "failed" not in report["tensorrt"], report["tensorrt"]["failed"]
     print(f"\n== {name}: TensorRT {report['tensorrt']['probe']['features']['version']}, exported by "
           f"{report['exporter']}")
     for r in report["parity"]:
