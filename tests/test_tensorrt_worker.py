@@ -329,6 +329,16 @@ def test_convert_on_11_4_builds_from_the_fp16_onnx_with_no_precision_flag(fake_t
     assert any(r["candidate"] == "tensorrt" for r in report["parity"])
 
 
+def test_convert_on_8_6_takes_fp16_from_the_flag_on_the_float32_onnx(fake_trt, example_dir, tmp_path):
+    """Weakly typed TensorRT 8.6 mishandles DQ -> Cast(fp16) -> Conv (wrong and slow on the H200), so it gets the
+    float32 Q/DQ file and the FP16 flag; no fp16 copy is written."""
+    fake = fake_trt(api="8.6")
+    run_cli("convert", str(example_dir / "resnet_q.pt"), "--random-inputs", "0", "-o", str(tmp_path / "o"))
+    trt = json.loads((tmp_path / "o" / "report.json").read_text())["tensorrt"]
+    assert trt["engine_onnx"] == "resnet_q.qdq.onnx" and trt["build"]["flags"] == ["INT8", "FP16"]
+    assert fake.flags_set()[:2] == ["INT8", "FP16"] and not (tmp_path / "o" / "resnet_q.qdq.fp16.onnx").exists()
+
+
 @pytest.mark.parametrize("mode, step", [("crash", "probe"), ("build-fails", "build of resnet_q.int8.engine")])
 def test_engine_stage_failure_keeps_the_cpu_results_and_exits_1(fake_trt, example_dir, tmp_path, mode, step):
     fake_trt(mode=mode)
