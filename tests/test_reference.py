@@ -84,13 +84,20 @@ def test_the_process_engine_never_decides_the_reference(example_dir, tmp_path):
         assert row["reference_accuracy"] == row["candidate_accuracy"], case
 
 
+def convert_saturating(example_dir, tmp_path, engines: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`convert` of the example with fbgemm's saturating AVX2 kernels and these --torch-engines: (run, report)."""
+    done = subprocess.run([sys.executable, "-m", "qdq_bridge", "convert", str(example_dir / "resnet_q.pt"),
+                           "--torch-engines", engines, "--engine", "off", "-o", str(tmp_path / "o")],
+                          env=SATURATING, capture_output=True, text=True, cwd=ROOT)
+    report_path = tmp_path / "o" / "report.json"
+    assert report_path.exists(), done.stdout + done.stderr
+    return done, json.loads(report_path.read_text())
+
+
 @needs_fbgemm
 def test_a_deviating_engine_is_named_and_replaced(example_dir, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "qdq_bridge", "convert", str(example_dir / "resnet_q.pt"),
-                           "--torch-engines", "fbgemm,qnnpack", "--engine", "off", "-o", str(tmp_path / "o")],
-                          env=SATURATING, capture_output=True, text=True, cwd=ROOT)
+    done, report = convert_saturating(example_dir, tmp_path, "fbgemm,qnnpack")
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
     reference = report["pytorch_reference"]
     assert (reference["packed_by"], reference["engine"], reference["deviating_engine"]) == \
         ("fbgemm", "qnnpack", "fbgemm")
@@ -105,11 +112,8 @@ def test_a_deviating_engine_is_named_and_replaced(example_dir, tmp_path):
 
 @needs_fbgemm
 def test_an_unchecked_deviating_engine_fails_naming_the_criteria(example_dir, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "qdq_bridge", "convert", str(example_dir / "resnet_q.pt"),
-                           "--torch-engines", "fbgemm", "--engine", "off", "-o", str(tmp_path / "o")],
-                          env=SATURATING, capture_output=True, text=True, cwd=ROOT)
+    done, report = convert_saturating(example_dir, tmp_path, "fbgemm")
     assert done.returncode == 1, done.stdout + done.stderr
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert not report["ok"] and len(report["failed"]) == 2
     agreement, gap = report["failed"]
     assert agreement.startswith("pytorch vs onnxruntime on digits-test: top-1 agreement ") and \
