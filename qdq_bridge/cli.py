@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "from 11.x); weak: INT8/FP16 builder flags (8.6 to 10.x); auto (default): strong where the "
                           "TensorRT has it")
     trt.add_argument("--float-precision", choices=("fp16", "fp32"), default="fp16",
-                     help="float compute outside the Q/DQ pairs in the engine: fp16 (default; built from a "
-                          "mixed-precision copy of the ONNX, <name>.qdq.fp16.onnx, as strongly typed TensorRT needs "
-                          "it) or fp32")
+                     help="float compute outside the Q/DQ pairs in the engine (default: fp16): strongly typed builds "
+                          "take it from a mixed-precision copy of the ONNX (<name>.qdq.fp16.onnx), weakly typed ones "
+                          "from the FP16 flag")
     trt.add_argument("--compare-precisions", default="", metavar="LIST",
                      help="also build engines of the float twin for comparison: fp16, fp32 or fp16,fp32")
 
