@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from .data import Dataset
+from .data import Dataset, random_inputs
 from .errors import BridgeError, first_line
 from .quantize import available_engines, quiet_torch_warnings, using_engine
 from .verify import run_torch
@@ -162,8 +162,6 @@ def runnable_reference(module: nn.Module, packed_by: str, input_shape: tuple[int
 def check_sample(checks: list[Dataset], input_shape: tuple[int, ...]) -> Dataset:
     """What the cross-check runs: the first rows of the labelled data (where there is some) and 16 random
     inputs."""
-    from .data import random_inputs
-
     parts = [d.x[:CHECK_SAMPLES] for d in checks if d.y is not None][:1]
     parts.append(random_inputs(input_shape, 16, seed=7).x)
     return Dataset("reference check", np.concatenate(parts))
