@@ -8,7 +8,11 @@ graphs (CUDA events, warm-up then --runs timed runs, median), reads the layer re
 and measures top-1 agreement and accuracy against the PyTorch quantized model. It prints one table with the
 throughput ratio (ONNX-carried / flag-built; the goal is within 3 %) and writes fp16_onnx.json into --out.
 
-Usage: python benchmarks/fp16_onnx.py [--networks resnet50-224,digits] [--runs 200] [--out DIR]
+The mixed-precision copy keeps INT8 compute (ops between a DQ and a Q) as it is, so on a fully quantized network
+it is the Q/DQ graph itself; resnet50-224-float-layer4 has a float stage for it to turn fp16.
+
+Usage: python benchmarks/fp16_onnx.py [--networks resnet50-224,resnet50-224-float-layer4,digits] [--runs 200]
+                                      [--out DIR]
 """
 from __future__ import annotations
 
@@ -56,13 +60,14 @@ def engines(name: str, worker: TensorRTWorker, args, folder: Path) -> dict:
 
 
 def table(results: dict) -> list[str]:
-    lines = [f"{'network':<14}{'engine':<7}{'conv not INT8':>14}{'agree':>9}{'acc gap':>9}"
+    lines = [f"{'network':<27}{'engine':<7}{'fp16 ops':>9}{'conv not INT8':>14}{'agree':>9}{'acc gap':>9}"
              + "".join(f"{f'b{b} img/s':>14}" for b in BATCHES), ]
     verdicts = []
     for name, found in results.items():
         for way, e in found["engines"].items():
             p = e["parity"]
-            lines.append(f"{name:<14}{way:<7}{len(e['layers']['conv_gemm_not_int8']):>14}"
+            fp16_ops = found["mixed_precision"]["fp16_nodes"] if way == "onnx" else "-"
+            lines.append(f"{name:<27}{way:<7}{fp16_ops:>9}{len(e['layers']['conv_gemm_not_int8']):>14}"
                          f"{p['top1_agreement'] * 100:>8.2f}%{p['accuracy_gap_points']:>8.2f}p"
                          + "".join(f"{throughput(e, b, 'cuda_graph'):>14,.0f}" for b in BATCHES))
         flags, carried = found["engines"]["flags"], found["engines"]["onnx"]
@@ -75,7 +80,7 @@ def table(results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--networks", default="resnet50-224,digits")
+    parser.add_argument("--networks", default="resnet50-224,resnet50-224-float-layer4,digits")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--trt-python")

@@ -18,6 +18,8 @@ Networks:
                 reference workflow's setup); test set: the examples' 450 test digits
   resnet50-224  torchvision's quantizable ResNet-50 at 224x224, trained briefly on qdq_bridge.zoo's template
                 task; test set: 256 template-task inputs
+  resnet50-224-float-layer4  the same with its last stage kept float by PTQ (keep_float=("layer4",)): a float
+                island between Q/DQ, as when a user leaves sensitive layers unquantized
   digits        the examples' PTQ model (examples/out/resnet_q.pt, from examples/train_digits.py)
 FP32 engines use TF32 tensor cores, TensorRT's default for FP32 on Ampere and newer.
 
@@ -53,15 +55,18 @@ def network(name: str):
     if name == "resnet18-32":
         model, test = zoo.torchvision_on_digits("resnet18")
         return model, (1, 3, 32, 32), test
-    if name == "resnet50-224":
+    if name in ("resnet50-224", "resnet50-224-float-layer4"):
         shape = (1, 3, 224, 224)
-        return zoo.quantized_torchvision("resnet50", shape), shape, zoo.template_task(shape, 256, seed=99)
+        keep_float = ("layer4",) if name.endswith("float-layer4") else ()
+        return (zoo.quantized_torchvision("resnet50", shape, keep_float=keep_float), shape,
+                zoo.template_task(shape, 256, seed=99))
     if name == "digits":
         if not EXAMPLE.exists():
             raise SystemExit(f"{EXAMPLE} not found: run python examples/train_digits.py first")
         loaded = load_model(EXAMPLE)
         return loaded.module, tuple(loaded.input_shape), load_dataset(loaded.dataset)
-    raise SystemExit(f"unknown network '{name}': choose from resnet18-32, resnet50-224, digits")
+    raise SystemExit(f"unknown network '{name}': choose from resnet18-32, resnet50-224, "
+                     "resnet50-224-float-layer4, digits")
 
 
 def run_network(name: str, worker: TensorRTWorker, args, folder: Path) -> dict:

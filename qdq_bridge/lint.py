@@ -85,21 +85,13 @@ def _lint_qdq(node: gs.Node, opset: int) -> list[Violation]:
     return found
 
 
-def _producer(tensor: gs.Tensor) -> gs.Node | None:
-    """The node that makes `tensor`, looking through a Cast: the mixed-precision form (qdq_bridge.precision)
-    puts DQ -> Cast(fp16) before a computation, which TensorRT reads as the same DQ."""
-    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if node is not None and node.op == "Cast" and len(node.inputs[0].inputs) == 1:
-        return node.inputs[0].inputs[0]
-    return node
-
-
 def _lint_weight(consumer: gs.Node, opset_ok: bool) -> list[Violation]:
     """The weight input of Conv/ConvTranspose/Gemm/MatMul: DQ of constant int8, scales along output channels."""
     if len(consumer.inputs) < 2:
         return []
-    dq = _producer(consumer.inputs[1])
-    if dq is None or dq.op != "DequantizeLinear":
+    weight = consumer.inputs[1]
+    dq = weight.inputs[0] if len(weight.inputs) == 1 and weight.inputs[0].op == "DequantizeLinear" else None
+    if dq is None:
         return []
     name = consumer.name or consumer.op
     values = _constant(dq.inputs[0])
@@ -129,9 +121,9 @@ def _lint_weight(consumer: gs.Node, opset_ok: bool) -> list[Violation]:
 
 
 def _lint_unquantizable(node: gs.Node) -> list[Violation]:
-    if node.op in INT8_COMPUTE_OPS or node.op in INT8_PASSTHROUGH_OPS or node.op == "Cast":
+    if node.op in INT8_COMPUTE_OPS or node.op in INT8_PASSTHROUGH_OPS:
         return []
-    if any((p := _producer(t)) is not None and p.op == "DequantizeLinear" for t in node.inputs if t is not None):
+    if any(t.inputs and t.inputs[0].op == "DequantizeLinear" for t in node.inputs if t is not None):
         return [Violation("QDQ011", "warning", node.name or node.op, f"TensorRT runs {node.op} in floating point; "
                           "the Q/DQ feeding it only adds a dequantize")]
     return []

@@ -149,9 +149,8 @@ def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Pat
     stem = onnx_name.removesuffix(".qdq.onnx")
     engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
     result = {"probe": probe, "files": []}
-    # Strongly typed TensorRT takes fp16 from the ONNX only. Weakly typed TensorRT takes it from the FP16 flag on
-    # the float32 Q/DQ graph: 8.6 mishandles DQ -> Cast(fp16) -> Conv (measured on an H200: ResNet-50's engine
-    # 3x slower, top-1 agreement 5 %), so the fp16 copy goes to strongly typed builds alone.
+    # Strongly typed TensorRT takes fp16 from the ONNX only; weakly typed TensorRT from the FP16 flag on the
+    # float32 Q/DQ graph, choosing per layer.
     strong = _strongly_typed(probe, options.trt.typing)
     step = "fp16 conversion"
     try:
@@ -190,13 +189,20 @@ def _strongly_typed(probe: dict, typing: str) -> bool:
 
 def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: datasets.Dataset, float_precision: str,
                  result: dict) -> str:
-    """Write the ONNX an engine is built from, once: `name` itself for fp32 float compute, its mixed-precision
-    copy `*.fp16.onnx` for fp16 (precision.mixed_precision; its findings go to result["mixed_precision"])."""
+    """Write the ONNX an engine is built from, once, and return its name: `name` itself for fp32 float compute,
+    and for fp16 its mixed-precision copy `*.fp16.onnx` (precision.mixed_precision; its findings go to
+    result["mixed_precision"]), or `name` again where every float op is INT8 compute and the copy would be the same."""
     if float_precision == "fp16":
-        name = name.replace(".onnx", ".fp16.onnx")
+        conversions = result.setdefault("mixed_precision", {})
+        fp16_name = name.replace(".onnx", ".fp16.onnx")
+        if name not in conversions:
+            mixed, conversions[name] = mixed_precision(model, sample.x)
+            if conversions[name]["fp16_nodes"]:
+                onnx.save(mixed, str(scratch / fp16_name))
+                result["files"].append(fp16_name)
+        if conversions[name]["fp16_nodes"]:
+            return fp16_name
     if name not in result["files"]:
-        if float_precision == "fp16":
-            model, result.setdefault("mixed_precision", {})[name] = mixed_precision(model, sample.x)
         onnx.save(model, str(scratch / name))
         result["files"].append(name)
     return name
@@ -300,7 +306,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         failed.append(f"TensorRT: the {tensorrt['failed']['step']} failed ({tensorrt['failed']['message']})")
     elif tensorrt.get("engine") and not parity_ok:
         try:
-            tensorrt["divergence"] = _locate_divergence(worker, model, scratch / onnx_name, checks[0], options)
+            tensorrt["divergence"] = _locate_divergence(worker, model, scratch / tensorrt["engine_onnx"], checks[0],
+                                                        options)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
     report = {

@@ -226,23 +226,41 @@ def _fuse(model: nn.Module, is_qat: bool) -> None:
             model.fuse_model()
 
 
-def prepare_ptq(model: nn.Module, observer: str = "histogram") -> nn.Module:
-    """Fuse and insert observers into a float model (in place); calibrate it, then call `convert`."""
-    return _prepare(model, trt_qconfig(observer), qat=False)
+def prepare_ptq(model: nn.Module, observer: str = "histogram", keep_float: Iterable[str] = ()) -> nn.Module:
+    """Fuse and insert observers into a float model (in place); calibrate it, then call `convert`. Submodules
+    named in `keep_float` stay float (see `keep_float_modules`)."""
+    return _prepare(model, trt_qconfig(observer), qat=False, keep_float=keep_float)
 
 
-def prepare_qat(model: nn.Module) -> nn.Module:
+def prepare_qat(model: nn.Module, keep_float: Iterable[str] = ()) -> nn.Module:
     """Fuse and insert fake-quant modules into a float model (in place) for quantization-aware training."""
-    return _prepare(model, trt_qat_qconfig(), qat=True)
+    return _prepare(model, trt_qat_qconfig(), qat=True, keep_float=keep_float)
 
 
-def _prepare(model: nn.Module, qconfig: QConfig, qat: bool) -> nn.Module:
+def _prepare(model: nn.Module, qconfig: QConfig, qat: bool, keep_float: Iterable[str]) -> nn.Module:
     model.train(qat)
     _fuse(model, is_qat=qat)
+    keep_float_modules(model, keep_float)
     model.qconfig = qconfig
     with quiet_torch_warnings():
         (torch.ao.quantization.prepare_qat if qat else torch.ao.quantization.prepare)(model, inplace=True)
     return model
+
+
+def keep_float_modules(model: nn.Module, names: Iterable[str]) -> None:
+    """Leave each named submodule (one tensor in, one out) float, in place: it is wrapped as DeQuantStub ->
+    module -> QuantStub and quantization skips it. Where sensitive layers stay float, the exported graph has
+    float islands between Q/DQ, which TensorRT runs in fp16 or fp32 (see `precision`)."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise BridgeError(f"the model has no submodule '{name}' to keep float",
+                              "name one as model.named_modules() lists it, e.g. layer4 or layer4.1.conv2") from None
+        parent_name, _, attr = name.rpartition(".")
+        module.qconfig = None
+        setattr(model.get_submodule(parent_name), attr, nn.Sequential(
+            torch.ao.quantization.DeQuantStub(), module, torch.ao.quantization.QuantStub()))
 
 
 def convert(model: nn.Module, engine: str | None = None) -> nn.Module:
@@ -267,12 +285,13 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
 
 
 def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str = "histogram",
-                 total: int | None = None, engine: str | None = None) -> nn.Module:
-    """Post-training quantization of a float eager-mode model with the TensorRT-legal scheme."""
+                 total: int | None = None, engine: str | None = None, keep_float: Iterable[str] = ()) -> nn.Module:
+    """Post-training quantization of a float eager-mode model with the TensorRT-legal scheme; the submodules
+    named in `keep_float` stay float."""
     if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
         raise BridgeError("the float model has no QuantStub, so eager-mode quantization cannot place its inputs",
                           "add QuantStub/DeQuantStub (and FloatFunctional for adds) or use a torchvision "
                           "quantizable model (torchvision.models.quantization)")
-    prepare_ptq(model, observer)
+    prepare_ptq(model, observer, keep_float)
     calibrate(model, batches, total)
     return convert(model, engine)

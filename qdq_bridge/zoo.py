@@ -92,11 +92,13 @@ def _trained_torchvision(name: str, input_shape: tuple[int, ...], num_classes: i
 
 
 def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 64), num_classes: int = 10,
-                          steps: int = 150, seed: int = 0, observer: str = "histogram") -> nn.Module:
-    """A torchvision family member trained briefly on `template_task`, then PTQ-quantized for TensorRT."""
+                          steps: int = 150, seed: int = 0, observer: str = "histogram",
+                          keep_float: tuple[str, ...] = ()) -> nn.Module:
+    """A torchvision family member trained briefly on `template_task`, then PTQ-quantized for TensorRT (the
+    submodules named in `keep_float` left float)."""
     model = trained_torchvision(name, input_shape, num_classes, steps, seed)
     calibration = template_task(input_shape, 64, num_classes, seed=seed + 1)
-    return quantize.quantize_ptq(model, calibration.batches(16), observer)
+    return quantize.quantize_ptq(model, calibration.batches(16), observer, keep_float=keep_float)
 
 
 def digits_rgb() -> tuple[Dataset, Dataset]:

@@ -8,7 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from qdq_bridge import lint_model, run_passes
+from qdq_bridge import lint_model, quantize, run_passes, zoo
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export import export_onnx, float_twin
 from qdq_bridge.lint import errors
@@ -60,29 +60,88 @@ def modules2d():
     return exported, RNG.standard_normal((16, *shape[1:])).astype(np.float32)
 
 
-def test_conv_runs_fp16_between_untouched_qdq_with_casts_on_the_float_side(conv_model):
-    sample = graphs.sample_input()
-    mixed, report = mixed_precision(conv_model, sample)
-    assert report == {"library": "qdq_bridge", "max_abs": DEFAULT_MAX_ABS, "samples": 1, "fp16_nodes": 1,
-                      "kept_fp32": {}, "casts_added": 3}
-    assert op_output_types(mixed) == {("Conv", FLOAT16): 1}
+def test_an_int8_conv_keeps_the_type_its_dequantize_gives_it(conv_model):
+    """Q/DQ -> Conv -> Q/DQ is INT8 compute in TensorRT: no Cast may separate the DQs from the Conv (a Cast there
+    stops TensorRT 8.6 folding the weights), so the copy is the model itself."""
+    mixed, report = mixed_precision(conv_model, graphs.sample_input())
+    assert report == {"library": "qdq_bridge", "max_abs": DEFAULT_MAX_ABS, "samples": 1, "fp16_nodes": 0,
+                      "int8_nodes": 1, "kept_fp32": {}, "casts_added": 0}
+    assert [n.op_type for n in mixed.graph.node] == [n.op_type for n in conv_model.graph.node]
     assert quantization_constants(mixed) == quantization_constants(conv_model)
-    assert [o.version for o in mixed.opset_import] == [13]
-    assert errors(lint_model(mixed)) == []
     producers = producer_ops(mixed)
     conv = next(n for n in mixed.graph.node if n.op_type == "Conv")
-    # data and weight come DQ -> Cast(fp16); the bias is a float16 initializer
-    assert [producers[name].op_type for name in conv.input[:2]] == ["Cast", "Cast"]
-    assert [producers[producers[name].input[0]].op_type for name in conv.input[:2]] == ["DequantizeLinear"] * 2
-    bias = next(i for i in mixed.graph.initializer if i.name == conv.input[2])
-    assert bias.data_type == FLOAT16
-    # the output Q reads the conv result cast back to float32; Q feeds its DQ directly
-    q_out = next(n for n in mixed.graph.node if n.op_type == "QuantizeLinear" and n.input[0] != "input")
-    assert producers[q_out.input[0]].op_type == "Cast" and producers[q_out.input[0]].input[0] == conv.output[0]
+    assert [producers[name].op_type for name in conv.input[:2]] == ["DequantizeLinear"] * 2
+
+
+def island_graph() -> onnx.ModelProto:
+    """input -> Q/DQ -> Conv(int8 weights) -> Relu -> Conv(float weights) -> Relu -> Q/DQ -> Conv(int8) -> Softmax:
+    INT8 compute around a float island (a layer the user kept float), and float compute after the last INT8 op."""
+    x = gs.Variable("input", np.float32, (1, 4, 5, 5))
+    nodes: list = []
+    current = graphs.q_dq(nodes, x, "in", 0.05, 0, np.int8)
+
+    def conv(name, source, weight, relu):
+        out = gs.Variable(f"{name}_out", np.float32)
+        nodes.append(gs.Node("Conv", name, {"kernel_shape": [1, 1]}, [source, weight], [out]))
+        if relu:
+            relu_out = gs.Variable(f"{name}_relu", np.float32)
+            nodes.append(gs.Node("Relu", f"{name}_relu", inputs=[out], outputs=[relu_out]))
+            return relu_out
+        return out
+
+    def int8_weight(name):
+        node, weight = graphs.weight_dq(name, RNG.integers(-127, 128, (4, 4, 1, 1)).astype(np.int8),
+                                        np.full(4, 0.02), 0)
+        nodes.append(node)
+        return weight
+
+    current = conv("int8_a", current, int8_weight("int8_a"), relu=True)
+    current = conv("float_island", current, graphs.const("island_w", RNG.normal(0, 0.3, (4, 4, 1, 1))
+                                                         .astype(np.float32)), relu=True)
+    current = graphs.q_dq(nodes, current, "mid", 0.05, 0, np.int8)
+    current = conv("int8_b", current, int8_weight("int8_b"), relu=False)
+    out = gs.Variable("output", np.float32, (1, 4, 5, 5))
+    nodes.append(gs.Node("Softmax", "softmax", {"axis": 1}, [current], [out]))
+    return graphs.model(gs.Graph(nodes, [x], [out], opset=13))
+
+
+def test_a_float_island_between_int8_ops_runs_fp16_with_casts_at_its_borders_only():
+    model = island_graph()
+    sample = RNG.standard_normal((4, 4, 5, 5)).astype(np.float32)
+    mixed, report = mixed_precision(model, sample)
+    assert (report["int8_nodes"], report["fp16_nodes"], report["kept_fp32"]) == (3, 3, {})
+    assert op_output_types(mixed) == {("Conv", FLOAT32): 2, ("Relu", FLOAT32): 1, ("Conv", FLOAT16): 1,
+                                      ("Relu", FLOAT16): 1, ("Softmax", FLOAT16): 1}
+    # into the island, out of it before the Q, into the Softmax, out to the float32 network output
+    assert report["casts_added"] == 4
+    producers = producer_ops(mixed)
+    assert all(producers[name].op_type == "DequantizeLinear" for n in mixed.graph.node if n.op_type == "Conv"
+               and n.name.startswith("int8") for name in n.input[:2])
+    assert quantization_constants(mixed) == quantization_constants(model)
+    assert tensor_types(mixed)["output"] == FLOAT32 and errors(lint_model(mixed)) == []
+    np.testing.assert_allclose(graphs.run(mixed, sample[:1]), graphs.run(model, sample[:1]), atol=2e-3)
+
+
+def test_layers_kept_float_by_ptq_become_an_fp16_island():
+    """quantize_ptq(keep_float=("layer4",)) leaves ResNet-18's last stage float between a DQ and a Q: its five
+    convolutions turn fp16 in the copy, with one Cast in and one out, and the INT8 stages stay as they were."""
+    shape = (1, 3, 32, 32)
+    calibration = zoo.template_task(shape, 16, seed=1)
+    model = quantize.quantize_ptq(zoo.torchvision_float("resnet18", 10), calibration.batches(8), keep_float=("layer4",))
+    exported = run_passes(export_onnx(model, shape))[0]
+    mixed, report = mixed_precision(exported, calibration.x)
     types = tensor_types(mixed)
-    assert types["input"] == types["output"] == FLOAT32
-    # one output step (0.1) at most: an fp16-rounded conv sum may fall on the other side of a rounding boundary
-    assert np.abs(graphs.run(mixed, sample) - graphs.run(conv_model, sample)).max() <= 0.1 + 1e-6
+    fp16_convs = sorted(n.name for n in mixed.graph.node if n.op_type == "Conv" and types[n.output[0]] == FLOAT16)
+    assert len(fp16_convs) == 5 and all(name.startswith("/layer4/") for name in fp16_convs)
+    assert (report["kept_fp32"], report["casts_added"]) == ({}, 2)
+    assert quantization_constants(mixed) == quantization_constants(exported) and errors(lint_model(mixed)) == []
+    expected = graphs.run(exported, calibration.x[:4])
+    np.testing.assert_allclose(graphs.run(mixed, calibration.x[:4]), expected, atol=0.02 * np.abs(expected).max())
+
+
+def test_keeping_float_a_submodule_the_model_lacks_names_it():
+    with pytest.raises(BridgeError, match="no submodule 'layer9' to keep float"):
+        quantize.prepare_ptq(zoo.torchvision_float("resnet18", 10), keep_float=("layer9",))
 
 
 def range_graph() -> onnx.ModelProto:
@@ -116,10 +175,11 @@ def test_ops_reaching_beyond_the_bound_on_the_samples_stay_float32_with_the_meas
     assert mixed_precision(model, sample, max_abs=4096)[1]["fp16_nodes"] == 4
 
 
-def test_an_already_converted_model_is_refused(conv_model):
-    mixed, _ = mixed_precision(conv_model, graphs.sample_input())
+def test_an_already_converted_model_is_refused():
+    sample = RNG.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    mixed, _ = mixed_precision(island_graph(), sample)
     with pytest.raises(BridgeError, match="already carries float16"):
-        mixed_precision(mixed, graphs.sample_input())
+        mixed_precision(mixed, sample)
 
 
 def test_float_twin_turns_fp16_between_a_float32_input_and_output(conv_model):
@@ -139,28 +199,19 @@ def test_float_twin_turns_fp16_between_a_float32_input_and_output(conv_model):
     np.testing.assert_allclose(graphs.run(mixed, sample), expected, rtol=0, atol=2e-3 * np.abs(expected).max())
 
 
-def test_a_quantized_model_keeps_its_qdq_and_logits_within_two_output_steps(modules2d):
+def test_a_quantized_model_keeps_int8_compute_as_it_was_and_runs_elu_fp16(modules2d):
+    """The quantized modules' ops (convs, linears, BatchNorm, Hardswish, LeakyReLU, pools, add, mul, cat) sit
+    between a DQ and a Q, or are DQ'd Gemms writing the float logits: TensorRT runs them in INT8. ELU it runs in
+    float (the linter warns of it), so ELU alone turns fp16, between two Casts."""
     model, sample = modules2d
     mixed, report = mixed_precision(model, sample)
-    assert quantization_constants(mixed) == quantization_constants(model)
-    assert errors(lint_model(mixed)) == []
-    types = op_output_types(mixed)
-    gemms = sorted(n.name for n in model.graph.node if n.op_type == "Gemm")  # int8 Gemms stay fp32 for TensorRT 8.6
-    assert sorted(report["kept_fp32"]) == gemms == ["/fc1/Gemm", "/fc2/Gemm"]
-    assert all(reason.startswith("TensorRT 8.6 has no int8 Gemm") for reason in report["kept_fp32"].values())
-    compute_ops = sum(op_output_types(model).values()) - len(gemms)
-    assert report["fp16_nodes"] == compute_ops
-    assert sum(count for (_, t), count in types.items() if t == FLOAT16) == compute_ops
-    # every added Cast changes the type (no fp16 -> fp16 round trips); none sits between a Q and its DQ
-    tensor_type = tensor_types(mixed)
-    casts = [n for n in mixed.graph.node if n.name.startswith(CAST_PREFIX)]
-    assert casts and all(tensor_type[n.input[0]] != tensor_type[n.output[0]] for n in casts)
-    producers = producer_ops(mixed)
-    assert all(producers[n.input[0]].op_type == "QuantizeLinear" for n in mixed.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in producers)
-    ref = graphs.run(model, sample)
-    step = np.abs(ref).max() / 127  # the last quantizer's step, give or take: the logits span about its range
-    assert np.abs(graphs.run(mixed, sample) - ref).max() <= 2 * step
+    compute_ops = sum(op_output_types(model).values())
+    assert (report["int8_nodes"], report["fp16_nodes"], report["casts_added"]) == (compute_ops - 1, 1, 2)
+    assert op_output_types(mixed) == op_output_types(model) - collections.Counter({("Elu", FLOAT32): 1}) \
+        + collections.Counter({("Elu", FLOAT16): 1})
+    assert quantization_constants(mixed) == quantization_constants(model) and errors(lint_model(mixed)) == []
+    step = np.abs(graphs.run(model, sample)).max() / 127  # about the last quantizer's step
+    assert np.abs(graphs.run(mixed, sample) - graphs.run(model, sample)).max() <= 2 * step
 
 
 def test_an_op_without_float16_in_the_opset_stays_float32_and_feeds_fp16_through_a_cast():
@@ -184,14 +235,3 @@ def test_a_constant_shared_by_two_fp16_ops_becomes_one_float16_initializer():
     mixed, report = mixed_precision(model, RNG.standard_normal((1, 8)).astype(np.float32))
     assert report["fp16_nodes"] == 2 and report["casts_added"] == 2  # into the first Mul, out of the second
     assert [(i.name, i.data_type) for i in mixed.graph.initializer] == [("half_float16", FLOAT16)]
-
-
-def test_lint_sees_weights_through_the_fp16_cast(modules2d):
-    """The linter's weight rules (kernel_shape, per-channel axis) apply to DQ -> Cast(fp16) -> Conv too, and the
-    Casts themselves are not float ops behind a DQ."""
-    model, _ = mixed_precision(*modules2d)
-    assert {v.rule for v in lint_model(model)} == {v.rule for v in lint_model(modules2d[0])}
-    graph = gs.import_onnx(model)
-    conv = next(n for n in graph.nodes if n.op == "Conv")
-    del conv.attrs["kernel_shape"]
-    assert [v.rule for v in errors(lint_model(export_like(graph, model)))] == ["QDQ008"]

@@ -310,28 +310,33 @@ def test_layer_summary_reads_the_tensorrt_11_schema():
 
 # --- convert with a TensorRT stand-in: the route, and engine-stage failures that keep the CPU results ---------
 
-def test_convert_on_11_4_builds_from_the_fp16_onnx_with_no_precision_flag(fake_trt, example_dir, tmp_path):
+def test_convert_on_11_4_takes_precision_from_the_onnx_with_no_precision_flag(fake_trt, example_dir, tmp_path):
+    """The example is INT8 compute throughout, so its engine is built from the Q/DQ ONNX itself; the FP16
+    comparison engine from the float twin's fp16 copy."""
     fake = fake_trt(api="11.4")
     result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--engine", "require", "--random-inputs", "0",
-                     "-o", str(tmp_path / "o"))
+                     "--compare-precisions", "fp16", "-o", str(tmp_path / "o"))
     assert result.returncode == 1, result.stderr  # the stand-in's logits are input sums: parity fails, as it should
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     trt = report["tensorrt"]
     assert (trt["build"]["typing"], trt["build"]["flags"], trt["build"]["precision_source"]) == ("strong", [], "onnx")
-    assert trt["engine_onnx"] == "resnet_q.qdq.fp16.onnx" and fake.calls("set_flag") == []
-    parsed = fake.calls("parse")  # the engine's build, then the divergence locator's (parity failed)
-    assert len(parsed) == 1 + trt["divergence"]["builds"]
-    handed = onnx.load(parsed[0]["onnx"])
-    assert handed.SerializeToString() == onnx.load(str(tmp_path / "o" / "resnet_q.qdq.fp16.onnx")).SerializeToString()
-    types = {v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(handed).graph.value_info}
-    assert TensorProto.FLOAT16 in types  # float compute between the Q/DQ pairs runs in fp16
-    assert handed.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # I/O stays float32
-    assert any(r["candidate"] == "tensorrt" for r in report["parity"])
+    assert trt["engine_onnx"] == "resnet_q.qdq.onnx" and fake.calls("set_flag") == []
+    conversion = trt["mixed_precision"]["resnet_q.qdq.onnx"]
+    assert conversion["fp16_nodes"] == 0 and conversion["int8_nodes"] > 0 and conversion["casts_added"] == 0
+    assert not (tmp_path / "o" / "resnet_q.qdq.fp16.onnx").exists()
+    parsed = [onnx.load(call["onnx"]) for call in fake.calls("parse")]
+    assert len(parsed) == 2 + trt["divergence"]["builds"]  # INT8, FP16 twin, then the divergence locator's builds
+    assert parsed[0].SerializeToString() == onnx.load(str(tmp_path / "o" / "resnet_q.qdq.onnx")).SerializeToString()
+    twin = parsed[1]
+    assert twin.SerializeToString() == onnx.load(str(tmp_path / "o" / "resnet_q.float.fp16.onnx")).SerializeToString()
+    types = {v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(twin).graph.value_info}
+    assert TensorProto.FLOAT16 in types and twin.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert trt["build_fp16"]["flags"] == [] and any(r["candidate"] == "tensorrt-fp16" for r in report["parity"])
 
 
 def test_convert_on_8_6_takes_fp16_from_the_flag_on_the_float32_onnx(fake_trt, example_dir, tmp_path):
-    """Weakly typed TensorRT 8.6 mishandles DQ -> Cast(fp16) -> Conv (wrong and slow on the H200), so it gets the
-    float32 Q/DQ file and the FP16 flag; no fp16 copy is written."""
+    """Weakly typed TensorRT gets the float32 Q/DQ file and the FP16 flag (it chooses fp16 per layer); no fp16
+    copy is made."""
     fake = fake_trt(api="8.6")
     run_cli("convert", str(example_dir / "resnet_q.pt"), "--random-inputs", "0", "-o", str(tmp_path / "o"))
     trt = json.loads((tmp_path / "o" / "report.json").read_text())["tensorrt"]
