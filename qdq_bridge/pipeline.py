@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -214,7 +215,9 @@ def _run_engine(worker: TensorRTWorker, engine: Path, backend: str, checks: list
         logits[data.name][backend] = next(iter(worker.infer(engine, data.x, batch_size).values()))
 
 
-LOCATOR_BUILDS = 12  # engine builds the divergence locator may spend
+# Engine builds the divergence locator may spend per halving of the tensor list: isolating one tensor TensorRT
+# cannot expose costs two builds a halving, so this isolates two.
+LOCATOR_BUILDS_PER_HALVING = 4
 
 
 def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
@@ -228,9 +231,10 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
     sample = data.x[:8]
     emulated = run_onnxruntime_tensors(model, [name for name, _ in tensors], sample)
     pending, unexposable, builds = [tensors], [], 0
+    budget = 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(max(len(tensors), 2)))
     with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
         engine = Path(work) / "debug.engine"
-        while pending and builds < LOCATOR_BUILDS:
+        while pending and builds < budget:
             group = pending.pop(0)
             builds += 1
             try:

@@ -95,17 +95,18 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, referen
 
 
 def quantized_tensors(model: onnx.ModelProto) -> list[tuple[str, float]]:
-    """(tensor, scale) for every activation entering a QuantizeLinear, in graph order: the points where
-    backends should agree to within a quantization step or so."""
+    """(tensor, scale) for every activation entering a QuantizeLinear, in graph order, each tensor once (a
+    tensor read by two Qs, as a faithful ResNet's MaxPool output is, would be marked as an engine output twice,
+    which TensorRT refuses): the points where backends should agree to within a quantization step or so."""
     constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     graph_inputs = {i.name for i in model.graph.input}
-    found = []
+    found: dict[str, float] = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[0] not in graph_inputs:
             scale = constants.get(node.input[1])
             if scale is not None and scale.size == 1:
-                found.append((node.input[0], float(scale)))
-    return found
+                found.setdefault(node.input[0], float(scale))
+    return list(found.items())
 
 
 def run_onnxruntime_tensors(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 Skipped unless the worker finds TensorRT (QDQ_BRIDGE_TRT_PYTHON or this interpreter) and a GPU.
 """
+import functools
 import json
 
 import numpy as np
@@ -136,20 +137,22 @@ def test_qint8_model_runs_through_to_a_matching_int8_engine(tensorrt, options, e
 
 
 @pytest.fixture(scope="module")
-def locator_models(tmp_path_factory) -> dict:
-    """ResNet-18 trained on the digits at 3x32x32 (10 classes) and ResNet-50 at 224, as TorchScript files with a
-    labelled .npz test set each."""
+def locator_models(tmp_path_factory):
+    """ResNet-18 trained on the digits at 3x32x32 (10 classes) or ResNet-50 at 224, as a TorchScript file with a
+    labelled .npz test set, made on first use (so `-k resnet18` trains no ResNet-50)."""
     folder = tmp_path_factory.mktemp("locator")
-    r18, digits = zoo.torchvision_on_digits("resnet18")
-    shape = (1, 3, 224, 224)
-    models = {"resnet18": (r18, (1, 3, 32, 32), digits),
-              "resnet50": (zoo.quantized_torchvision("resnet50", shape), shape, zoo.template_task(shape, 64, seed=99))}
-    files = {}
-    for name, (model, input_shape, test) in models.items():
+
+    @functools.cache
+    def make(name: str) -> tuple:
+        if name == "resnet18":
+            (model, test), input_shape = zoo.torchvision_on_digits("resnet18"), (1, 3, 32, 32)
+        else:
+            input_shape = (1, 3, 224, 224)
+            model, test = zoo.quantized_torchvision("resnet50", input_shape), zoo.template_task(input_shape, 64, seed=99)
         save_torchscript(model, folder / f"{name}.pt", input_shape)
         np.savez(folder / f"{name}.npz", x=test.x, y=test.y)
-        files[name] = (folder / f"{name}.pt", folder / f"{name}.npz")
-    return files
+        return folder / f"{name}.pt", folder / f"{name}.npz"
+    return make
 
 
 @pytest.mark.parametrize("placement", ["faithful", "fast"])
@@ -157,7 +160,7 @@ def locator_models(tmp_path_factory) -> dict:
 def test_divergence_locator_runs_when_forced(tensorrt, options, locator_models, tmp_path, name, placement):
     """Thresholds no engine can meet (agreement > 100 %) force the locator; it must finish, with the first
     diverging tensors or a complete scan, and the run must keep every file and exit as a failed check."""
-    model, data = locator_models[name]
+    model, data = locator_models(name)
     compare = ("fp16",) if placement == "faithful" else ()  # issue 13's crash: faithful ResNet-18 + FP16 engine
     result = convert(model, tmp_path / "o", options(dataset=str(data), placement=placement, min_agreement=1.01,
                                                     compare_precisions=compare))

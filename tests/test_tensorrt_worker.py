@@ -1,6 +1,7 @@
 """The TensorRT worker protocol, its routes and its error paths, on CPU with a stand-in `tensorrt` package that
 emulates TensorRT 8.6, 10.13 or 11.4 (tests/fake_trt, built from the real bindings' names in tests/trt_api)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from onnx import TensorProto, helper
 
 from qdq_bridge.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from qdq_bridge.errors import BridgeError
+from qdq_bridge.pipeline import LOCATOR_BUILDS_PER_HALVING
 from qdq_bridge.trt_worker import CUDA_ENV
+from qdq_bridge.verify import quantized_tensors
 
 from conftest import run_cli
 
@@ -342,6 +345,21 @@ def test_convert_on_8_6_takes_fp16_from_the_flag_on_the_float32_onnx(fake_trt, e
     trt = json.loads((tmp_path / "o" / "report.json").read_text())["tensorrt"]
     assert trt["engine_onnx"] == "resnet_q.qdq.onnx" and trt["build"]["flags"] == ["INT8", "FP16"]
     assert fake.flags_set()[:2] == ["INT8", "FP16"] and not (tmp_path / "o" / "resnet_q.qdq.fp16.onnx").exists()
+
+
+def test_locator_isolates_tensors_tensorrt_cannot_expose_within_its_budget(fake_trt, example_dir, tmp_path,
+                                                                           monkeypatch):
+    """Two quantized activations the stand-in refuses to mark as outputs: every group holding one fails to build
+    and is halved, down to the two tensors, and the scan of the others completes."""
+    fake_trt()
+    run_cli("convert", str(example_dir / "resnet_q.pt"), "--engine", "off", "-o", str(tmp_path / "cpu"))
+    tensors = [name for name, _ in quantized_tensors(onnx.load(str(tmp_path / "cpu" / "resnet_q.qdq.onnx")))]
+    refused = [tensors[3], tensors[-2]]
+    monkeypatch.setenv("FAKE_TRT_UNEXPOSABLE", ",".join(refused))
+    run_cli("convert", str(example_dir / "resnet_q.pt"), "--random-inputs", "0", "-o", str(tmp_path / "o"))
+    divergence = json.loads((tmp_path / "o" / "report.json").read_text())["tensorrt"]["divergence"]
+    assert divergence["not_exposable"] == refused and divergence["complete"] and divergence["first"] == []
+    assert divergence["builds"] <= 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(len(tensors)))
 
 
 @pytest.mark.parametrize("mode, step", [("crash", "probe"), ("build-fails", "build of resnet_q.int8.engine")])

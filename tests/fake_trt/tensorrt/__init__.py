@@ -4,6 +4,7 @@ FAKE_TRT_API (8.6 | 10.13 | 11.4, default 8.6) picks the surface: tests/trt_api/
 of the real bindings (tools/trt_api_names.py). The enums hold exactly the members that list has; names the lists
 disagree on are defined only where the list has them; a test holds every public name here to the list.
 FAKE_TRT_MODE=crash|hang: Builder() crashes or hangs; build-fails: building returns None.
+FAKE_TRT_UNEXPOSABLE: comma-separated tensor names; building a network that marks one as an output returns None.
 FAKE_TRT_RECORD: a JSON-lines file that gets one line per call a test asserts on (flags, parsed ONNX kept beside it, marked outputs, profile shapes).
 Engines are JSON plans of the parsed network; executing one writes each output as (output index + 1) times the
 sum of the sample's input values, through the fake CUDA memory of `fake_cuda`.
@@ -24,6 +25,7 @@ __version__ = _VERSIONS[os.environ.get("FAKE_TRT_API", "8.6")]
 _NAMES = set((pathlib.Path(__file__).resolve().parents[2] / "trt_api" / f"tensorrt-{__version__}.txt").read_text()
              .split())
 _MODE = os.environ.get("FAKE_TRT_MODE", "ok")
+_UNEXPOSABLE = set(filter(None, os.environ.get("FAKE_TRT_UNEXPOSABLE", "").split(",")))
 _SCHEMA_11 = int(__version__.split(".")[0]) >= 11  # the engine inspector's JSON changed in 11.x
 
 
@@ -237,8 +239,8 @@ class Builder:
         return IOptimizationProfile()
 
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory:
-        if _MODE == "build-fails":  # as TensorRT does: None, the reason in its log
-            return None
+        if _MODE == "build-fails" or any(t.name in _UNEXPOSABLE for t in network._outputs):
+            return None  # as TensorRT does, the reason in its log
         return IHostMemory(json.dumps(network._plan()).encode())
 
 
