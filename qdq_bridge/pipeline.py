@@ -218,6 +218,7 @@ def _run_engine(worker: TensorRTWorker, engine: Path, backend: str, checks: list
 # Engine builds the divergence locator may spend per halving of the tensor list: isolating one tensor TensorRT
 # cannot expose costs two builds a halving, so this isolates two.
 LOCATOR_BUILDS_PER_HALVING = 4
+LOCATOR_SECONDS = 300  # a diagnosis, not a second conversion: ResNet-18 builds took ~20 s each on an H200 (8.6)
 
 
 def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
@@ -226,15 +227,16 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
     engine outputs a group at a time, in graph order, until a group diverges. Exposing a tensor stops some
     fusions (fine for a diagnosis), and some tensors TensorRT cannot expose at all (8.6's graph compiler
     asserted with every one marked): a group whose build fails is split, down to single tensors, which are
-    then listed as not exposable."""
+    then listed as not exposable. It stops at its build or time budget, listing the tensors it did not scan."""
     tensors = quantized_tensors(model)
     sample = data.x[:8]
     emulated = run_onnxruntime_tensors(model, [name for name, _ in tensors], sample)
     pending, unexposable, builds = [tensors], [], 0
     budget = 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(max(len(tensors), 2)))
+    deadline = time.monotonic() + LOCATOR_SECONDS
     with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
         engine = Path(work) / "debug.engine"
-        while pending and builds < budget:
+        while pending and builds < budget and time.monotonic() < deadline:
             group = pending.pop(0)
             builds += 1
             try:
@@ -249,7 +251,8 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
             found = first_divergences(emulated, values, group)
             if found:
                 return {"first": found, "not_exposable": unexposable, "builds": builds}
-    return {"first": [], "not_exposable": unexposable, "builds": builds, "complete": not pending}
+    return {"first": [], "not_exposable": unexposable, "builds": builds, "complete": not pending,
+            "not_scanned": [name for group in pending for name, _ in group]}
 
 
 def _convert(model_path: Path, output_dir: Path, scratch: Path, options: ConvertOptions) -> ConvertResult:

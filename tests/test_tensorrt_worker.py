@@ -359,6 +359,7 @@ def test_locator_isolates_tensors_tensorrt_cannot_expose_within_its_budget(fake_
     run_cli("convert", str(example_dir / "resnet_q.pt"), "--random-inputs", "0", "-o", str(tmp_path / "o"))
     divergence = json.loads((tmp_path / "o" / "report.json").read_text())["tensorrt"]["divergence"]
     assert divergence["not_exposable"] == refused and divergence["complete"] and divergence["first"] == []
+    assert divergence["not_scanned"] == []
     assert divergence["builds"] <= 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(len(tensors)))
 
 
