@@ -5,7 +5,7 @@
 # named .pt (exit 2, one-line error). Prints the timings and the image size. Needs root (CI runs as root).
 #
 #   bash docker/test-cpu-image.sh              reuse the imported base and podman's layer cache where present
-#   bash docker/test-cpu-image.sh --rebuild    build the image with --no-cache (the base is still reused)
+#   bash docker/test-cpu-image.sh --rebuild    remove the image, build it again with --no-cache (CI; base reused)
 #   bash docker/test-cpu-image.sh --rebase     also debootstrap and import the base again
 #
 # Environment: QDQ_DOCKER_WORK (work folder, default /var/tmp/qdq_bridge-docker), DEBIAN_MIRROR (default: the
@@ -46,10 +46,13 @@ T0=$(now)
 step "tools: podman, runc, debootstrap"
 missing=()
 for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+SECONDS_OF[tools]=0
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+    install_tools() {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+    }
+    timed tools install_tools || fail "apt-get could not install podman, runc and debootstrap"
 fi
 podman --version
 runc --version | head -1
@@ -68,6 +71,10 @@ default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 runtime = "runc"
 EOF
 export CONTAINERS_CONF=$WORK/containers.conf
+if ! out=$(podman info 2>&1); then
+    echo "$out" | tail -5 >&2
+    fail "podman does not work on this machine (podman info, above), so no container can run here"
+fi
 
 debian_mirror() {  # the first Debian archive URI (not -security) of apt's sources, one-line or deb822
     local uri
@@ -81,9 +88,9 @@ debian_mirror() {  # the first Debian archive URI (not -security) of apt's sourc
 }
 
 step "base image $BASE_IMAGE"
-if [ "$REBASE" = 1 ] && podman image exists "$BASE_IMAGE"; then
-    podman image exists "$IMAGE" && podman rmi -f "$IMAGE" >/dev/null
-    podman rmi -f "$BASE_IMAGE" >/dev/null
+if [ "$REBASE" = 1 ]; then
+    if podman image exists "$IMAGE"; then podman rmi -f "$IMAGE" >/dev/null; fi
+    if podman image exists "$BASE_IMAGE"; then podman rmi -f "$BASE_IMAGE" >/dev/null; fi
 fi
 if podman image exists "$BASE_IMAGE"; then
     echo "reusing $BASE_IMAGE (--rebase makes it again)"
@@ -113,7 +120,11 @@ CA=${PIP_CA:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}
 secret=()
 [ -s "$CA" ] && secret=(--secret "id=pip-ca,src=$CA")
 cache=()
-[ "$REBUILD" = 1 ] && cache=(--no-cache)
+if [ "$REBUILD" = 1 ]; then
+    # no layer cache read or written, and the old image goes first: repeated rebuilds leave no 6 GB images behind
+    cache=(--no-cache --layers=false)
+    if podman image exists "$IMAGE"; then podman rmi -f "$IMAGE" >/dev/null; fi
+fi
 echo "podman build --format docker -f docker/Dockerfile --target cpu --build-arg BASE=$BASE_IMAGE ${secret[*]} ${cache[*]} -t $IMAGE ."
 timed build podman build --format docker -f docker/Dockerfile --target cpu --build-arg "BASE=$BASE_IMAGE" "${secret[@]}" \
     "${cache[@]}" -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; fail "podman build failed"; }
@@ -152,6 +163,7 @@ cat "$WORK/bad.err"
 [ "$(wc -l <"$WORK/bad.err")" -eq 1 ] && grep -q '^error: ' "$WORK/bad.err" || fail "bad input: not a one-line error"
 
 step "summary"
+echo "install podman, runc, debootstrap: ${SECONDS_OF[tools]} s$([ "${SECONDS_OF[tools]}" = 0 ] && echo ' (present)')"
 echo "base (debootstrap + import): ${SECONDS_OF[base]} s$([ "${SECONDS_OF[base]}" = 0 ] && echo ' (reused)')"
 echo "build: ${SECONDS_OF[build]} s$([ "$REBUILD" = 1 ] && echo ' (--no-cache)')"
 echo "train in container: ${SECONDS_OF[train]} s; convert in container: ${SECONDS_OF[convert]} s"
