@@ -54,16 +54,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     }
     timed tools install_tools || fail "apt-get could not install podman, runc and debootstrap"
 fi
-podman --version
-runc --version | head -1
-
 # podman's settings for this script only (CONTAINERS_CONF), nothing written to /etc: runc (crun fails on these
 # machines: "cgroups in hybrid mode not supported") and container limits no higher than this shell's hard ones
-# (higher ones end in "setrlimit ... operation not permitted"; nproc above 32768 fails here even under the host's).
+# nor than values seen to work here (nofile 20000, nproc 32768; nproc 65536 failed under a host limit of 96365):
+# above them runc fails with "error setting rlimit ... operation not permitted".
 mkdir -p "$WORK"
-nofile=$(ulimit -Hn) nproc=$(ulimit -Hu)
-[ "$nofile" = unlimited ] && nofile=1048576
-if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
+limit() { local host=$1 cap=$2; if [ "$host" = unlimited ] || [ "$host" -gt "$cap" ]; then echo "$cap"; else echo "$host"; fi; }
+nofile=$(limit "$(ulimit -Hn)" 20000) nproc=$(limit "$(ulimit -Hu)" 32768)
 cat >"$WORK/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
@@ -71,6 +68,9 @@ default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 runtime = "runc"
 EOF
 export CONTAINERS_CONF=$WORK/containers.conf
+podman --version
+runc --version | head -1
+
 if ! out=$(podman info 2>&1); then
     echo "$out" | tail -5 >&2
     fail "podman does not work on this machine (podman info, above), so no container can run here"
