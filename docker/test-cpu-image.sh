@@ -130,7 +130,8 @@ timed build podman build --format docker -f docker/Dockerfile --target cpu --bui
     "${cache[@]}" -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; fail "podman build failed"; }
 grep -E '^(STEP|torch )' "$WORK/build.log" | cut -c1-150
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
-echo "image size: $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))"
+human=$(awk -v b="$size" 'BEGIN { printf "%.2f GB, %.2f GiB", b / 1e9, b / 2^30 }')
+echo "image size: $size bytes ($human)"
 podman run --rm --entrypoint /bin/sh "$IMAGE" -c 'echo "runs as: $(id)"; command -v gcc cc make || echo "no compiler, no make"
     ls /root/.cache /var/lib/apt/lists/*_Packages 2>/dev/null || echo "no pip cache, no apt lists"'
 
@@ -167,6 +168,6 @@ echo "install podman, runc, debootstrap: ${SECONDS_OF[tools]} s$([ "${SECONDS_OF
 echo "base (debootstrap + import): ${SECONDS_OF[base]} s$([ "${SECONDS_OF[base]}" = 0 ] && echo ' (reused)')"
 echo "build: ${SECONDS_OF[build]} s$([ "$REBUILD" = 1 ] && echo ' (--no-cache)')"
 echo "train in container: ${SECONDS_OF[train]} s; convert in container: ${SECONDS_OF[convert]} s"
-echo "image: $IMAGE, $(numfmt --to=iec-i --suffix=B "$size") ($size bytes, podman image inspect)"
+echo "image: $IMAGE, $human ($size bytes, podman image inspect)"
 echo "total: $(($(now) - T0)) s"
 echo "docker/test-cpu-image.sh: PASS"
