@@ -132,8 +132,12 @@ grep -E '^(STEP|torch )' "$WORK/build.log" | cut -c1-150
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 human=$(awk -v b="$size" 'BEGIN { printf "%.2f GB, %.2f GiB", b / 1e9, b / 2^30 }')
 echo "image size: $size bytes ($human)"
-podman run --rm --entrypoint /bin/sh "$IMAGE" -c 'echo "runs as: $(id)"; command -v gcc cc make || echo "no compiler, no make"
-    ls /root/.cache /var/lib/apt/lists/*_Packages 2>/dev/null || echo "no pip cache, no apt lists"'
+podman run --rm --entrypoint id "$IMAGE" | sed 's/^/runs as: /'
+# no build tools or caches left (looked for as root, which can read /root)
+leftovers=$(podman run --rm --user 0 --entrypoint /bin/sh "$IMAGE" -c 'for tool in gcc cc make; do command -v $tool; done
+    ls -d /root/.cache/pip /var/lib/apt/lists/*_Packages /var/cache/apt/archives/*.deb /tmp/src 2>/dev/null; true')
+[ -z "$leftovers" ] || fail "left in the image: $leftovers"
+echo "no compiler, no make, no pip cache, no apt lists, no .deb files, no source copy"
 
 MODELS=$WORK/models
 rm -rf "$MODELS"
