@@ -3,7 +3,8 @@ an image folder, CIFAR-10 or MNIST on disk (streamed, `qdq_bridge.images`).
 
 Every dataset is a source the pipeline streams: `name`, `len`, `classes` (how many classes its labels span),
 `sample_shape`, `subset(count, seed)`, `fit(input_shape)` (checked, or preprocessed, for the model), `head(n)`
-(the first rows in memory, for the checks that need only a few) and `labelled_batches(batch_size)`."""
+(the first rows in memory, for the checks that need only a few), `labelled_batches(batch_size)` and
+`decode_seconds` (None for arrays in memory)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class Dataset:
     name: str
     x: np.ndarray
     y: np.ndarray | None = None
+    decode_seconds = None  # in memory: nothing to decode (an ImageSource counts its decoding time)
 
     def __len__(self) -> int:
         return len(self.x)

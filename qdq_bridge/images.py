@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -109,9 +110,9 @@ class _Images:
 
 
 class _Decoded:
-    """A map-style dataset for torch's DataLoader: (float32 C x H x W, label, "" or why the image is unreadable).
-    Decoding errors come back as values, so the main process can name the file in a one-line error (a DataLoader
-    re-raises a worker's exception wrapped in its traceback)."""
+    """A map-style dataset for torch's DataLoader: (float32 C x H x W, label, "" or why the image is unreadable,
+    seconds spent). Decoding errors come back as values, so the main process can name the file in a one-line
+    error (a DataLoader re-raises a worker's exception wrapped in its traceback)."""
 
     def __init__(self, images: _Images, indices: np.ndarray, transform, shape: tuple[int, ...], mode: str):
         self.images, self.indices, self.transform, self.shape, self.mode = images, indices, transform, shape, mode
@@ -120,6 +121,7 @@ class _Decoded:
         return len(self.indices)
 
     def __getitem__(self, position: int):
+        start = time.perf_counter()
         index = int(self.indices[position])
         try:
             image = self.images.image(index)
@@ -127,7 +129,7 @@ class _Decoded:
             problem = ""
         except DECODE_ERRORS as exc:
             x, problem = torch.zeros(self.shape), f"image '{self.images.where(index)}' cannot be read ({exc})"
-        return x, int(self.images.labels[index]), problem
+        return x, int(self.images.labels[index]), problem, time.perf_counter() - start
 
 
 @dataclass
@@ -140,6 +142,7 @@ class ImageSource:
     indices: np.ndarray
     workers: int = 2
     shape: tuple[int, ...] | None = None  # (C, H, W) once fitted to a model
+    decode_seconds: float = 0.0  # spent decoding and preprocessing by the last labelled_batches, in all workers
 
     @property
     def name(self) -> str:
@@ -214,9 +217,8 @@ class ImageSource:
 
         decoded = self._decoded()
         rows = [decoded[i] for i in range(min(count, len(decoded)))]
-        _refuse_unreadable([problem for _, _, problem in rows])
-        return Dataset(self.name, torch.stack([x for x, _, _ in rows]).numpy(),
-                       np.array([y for _, y, _ in rows], np.int64))
+        _refuse_unreadable([row[2] for row in rows])
+        return Dataset(self.name, torch.stack([row[0] for row in rows]).numpy(), np.array([row[1] for row in rows]))
 
     def labelled_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(inputs, labels) batches, decoded by `workers` processes a couple of batches ahead."""
@@ -226,8 +228,10 @@ class ImageSource:
         workers = min(self.workers, -(-len(decoded) // batch_size))
         loader = DataLoader(decoded, batch_size=batch_size, num_workers=workers, shuffle=False,
                             prefetch_factor=2 if workers else None)
-        for x, y, problems in loader:
+        self.decode_seconds = 0.0
+        for x, y, problems, seconds in loader:
             _refuse_unreadable(problems)
+            self.decode_seconds += float(seconds.sum())
             yield x.numpy(), y.numpy()
 
     def _decoded(self) -> _Decoded:

@@ -283,7 +283,7 @@ def _dataset_entry(data, run: StreamedParity) -> dict:
     """What the report says of a dataset: its size, preprocessing, and images/s of each backend."""
     entry = {"name": data.name, "samples": run.samples, "classes": data.classes,
              "images_per_second": {k: round(v, 1) for k, v in run.images_per_second().items()}}
-    if hasattr(data, "resolved"):
+    if data.decode_seconds is not None:  # an image dataset
         entry["preprocessing"] = data.resolved()
     return entry
 

@@ -158,7 +158,8 @@ def chunk_samples(sample_shape: tuple[int, ...]) -> int:
 @dataclass
 class StreamedParity:
     """What one pass over a dataset gave: the comparisons (pairs in the order asked), the seconds each backend
-    and the decoding spent, and the backends that failed (with why), whose comparisons are left out."""
+    spent (and "decode": the decoding, summed over the worker processes, for a streamed image dataset), and the
+    backends that failed (with why), whose comparisons are left out."""
 
     comparisons: list[Comparison]
     samples: int
@@ -179,7 +180,7 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
     chunked = dict(chunked or {})
     ran = [*backends, *chunked]
     running = {pair: RunningComparison(source.name, *pair) for pair in pairs if set(pair) <= set(ran)}
-    seconds = dict.fromkeys(["decode", *ran], 0.0)
+    seconds = dict.fromkeys(ran, 0.0)
     failed: dict[str, str] = {}
     pending: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]] = []
 
@@ -213,14 +214,7 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
     bar = tqdm(total=len(source), unit="img", desc=f"parity on {source.name}", leave=False,
                disable=None if progress else True)
     samples = 0
-    batches = iter(source.labelled_batches(batch_size))
-    while True:
-        start = time.perf_counter()
-        batch = next(batches, None)
-        seconds["decode"] += time.perf_counter() - start
-        if batch is None:
-            break
-        x, labels = batch
+    for x, labels in source.labelled_batches(batch_size):
         outputs = {name: timed(name, run, x) for name, run in backends.items()}
         accumulate(outputs, labels, only_chunked=False)
         if chunked:
@@ -232,6 +226,8 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
         bar.set_postfix_str(", ".join(f"{name} {samples / s:.0f}/s" for name, s in seconds.items() if s))
     flush()
     bar.close()
+    if source.decode_seconds is not None:  # worker seconds: images/s of one decoding process
+        seconds = {"decode": source.decode_seconds, **seconds}
     comparisons = [c.result() for (ref, cand), c in running.items()
                    if ref not in failed and cand not in failed and c.samples]
     return StreamedParity(comparisons, samples, seconds, failed)
