@@ -149,11 +149,12 @@ def main() -> None:
         largest = work / f"images_{counts[-1]}"
         if not largest.exists():
             write_folder(largest, counts[-1])
-        for count in counts[:-1]:  # the smaller folders hold the first images of the largest (hard links)
+        for count in counts[:-1]:  # the smaller folders: the first images of each class of the largest (hard links)
             folder = work / f"images_{count}"
-            for path in sorted(largest.rglob("*.jpg"))[:count] if not folder.exists() else []:
-                (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
-                os.link(path, folder / path.parent.name / path.name)
+            for class_folder in sorted(largest.iterdir()) if not folder.exists() else []:
+                (folder / class_folder.name).mkdir(parents=True)
+                for path in sorted(class_folder.iterdir())[:count // CLASSES]:
+                    os.link(path, folder / class_folder.name / path.name)
         model = work / f"resnet18_{args.size}_q.pt"
         if not model.exists():
             prepare_model(model, largest, args.size)
@@ -167,12 +168,13 @@ def report(results: dict, args) -> None:
     print(f"ResNet-18 {args.size}x{args.size} int8, imagefolder JPEGs, preset imagenet, batch 64, {args.workers} "
           f"workers, {os.cpu_count()} CPU cores")
     header = f"{'images':>8} {'seconds':>8} {'main RSS':>9} {'worker RSS':>10} {'tree PSS':>9} " + \
-        " ".join(f"{b + ' img/s':>17}" for b in backends) + f" {'agreement':>9}"
+        " ".join(f"{b + ' img/s':>17}" for b in backends) + f" {'agreement':>9} {'classes':>7}"
     print(header)
     for count, r in results.items():
         rates = " ".join(f"{r['dataset']['images_per_second'][b]:>17.1f}" for b in backends)
         print(f"{count:>8} {r['seconds']:>8.1f} {r['self_maxrss_mib']:>6.0f} MiB {r['worker_maxrss_mib']:>7.0f} MiB "
-              f"{r['tree_pss_mib']:>6.0f} MiB {rates} {r['parity']['top1_agreement'] * 100:>8.2f}%")
+              f"{r['tree_pss_mib']:>6.0f} MiB {rates} {r['parity']['top1_agreement'] * 100:>8.2f}% "
+              f"{r['dataset']['classes']:>7}")
     small, large = results[min(results)], results[max(results)]
     for key, label in (("self_maxrss_mib", "main RSS"), ("tree_pss_mib", "tree PSS")):
         growth = large[key] / small[key] - 1

@@ -197,7 +197,7 @@ def _image_folder(root, classes: int = 2, per_class: int = 2, mode: str = "L"):
                                   "dataset the model was trained on"),
     ("color", "error: dataset imagefolder:{name} gives 3-channel images, the model takes 1 channels: pass --color "
               "gray to decode the images as gray"),
-])
+], ids=lambda value: value if " " not in value or len(value) < 30 else "")
 def test_bad_image_folders(tmp_path, example_dir, case, expected):
     root = tmp_path / "images"
     spec, color = f"imagefolder:{root}", ["--color", "gray"]
@@ -230,7 +230,7 @@ def test_bad_image_folders(tmp_path, example_dir, case, expected):
                      "MNIST/raw/t10k-images-idx3-ubyte"),
     ("digits --resize 40", "error: dataset 'digits' holds arrays, which are preprocessed already: leave out "
                            "--preprocess"),
-])
+], ids=["cifar10", "mnist", "preprocessing arrays"])
 def test_bad_dataset_specs(tmp_path, example_dir, spec, expected):
     message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", *spec.format(root=tmp_path).split())
     assert message.startswith(expected.format(root=tmp_path)), message
