@@ -123,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--preprocess", choices=sorted(PRESETS), help="preset resize ratio, mean/std and color; "
                                                                     "options below override its fields")
     data.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N before the crop "
-                                                              "(default: the crop's longer side; imagenet: 256/224 of it)")
-    data.add_argument("--center-crop", type=_size, metavar="H[,W]", help="center crop (default: the model's input size)")
-    data.add_argument("--mean", type=_floats, metavar="LIST", help="per-channel mean subtracted after scaling to [0, 1]")
+                                                              "(default: the crop's longer side; imagenet: 256/224)")
+    data.add_argument("--center-crop", type=_size, metavar="H[,W]",
+                      help="center crop (default: the model's input size)")
+    data.add_argument("--mean", type=_floats, metavar="LIST",
+                      help="per-channel mean subtracted after scaling to [0, 1]")
     data.add_argument("--std", type=_floats, metavar="LIST", help="per-channel std divided by (with --mean)")
     data.add_argument("--color", choices=("rgb", "gray"), help="decode images as RGB (gray ones repeated in 3 "
                                                                "channels) or gray (luma); default: the dataset's own")

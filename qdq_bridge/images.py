@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .errors import BridgeError
 
@@ -76,12 +77,8 @@ class Preprocessing:
         if not meta:
             return None
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in meta.items() if key in known}
-        return cls(**values)
-
-    def as_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
-                if value is not None}
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in meta.items()
+                      if key in known})
 
 
 @dataclass
@@ -96,11 +93,9 @@ class _Images:
     paths: list[str] | None = None
     pixels: np.ndarray | None = None
 
-    def image(self, index: int):
-        from PIL import Image
-
+    def image(self, index: int) -> Image.Image:
         if self.paths is None:
-            return Image.fromarray(self.pixels[index], mode=self.mode)
+            return Image.fromarray(self.pixels[index])  # (H, W): mode L, (H, W, 3): RGB
         with Image.open(self.paths[index]) as image:
             image.load()
             return image

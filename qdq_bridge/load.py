@@ -234,7 +234,8 @@ def _refuse_dynamic(module: nn.Module) -> None:
                               "use static quantization (PTQ with calibration, or QAT)")
 
 
-def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str, batch: int) -> LoadedModel:
+def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
+               batch: int) -> LoadedModel:
     if loaded.kind != "torchscript":
         _to_quantized_module(loaded, calibration, observer, batch)
     elif not quantize.activation_quantizers(loaded.module):
@@ -255,7 +256,8 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
     return loaded
 
 
-def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str, batch: int) -> None:
+def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
+                         batch: int) -> None:
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":

@@ -140,8 +140,9 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
 def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
                     sample: datasets.Dataset, options: ConvertOptions, notes: list[str]) -> dict:
     """Build the INT8 engine (and float comparison engines) for the parity pass to run (result["backends"]:
-    backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is recorded under "failed" (the step and TensorRT's
-    message) with whatever was made before it: the CPU stages' results stand."""
+    backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is
+    recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU stages'
+    results stand."""
     if options.engine == "off":
         return {}
     try:

@@ -38,7 +38,7 @@ def write_mnist(root, pixels: np.ndarray, labels: np.ndarray) -> None:
 def write_image_folder(root, pixels: np.ndarray, labels: np.ndarray) -> None:
     for index, (image, label) in enumerate(zip(pixels, labels)):
         (root / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image, mode="L").save(root / str(label) / f"{index:04d}.png")
+        Image.fromarray(image).save(root / str(label) / f"{index:04d}.png")
 
 
 @pytest.fixture(scope="module")
