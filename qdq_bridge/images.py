@@ -27,7 +27,7 @@ from PIL import Image
 from .errors import BridgeError
 
 IMAGE_SPECS = ("imagefolder", "cifar10", "cifar10-train", "mnist", "mnist-train")
-COLORS = {"rgb": ("RGB", 3), "gray": ("L", 1)}
+COLORS = {"rgb": "RGB", "gray": "L"}  # --color: PIL modes
 PRESETS = {  # what torchvision's reference training scripts and tutorials use
     "imagenet": {"resize_ratio": 256 / 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                  "color": "rgb"},
@@ -57,6 +57,8 @@ class Preprocessing:
             raise BridgeError(f"unknown preprocessing preset '{self.preset}'", f"use one of {', '.join(PRESETS)}")
         if self.color is not None and self.color not in COLORS:
             raise BridgeError(f"unknown color '{self.color}'", f"use one of {', '.join(COLORS)}")
+        if isinstance(self.crop, int):  # metadata may say "crop": 224
+            object.__setattr__(self, "crop", (self.crop, self.crop))
         if (self.mean is None) != (self.std is None):
             raise BridgeError("mean and std go together", "pass both --mean and --std, or a --preprocess preset")
 
@@ -180,7 +182,7 @@ class ImageSource:
         if shape[0] != channels:
             color = "rgb" if shape[0] == 3 else "gray"
             raise BridgeError(f"dataset {self.images.name} gives {channels}-channel images, the model takes "
-                              f"{shape[0]} channels", f"pass --color {color} to decode the images as {color}")
+                              f"{shape[0]}-channel inputs", f"pass --color {color} to decode the images as {color}")
         crop = self.preprocessing.crop
         if crop and tuple(crop) != tuple(shape[1:]):
             raise BridgeError(f"--center-crop {crop[0]}x{crop[1]} makes images the model cannot take "
@@ -200,7 +202,7 @@ class ImageSource:
         """The preprocessing applied, every step spelled out (for the report)."""
         fitted = self if self.shape else self.fit(None)
         settings = fitted._settings()
-        return {"color": [k for k, (mode, _) in COLORS.items() if mode == fitted._mode()][0],
+        return {"color": [color for color, mode in COLORS.items() if mode == fitted._mode()][0],
                 "resize": fitted._resize(), "crop": list(fitted.shape[1:]),
                 "mean": list(settings["mean"]) if settings.get("mean") else None,
                 "std": list(settings["std"]) if settings.get("std") else None,
@@ -208,7 +210,7 @@ class ImageSource:
 
     def head(self, count: int):
         """The first `count` samples, decoded here (no workers), as an in-memory Dataset."""
-        from .data import Dataset
+        from .data import Dataset  # here: qdq_bridge.data imports this module
 
         decoded = self._decoded()
         rows = [decoded[i] for i in range(min(count, len(decoded)))]
@@ -246,7 +248,7 @@ class ImageSource:
 
     def _mode(self) -> str:
         color = self._settings().get("color")
-        return COLORS[color][0] if color else self.images.mode
+        return COLORS[color] if color else self.images.mode
 
     def _channels(self) -> int:
         return 1 if self._mode() == "L" else 3

@@ -211,21 +211,20 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
                 del chunked[name]
         accumulate(outputs, labels, only_chunked=True)
 
-    bar = tqdm(total=len(source), unit="img", desc=f"parity on {source.name}", leave=False,
-               disable=None if progress else True)
     samples = 0
-    for x, labels in source.labelled_batches(batch_size):
-        outputs = {name: timed(name, run, x) for name, run in backends.items()}
-        accumulate(outputs, labels, only_chunked=False)
-        if chunked:
-            pending.append((x, labels, outputs))
-            if sum(len(p[0]) for p in pending) >= chunk:
-                flush()
-        samples += len(x)
-        bar.update(len(x))
-        bar.set_postfix_str(", ".join(f"{name} {samples / s:.0f}/s" for name, s in seconds.items() if s))
-    flush()
-    bar.close()
+    with tqdm(total=len(source), unit="img", desc=f"parity on {source.name}", leave=False,
+              disable=None if progress else True) as bar:
+        for x, labels in source.labelled_batches(batch_size):
+            outputs = {name: timed(name, run, x) for name, run in backends.items()}
+            accumulate(outputs, labels, only_chunked=False)
+            if chunked:
+                pending.append((x, labels, outputs))
+                if sum(len(p[0]) for p in pending) >= chunk:
+                    flush()
+            samples += len(x)
+            bar.update(len(x))
+            bar.set_postfix_str(", ".join(f"{name} {samples / s:.0f}/s" for name, s in seconds.items() if s))
+        flush()
     if source.decode_seconds is not None:  # worker seconds: images/s of one decoding process
         seconds = {"decode": source.decode_seconds, **seconds}
     comparisons = [c.result() for (ref, cand), c in running.items()

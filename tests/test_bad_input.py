@@ -195,8 +195,8 @@ def _image_folder(root, classes: int = 2, per_class: int = 2, mode: str = "L"):
     ("unreadable", "error: image '{root}/class1/broken.jpg' cannot be read (cannot identify image file"),
     ("more classes than outputs", "error: dataset imagefolder:{name} has 11 classes, the model 10 outputs: pass the "
                                   "dataset the model was trained on"),
-    ("color", "error: dataset imagefolder:{name} gives 3-channel images, the model takes 1 channels: pass --color "
-              "gray to decode the images as gray"),
+    ("color", "error: dataset imagefolder:{name} gives 3-channel images, the model takes 1-channel inputs: pass "
+              "--color gray to decode the images as gray"),
 ], ids=lambda value: value if " " not in value or len(value) < 30 else "")
 def test_bad_image_folders(tmp_path, example_dir, case, expected):
     root = tmp_path / "images"
