@@ -19,8 +19,8 @@ from torch import nn
 
 from . import quantize
 from .data import Dataset
-from .images import ImageSource
 from .errors import BridgeError, first_line
+from .images import ImageSource
 
 LOADABLE = "pass a TorchScript .pt, a torch.save'd module or a state_dict"
 # extra file in TorchScript archives: {"input_shape": [...], "dataset": "...", "preprocess": {...}} (the keys of
