@@ -304,9 +304,9 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         from_data = (1, *checks[0].sample_shape) if checks and checks[0].sample_shape and \
             loaded.input_shape is None else None
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
-        checks = [data.fit(input_shape) for data in checks]
     with timer("reference"):  # shape errors and engine limits surface here, before any export
         reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
+    checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
     with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     with timer("passes"):
