@@ -10,6 +10,7 @@ from rich.table import Table
 from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError
 from .export import EXPORTERS
+from .images import PRESETS, Preprocessing, default_workers
 from .lint import errors, lint_file, to_json
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
 from .pipeline import ConvertOptions, convert
@@ -26,6 +27,26 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224")
     return shape
+
+
+def _size(text: str) -> tuple[int, int]:
+    size = _shape(text)
+    if len(size) > 2:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 224 or 224,224")
+    return (size[0], size[-1])
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of numbers like 0.485,0.456,0.406") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return int(text)
 
 
 def _engines(text: str) -> tuple[str, ...]:
@@ -68,16 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--arch", help="architecture for a state_dict: torchvision:resnet18 or package.module:factory")
     conv.add_argument("--trust-pickle", action="store_true",
                       help="allow loading a pickled module (unpickling runs code from the file)")
-    conv.add_argument("--calibrate", metavar="DATA", help="quantize a float model by PTQ on this data: 'digits' "
-                                                          "or an .npz with array x")
+    conv.add_argument("--calibrate", metavar="DATA", help="quantize a float model by PTQ on this data (a DATA spec "
+                                                          "as for --dataset)")
     conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
                       help="activation observer for --calibrate (default: histogram)")
     conv.add_argument("--torch-engines", type=_engines, default=ENGINE_ORDER, metavar="LIST",
                       help="PyTorch quantized engines for the reference, by preference: the first packs and runs the "
                            "model, the next cross-checks it and takes over where the first deviates from the "
                            f"model's integer semantics (default: {','.join(ENGINE_ORDER)}; one name: no cross-check)")
-    conv.add_argument("--dataset", metavar="DATA", help="labelled data for parity and accuracy: 'digits' or an "
-                                                        ".npz with arrays x, y (default: from the file's metadata)")
+    conv.add_argument("--dataset", metavar="DATA", help="labelled data for parity and accuracy: 'digits', an .npz "
+                                                        "with arrays x, y, imagefolder:PATH, cifar10:ROOT or "
+                                                        "mnist:ROOT (default: from the file's metadata)")
     conv.add_argument("--random-inputs", type=int, default=64, metavar="N",
                       help="also compare on N standard-normal inputs (default: 64; 0 to skip)")
     conv.add_argument("--disable-pass", action="append", default=[], choices=PASS_NAMES, metavar="NAME",
@@ -96,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="minimum top-1 agreement, 0..1 (default: 0.995)")
     conv.add_argument("--max-accuracy-gap", type=float, default=0.2,
                       help="maximum accuracy difference in percentage points (default: 0.2)")
+
+    data = conv.add_argument_group("datasets (image datasets are streamed: decoded batch by batch by worker processes)")
+    data.add_argument("--preprocess", choices=sorted(PRESETS), help="preset resize ratio, mean/std and color; "
+                                                                    "options below override its fields")
+    data.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N before the crop "
+                                                              "(default: the crop's longer side; imagenet: 256/224)")
+    data.add_argument("--center-crop", type=_size, metavar="H[,W]",
+                      help="center crop (default: the model's input size)")
+    data.add_argument("--mean", type=_floats, metavar="LIST",
+                      help="per-channel mean subtracted after scaling to [0, 1]")
+    data.add_argument("--std", type=_floats, metavar="LIST", help="per-channel std divided by (with --mean)")
+    data.add_argument("--color", choices=("rgb", "gray"), help="decode images as RGB (gray ones repeated in 3 "
+                                                               "channels) or gray (luma); default: the dataset's own")
+    data.add_argument("--limit", type=_positive, metavar="N", help="parity on a seeded random subset of N samples")
+    data.add_argument("--calibration-samples", type=_positive, metavar="N",
+                      help="calibrate on a seeded random subset of N samples (default: all)")
+    data.add_argument("--seed", type=int, default=0, help="seed of both subsets (default: 0)")
+    data.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                      help=f"processes decoding images (default: {default_workers()}, the cores up to 4; 0: none)")
+    data.add_argument("--no-progress", action="store_true",
+                      help="no progress bar (it shows only where stderr is a terminal)")
 
     trt = conv.add_argument_group("TensorRT engine (built by a worker process; see the README)")
     trt.add_argument("--engine", choices=("auto", "off", "require"), default="auto",
@@ -141,6 +184,9 @@ def _print_convert(console: Console, result) -> None:
         table.add_row(c.dataset, c.reference, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
                       f"{c.max_abs_diff:.4g}")
     console.print(table)
+    for entry in result.report["datasets"]:
+        console.print(f"{entry['name']}: {entry['samples']} samples, images/s " + ", ".join(
+            f"{backend} {rate:,.0f}" for backend, rate in entry["images_per_second"].items()), highlight=False)
     for note in result.report["notes"]:
         console.print(f"note: {note}", highlight=False)
     summary = result.report["tensorrt"].get("layer_summary")
@@ -180,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, torch_engines=args.torch_engines, dataset=args.dataset, random_inputs=args.random_inputs,
+            preprocess=Preprocessing(args.preprocess, args.resize, args.center_crop, args.mean, args.std, args.color),
+            limit=args.limit, calibration_samples=args.calibration_samples, seed=args.seed, workers=args.workers,
+            progress=not args.no_progress,
             exporter=args.exporter, disabled_passes=tuple(args.disable_pass), placement=args.placement,
             opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,

@@ -1,4 +1,10 @@
-"""Datasets for calibration and parity: scikit-learn's bundled digits, or the user's own .npz file."""
+"""Datasets for calibration and parity: scikit-learn's bundled digits, the user's own .npz file (in memory), or
+an image folder, CIFAR-10 or MNIST on disk (streamed, `qdq_bridge.images`).
+
+Every dataset is a source the pipeline streams: `name`, `len`, `classes` (how many classes its labels span),
+`sample_shape`, `subset(count, seed)`, `fit(input_shape)` (checked, or preprocessed, for the model), `head(n)`
+(the first rows in memory, for the checks that need only a few), `labelled_batches(batch_size)` and
+`decode_seconds` (None for arrays in memory)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BridgeError
+from .images import IMAGE_SPECS, Preprocessing, default_workers, open_images, random_subset
 
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled so the example CNN has room for two stride-2 stages
 
@@ -18,6 +25,7 @@ class Dataset:
     name: str
     x: np.ndarray
     y: np.ndarray | None = None
+    decode_seconds = None  # in memory: nothing to decode (an ImageSource counts its decoding time)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -25,6 +33,35 @@ class Dataset:
     def batches(self, batch_size: int):
         for start in range(0, len(self.x), batch_size):
             yield self.x[start:start + batch_size]
+
+    def labelled_batches(self, batch_size: int):
+        for start in range(0, len(self.x), batch_size):
+            yield self.x[start:start + batch_size], None if self.y is None else self.y[start:start + batch_size]
+
+    @property
+    def classes(self) -> int | None:
+        return int(self.y.max()) + 1 if self.y is not None and len(self.y) else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def head(self, count: int) -> Dataset:
+        return Dataset(self.name, self.x[:count], None if self.y is None else self.y[:count])
+
+    def subset(self, count: int | None, seed: int) -> Dataset:
+        """A seeded random subset of `count` rows, in their order here (all rows when count is None or larger)."""
+        if count is None or count >= len(self):
+            return self
+        rows = random_subset(len(self), count, seed)
+        return Dataset(f"{self.name}[{count} of {len(self)}]", self.x[rows], None if self.y is None else self.y[rows])
+
+    def fit(self, input_shape: tuple[int, ...] | None) -> Dataset:
+        """Arrays are already preprocessed: they must have the model's per-sample shape."""
+        if input_shape is not None and self.sample_shape != tuple(input_shape[1:]):
+            raise BridgeError(f"dataset {self.name} has samples of shape {self.sample_shape}, the model takes "
+                              f"{tuple(input_shape[1:])}", "pass a dataset that matches --input-shape")
+        return self
 
 
 def digits_split(size: int = DIGITS_SIZE, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -51,7 +88,8 @@ def load_dataset(spec: str) -> Dataset:
     path = Path(spec)
     if not path.is_file():
         raise BridgeError(f"dataset '{spec}' not found",
-                          "use 'digits' or the path to an .npz file with an array 'x' (and optional labels 'y')")
+                          "use 'digits', the path to an .npz file with an array 'x' (and optional labels 'y'), "
+                          "imagefolder:PATH, cifar10:ROOT or mnist:ROOT")
     try:
         with np.load(path) as arrays:
             x = arrays["x"].astype(np.float32)
@@ -60,6 +98,23 @@ def load_dataset(spec: str) -> Dataset:
         raise BridgeError(f"dataset '{spec}' is not a usable .npz file ({exc})",
                           "save it with numpy.savez(path, x=inputs, y=labels)") from None
     return Dataset(path.stem, x, y)
+
+
+def open_dataset(spec: str, preprocessing: Preprocessing | None = None, fallback: Preprocessing | None = None,
+                 workers: int | None = None):
+    """The source a dataset spec names: `digits`, an .npz file, or an image dataset (`images.IMAGE_SPECS`,
+    preprocessed by `preprocessing` over `fallback`, e.g. the model file's metadata, and decoded by `workers`
+    processes). Arrays are preprocessed already, so preprocessing options given for them are refused."""
+    preprocessing = preprocessing or Preprocessing()
+    if spec.partition(":")[0] in IMAGE_SPECS:
+        return open_images(spec, preprocessing.over(fallback), default_workers() if workers is None else workers)
+    if Path(spec).is_dir():
+        raise BridgeError(f"dataset '{spec}' is a folder", f"pass imagefolder:{spec} for class sub-folders of images")
+    if preprocessing.given:
+        raise BridgeError(f"dataset '{spec}' holds arrays, which are preprocessed already",
+                          "leave out --preprocess, --resize, --center-crop, --mean, --std and --color, or pass "
+                          "an image dataset (imagefolder:PATH, cifar10:ROOT, mnist:ROOT)")
+    return load_dataset(spec)
 
 
 def random_inputs(shape: tuple[int, ...], count: int, seed: int = 0) -> Dataset:

@@ -20,9 +20,12 @@ from torch import nn
 from . import quantize
 from .data import Dataset
 from .errors import BridgeError, first_line
+from .images import ImageSource
 
 LOADABLE = "pass a TorchScript .pt, a torch.save'd module or a state_dict"
-METADATA_FILE = "qdq_bridge.json"  # extra file in TorchScript archives: {"input_shape": [...], "dataset": "..."}
+# extra file in TorchScript archives: {"input_shape": [...], "dataset": "...", "preprocess": {...}} (the keys of
+# images.Preprocessing, e.g. {"preset": "imagenet"})
+METADATA_FILE = "qdq_bridge.json"
 TORCHVISION_INPUT = (1, 3, 224, 224)
 
 
@@ -35,12 +38,15 @@ class LoadedModel:
     engine: str  # the quantized engine its weights are packed for (quantize.packing_engine)
     input_shape: tuple[int, ...] | None = None
     dataset: str | None = None
+    preprocess: dict | None = None  # how images become its inputs (images.Preprocessing fields)
     notes: list[str] = field(default_factory=list)
 
 
-def save_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], dataset: str | None = None):
-    """Script a quantized model and save it with qdq_bridge's metadata so `convert` needs no --input-shape."""
-    meta = json.dumps({"input_shape": list(input_shape), "dataset": dataset})
+def save_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], dataset: str | None = None,
+                     preprocess: dict | None = None):
+    """Script a quantized model and save it with qdq_bridge's metadata so `convert` needs no --input-shape (nor
+    --dataset, nor preprocessing options: `preprocess` holds images.Preprocessing's fields)."""
+    meta = json.dumps({"input_shape": list(input_shape), "dataset": dataset, "preprocess": preprocess})
     with quantize.quiet_torch_warnings():
         torch.jit.save(torch.jit.script(model), str(path), _extra_files={METADATA_FILE: meta})
 
@@ -62,7 +68,7 @@ def _load_torchscript(path: Path, engine: str) -> LoadedModel:
         raise BridgeError(f"'{path}' is a corrupt TorchScript archive ({_reason(exc)})",
                           "re-save it with torch.jit.save") from None
     shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
-    return LoadedModel(module.eval(), "torchscript", engine, shape, meta.get("dataset"))
+    return LoadedModel(module.eval(), "torchscript", engine, shape, meta.get("dataset"), meta.get("preprocess"))
 
 
 def _torch_load(path: Path, trust_pickle: bool, engine: str):
@@ -157,7 +163,7 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
 
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
-               calibration: Dataset | None = None, observer: str = "histogram",
+               calibration: Dataset | ImageSource | None = None, observer: str = "histogram",
                calibration_batch: int = 32, engines: tuple[str, ...] | None = None) -> LoadedModel:
     """Load any supported model file and return it quantized (converting QAT and quantizing float models), its
     weights packed for the engine chosen, before anything was read, from `engines` (an order of preference,
@@ -228,7 +234,8 @@ def _refuse_dynamic(module: nn.Module) -> None:
                               "use static quantization (PTQ with calibration, or QAT)")
 
 
-def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> LoadedModel:
+def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
+               batch: int) -> LoadedModel:
     if loaded.kind != "torchscript":
         _to_quantized_module(loaded, calibration, observer, batch)
     elif not quantize.activation_quantizers(loaded.module):
@@ -249,7 +256,8 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | None, observer: str, 
     return loaded
 
 
-def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | None, observer: str, batch: int) -> None:
+def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
+                         batch: int) -> None:
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
@@ -262,8 +270,8 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | None, obser
                               "pass --calibrate digits|data.npz so qdq_bridge quantizes it (PTQ), or quantize it "
                               "first")
         n_batches = -(-len(calibration) // batch)
-        quantize.quantize_ptq(loaded.module, calibration.batches(batch), observer, total=n_batches,
-                              engine=loaded.engine)
+        quantize.quantize_ptq(loaded.module, (x for x, _ in calibration.labelled_batches(batch)), observer,
+                              total=n_batches, engine=loaded.engine)
         loaded.kind += "+ptq"
         loaded.notes.append(f"quantized by qdq_bridge: PTQ, {observer} observer, {len(calibration)} calibration "
                             f"samples of {calibration.name}")

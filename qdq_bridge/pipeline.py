@@ -23,14 +23,15 @@ from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summariz
 from .errors import BridgeError
 from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
-from .load import load_model
+from .images import Preprocessing, default_workers
+from .load import TORCHVISION_INPUT, load_model, torchvision_arch
 from .passes import run_passes
 from .precision import mixed_precision
 from .quantize import ENGINE_ORDER, using_engine
-from .reference import check_sample, cross_check, output_step, runnable_reference
+from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
-from .verify import (Comparison, compare, first_divergences, quantized_tensors, run_onnxruntime,
-                     run_onnxruntime_tensors)
+from .verify import (Comparison, StreamedParity, chunk_samples, first_divergences, onnxruntime_runner,
+                     quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity, torch_runner)
 
 # (reference, candidate) pairs compared wherever both ran; the verdict is taken on the INT8 ones
 JUDGED_PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
@@ -46,6 +47,13 @@ class ConvertOptions:
     observer: str = "histogram"
     torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (quantize.ENGINE_ORDER)
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
+    # how image datasets become inputs; unset fields come from the model file's metadata (parity data only)
+    preprocess: Preprocessing = field(default_factory=Preprocessing)
+    limit: int | None = None  # parity on a seeded random subset of this many samples of the dataset
+    calibration_samples: int | None = None  # calibrate on a seeded random subset of this many samples
+    seed: int = 0  # for both subsets
+    workers: int = field(default_factory=default_workers)  # DataLoader processes decoding image datasets
+    progress: bool = True  # a progress bar on stderr (only where stderr is a terminal)
     random_inputs: int = 64
     exporter: str = "auto"  # auto: structural, torch.onnx where it cannot | structural | torch
     disabled_passes: tuple[str, ...] = ()
@@ -131,11 +139,11 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
 
 
 def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
-                    checks: list, sample: datasets.Dataset, logits: dict, options: ConvertOptions,
-                    notes: list[str]) -> dict:
-    """Build the INT8 engine (and float comparison engines) and run it on the parity data; {} when TensorRT is
-    not found and not required. A failure after the probe is recorded under "failed" (the step and TensorRT's
-    message) with whatever was made before it: the CPU stages' results stand."""
+                    sample: datasets.Dataset, options: ConvertOptions, notes: list[str]) -> dict:
+    """Build the INT8 engine (and float comparison engines) for the parity pass to run (result["backends"]:
+    backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is
+    recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU stages'
+    results stand."""
     if options.engine == "off":
         return {}
     try:
@@ -149,7 +157,7 @@ def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Pat
         return {"failed": {"step": "probe", "message": exc.problem}, "files": []}
     stem = onnx_name.removesuffix(".qdq.onnx")
     engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
-    result = {"probe": probe, "files": []}
+    result = {"probe": probe, "files": [], "backends": {}}
     # Strongly typed TensorRT takes fp16 from the ONNX only; weakly typed TensorRT from the FP16 flag on the
     # float32 Q/DQ graph, choosing per layer.
     strong = _strongly_typed(probe, options.trt.typing)
@@ -164,8 +172,7 @@ def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Pat
         layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
         result["layer_summary"] = summarize_layers(layers)
         result["files"] += [engine_name] + ([layers_name] if layers else [])
-        step = f"run of {engine_name}"
-        _run_engine(worker, scratch / engine_name, "tensorrt", checks, logits, options.batch_size)
+        result["backends"]["tensorrt"] = engine_name
         twin = float_twin(model)
         for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
             name = f"{stem}.{precision}.engine"
@@ -176,8 +183,7 @@ def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Pat
             settings = replace(options.trt, precision=precision, fp16_fallback=False)
             result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
             result["files"].append(name)
-            step = f"run of {name}"
-            _run_engine(worker, scratch / name, f"tensorrt-{precision}", checks, logits, options.batch_size)
+            result["backends"][f"tensorrt-{precision}"] = name
     except BridgeError as exc:
         result["failed"] = {"step": step, "message": exc.problem}
     return result
@@ -207,12 +213,6 @@ def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: datas
         onnx.save(model, str(scratch / name))
         result["files"].append(name)
     return name
-
-
-def _run_engine(worker: TensorRTWorker, engine: Path, backend: str, checks: list, logits: dict,
-                batch_size: int) -> None:
-    for data in checks:
-        logits[data.name][backend] = next(iter(worker.infer(engine, data.x, batch_size).values()))
 
 
 # Engine builds the divergence locator may spend per halving of the tensor list: isolating one tensor TensorRT
@@ -255,19 +255,71 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
             "not_scanned": [name for group in pending for name, _ in group]}
 
 
+def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, count: int | None):
+    """The dataset `spec` names, as a seeded random subset of `count` samples."""
+    if spec is None:
+        return None
+    source = datasets.open_dataset(spec, options.preprocess, Preprocessing.from_metadata(metadata), options.workers)
+    return source.subset(count, options.seed)
+
+
+def _check_labels(checks: list, outputs: np.ndarray | None) -> None:
+    """Labels must name one of the model's outputs (class indices are logit positions)."""
+    for data in checks:
+        if outputs is not None and outputs.ndim == 2 and data.classes and data.classes > outputs.shape[1]:
+            raise BridgeError(f"dataset {data.name} has {data.classes} classes, the model {outputs.shape[1]} outputs",
+                              "pass the dataset the model was trained on (labels are indices of its outputs)")
+
+
+def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
+                   tensorrt: dict, options: ConvertOptions) -> list[StreamedParity]:
+    """One pass over each dataset: PyTorch and ONNX Runtime on every batch, the engines on chunks of them (a
+    worker call each). An engine whose run fails is recorded as the TensorRT stage's failure."""
+    backends = {"pytorch": torch_runner(reference.module, reference.engine), "onnxruntime": onnxruntime_runner(model)}
+    runs, broken = [], set()
+    for data in checks:
+        engines = {backend: _engine_runner(worker, scratch / name, options.batch_size)
+                   for backend, name in tensorrt.get("backends", {}).items() if backend not in broken}
+        run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines,
+                            chunk_samples(data.sample_shape), options.progress)
+        for backend, message in run.failed.items():
+            tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
+        broken |= run.failed.keys()
+        runs.append(run)
+    return runs
+
+
+def _engine_runner(worker: TensorRTWorker, engine: Path, batch_size: int):
+    return lambda x: next(iter(worker.infer(engine, x, batch_size).values()))
+
+
+def _dataset_entry(data, run: StreamedParity) -> dict:
+    """What the report says of a dataset: its size, preprocessing, and images/s of each backend."""
+    entry = {"name": data.name, "samples": run.samples, "classes": data.classes,
+             "images_per_second": {k: round(v, 1) for k, v in run.images_per_second().items()}}
+    if data.decode_seconds is not None:  # an image dataset
+        entry["preprocessing"] = data.resolved()
+    return entry
+
+
 def _convert(model_path: Path, output_dir: Path, scratch: Path, options: ConvertOptions) -> ConvertResult:
     timer = _StageTimer()
     with timer("load"):
-        calibration = datasets.load_dataset(options.calibrate) if options.calibrate else None
+        calibration = _open(options.calibrate, options, None, options.calibration_samples)
+        if calibration is not None:  # a float model's shape is known from the options alone (no metadata)
+            calibration = calibration.fit(options.input_shape or (TORCHVISION_INPUT if torchvision_arch(options.arch)
+                                                                  else None))
         loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
                             calibration=calibration, observer=options.observer, engines=options.torch_engines)
         dataset_spec = options.dataset or loaded.dataset
-        checks = [datasets.load_dataset(dataset_spec)] if dataset_spec else []
+        checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
         # shape precedence: --input-shape, the file's metadata, the labelled dataset, the first layer's weights
-        from_data = (1, *checks[0].x.shape[1:]) if checks and loaded.input_shape is None else None
+        from_data = (1, *checks[0].sample_shape) if checks and checks[0].sample_shape and \
+            loaded.input_shape is None else None
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
     with timer("reference"):  # shape errors and engine limits surface here, before any export
         reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
+    checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
     with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     with timer("passes"):
@@ -277,29 +329,23 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     onnx_name = f"{model_path.stem}.qdq.onnx"
     onnx.save(model, str(scratch / onnx_name))
 
-    for data in checks:
-        if data.x.shape[1:] != tuple(input_shape[1:]):
-            raise BridgeError(f"dataset {data.name} has samples of shape {data.x.shape[1:]}, the model takes "
-                              f"{tuple(input_shape[1:])}", "pass a dataset that matches --input-shape")
-    with timer("reference"):
-        sample = check_sample(checks, input_shape)
+    with timer("reference"):  # the checks that need a few rows take them from the head of the stream
+        heads = [data.head(CHECK_SAMPLES) for data in checks]
+        _check_labels(checks, reference.run(heads[0].head(1)) if heads else None)
+        sample = check_sample(heads, input_shape)
         cross_check(reference, sample,
                     lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False),
                     output_step(exported), options.torch_engines)
-    with timer("verify"):
-        if options.random_inputs:
-            checks.append(datasets.random_inputs(input_shape, options.random_inputs))
-        logits: dict[str, dict[str, np.ndarray]] = {
-            data.name: {"pytorch": reference.run(data, options.batch_size),
-                        "onnxruntime": run_onnxruntime(model, data, options.batch_size)} for data in checks}
+    if options.random_inputs:
+        checks.append(datasets.random_inputs(input_shape, options.random_inputs))
+        heads.append(checks[-1])
     notes = [*loaded.notes, *reference.notes]
     with timer("tensorrt"):
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
-        tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, checks, sample, logits, options, notes)
-
-    parity = [compare(backends[ref], backends[cand], data, ref, cand)
-              for data in checks for backends in [logits[data.name]]
-              for ref, cand in BACKEND_PAIRS if ref in backends and cand in backends]
+        tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
+    with timer("verify"):
+        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options)
+    parity = [c for run in streamed for c in run.comparisons]
     # The verdict is taken on labelled data where there is some: on random inputs a model made for other data
     # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.
     int8 = [c for c in parity if (c.reference, c.candidate) in JUDGED_PAIRS]
@@ -313,7 +359,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         failed.append(f"TensorRT: the {tensorrt['failed']['step']} failed ({tensorrt['failed']['message']})")
     elif tensorrt.get("engine") and not parity_ok:
         try:
-            tensorrt["divergence"] = _locate_divergence(worker, model, scratch / tensorrt["engine_onnx"], checks[0],
+            tensorrt["divergence"] = _locate_divergence(worker, model, scratch / tensorrt["engine_onnx"], heads[0],
                                                         options)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
@@ -326,6 +372,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         "thresholds": {"min_agreement": options.min_agreement,
                        "max_accuracy_gap_points": options.max_accuracy_gap_points},
         "parity": [c.as_dict() | {"judged": any(c is j for j in judged)} for c in parity],
+        "datasets": [_dataset_entry(data, run) for data, run in zip(checks, streamed)],
         "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
         "placement": options.placement, "passes": applied, "passes_disabled": sorted(options.disabled_passes),
         "lint": [vars(v) for v in violations],

@@ -28,6 +28,7 @@ def render_markdown(report: dict) -> str:
                      f"{_pct(c['top1_agreement'])} | {_pct(c['reference_accuracy'])} | "
                      f"{_pct(c['candidate_accuracy'])} | {c['max_abs_diff']:.4g} | {c['mean_abs_diff']:.4g} | "
                      f"{'yes' if c['judged'] else 'shown only'} |")
+    lines += ["", "## Datasets", ""] + [_dataset_line(entry) for entry in report.get("datasets", [])]
     lines += ["", "## Graph", "", "| op | count |", "|---|---:|"]
     lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
     lines += ["", f"Exported by {report['exporter']}. Placement: {report['placement']}. Passes applied: {', '.join(report['passes']) or 'none'}",
@@ -40,6 +41,14 @@ def render_markdown(report: dict) -> str:
     lines += [f"| {stage} | {sec:.2f} |" for stage, sec in report["stage_seconds"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _dataset_line(entry: dict) -> str:
+    line = f"- {entry['name']}: {entry['samples']} samples; images/s " + ", ".join(
+        f"{backend} {rate:,.0f}" for backend, rate in entry["images_per_second"].items())
+    if "preprocessing" in entry:
+        line += "; preprocessing " + ", ".join(f"{k} {v}" for k, v in entry["preprocessing"].items() if v is not None)
+    return line
 
 
 def _reference_line(reference: dict) -> str:

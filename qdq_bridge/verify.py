@@ -1,15 +1,20 @@
-"""Stage 5, verify: run the PyTorch quantized model and the Q/DQ ONNX (ONNX Runtime) on the same inputs and
-compare logits: top-1 agreement, accuracy of each where labels exist, max/mean absolute logit difference."""
+"""Stage 5, verify: run the PyTorch quantized model and the Q/DQ ONNX (ONNX Runtime), and the TensorRT engine
+where there is one, on the same batches as they are decoded and compare logits: top-1 agreement, accuracy of
+each where labels exist, max/mean absolute logit difference, as running sums (`stream_parity`)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .data import Dataset
+from .errors import BridgeError
 from .quantize import available_engines, quiet_torch_warnings, using_engine
 
 
@@ -54,17 +59,20 @@ class Comparison:
         return {**asdict(self), "accuracy_gap_points": self.accuracy_gap_points}
 
 
-def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64, engine: str | None = None) -> np.ndarray:
-    """The model's float outputs, run with `engine`'s quantized kernels (default: the first of
+def torch_runner(module: nn.Module, engine: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch in, the model's float outputs out, run with `engine`'s quantized kernels (default: the first of
     quantize.ENGINE_ORDER; use the engine the weights were packed for, as `LoadedModel.engine` says)."""
-    with using_engine(engine or available_engines()[0]), torch.no_grad(), quiet_torch_warnings():
-        return np.concatenate([module(torch.from_numpy(b)).float().numpy() for b in data.batches(batch_size)])
+    engine = engine or available_engines()[0]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with using_engine(engine), torch.no_grad(), quiet_torch_warnings():
+            return module(torch.from_numpy(batch)).float().numpy()
+    return run
 
 
-def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64,
-                    optimize: bool = True) -> np.ndarray:
-    """The model's first output on ONNX Runtime's CPU. optimize=False turns graph optimizations off, so Q/DQ
-    pairs are not fused into integer kernels and every op computes in float on dequantized values."""
+def onnxruntime_runner(model: onnx.ModelProto | str, optimize: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch in, the model's first output on ONNX Runtime's CPU out. optimize=False turns graph optimizations
+    off, so Q/DQ pairs are not fused into integer kernels and every op computes in float on dequantized values."""
     import onnxruntime as ort
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
@@ -74,24 +82,154 @@ def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     static_batch = session.get_inputs()[0].shape[0]
-    if isinstance(static_batch, int):  # a static-batch export runs one sample at a time
-        batch_size = static_batch
-    return np.concatenate([session.run(None, {name: b})[0] for b in data.batches(batch_size)])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if not isinstance(static_batch, int):
+            return session.run(None, {name: batch})[0]
+        # a static-batch export runs one sample at a time
+        return np.concatenate([session.run(None, {name: batch[i:i + static_batch]})[0]
+                               for i in range(0, len(batch), static_batch)])
+    return run
+
+
+def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64, engine: str | None = None) -> np.ndarray:
+    """The model's float outputs on `data` (see `torch_runner`)."""
+    run = torch_runner(module, engine)
+    return np.concatenate([run(b) for b in data.batches(batch_size)])
+
+
+def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64,
+                    optimize: bool = True) -> np.ndarray:
+    """The model's first output on `data` (see `onnxruntime_runner`)."""
+    run = onnxruntime_runner(model, optimize)
+    return np.concatenate([run(b) for b in data.batches(batch_size)])
+
+
+class RunningComparison:
+    """A Comparison as running sums over batches: no logits are kept, so a dataset of any size takes the memory
+    of one batch. Top-1 agreement counts a candidate's class as agreeing when it is one of the reference's
+    largest logits: int8 logits often tie exactly, and then the reference's own top-1 is just the lowest tied
+    index."""
+
+    def __init__(self, dataset: str, reference: str, candidate: str):
+        self.names = (dataset, reference, candidate)
+        self.samples = self.agreeing = self.values = 0
+        self.max_diff = self.sum_diff = 0.0
+        self.correct: list[int] | None = [0, 0]
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> RunningComparison:
+        diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+        ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
+        self.agreeing += int((reference[np.arange(len(reference)), cand_top1] == reference.max(1)).sum())
+        self.max_diff = max(self.max_diff, float(diff.max()))
+        self.sum_diff += float(diff.sum())
+        self.values += diff.size
+        self.samples += len(reference)
+        if labels is None:
+            self.correct = None
+        elif self.correct is not None:
+            self.correct = [self.correct[0] + int((ref_top1 == labels).sum()),
+                            self.correct[1] + int((cand_top1 == labels).sum())]
+        return self
+
+    def result(self) -> Comparison:
+        result = Comparison(*self.names, self.samples, self.agreeing / self.samples, self.max_diff,
+                            self.sum_diff / self.values)
+        if self.correct is not None:
+            result.reference_accuracy, result.candidate_accuracy = (c / self.samples for c in self.correct)
+        return result
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, reference_name: str,
             candidate_name: str) -> Comparison:
-    """Top-1 agreement counts a candidate's class as agreeing when it is one of the reference's largest logits:
-    int8 logits often tie exactly, and then the reference's own top-1 is just the lowest tied index."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
-    agrees = reference[np.arange(len(reference)), cand_top1] == reference.max(1)
-    result = Comparison(data.name, reference_name, candidate_name, len(data), float(agrees.mean()),
-                        float(diff.max()), float(diff.mean()))
-    if data.y is not None:
-        result.reference_accuracy = float((ref_top1 == data.y).mean())
-        result.candidate_accuracy = float((cand_top1 == data.y).mean())
-    return result
+    """`RunningComparison` over whole arrays of logits."""
+    return RunningComparison(data.name, reference_name, candidate_name).add(reference, candidate, data.y).result()
+
+
+CHUNK_BYTES = 256 << 20  # inputs gathered for one call of a chunked backend (a TensorRT worker call)
+CHUNK_SAMPLES = 4096
+
+
+def chunk_samples(sample_shape: tuple[int, ...]) -> int:
+    """Samples per chunked-backend call: up to CHUNK_SAMPLES, and CHUNK_BYTES of float32 inputs."""
+    return max(1, min(CHUNK_SAMPLES, CHUNK_BYTES // (4 * int(np.prod(sample_shape)))))
+
+
+@dataclass
+class StreamedParity:
+    """What one pass over a dataset gave: the comparisons (pairs in the order asked), the seconds each backend
+    spent (and "decode": the decoding, summed over the worker processes, for a streamed image dataset), and the
+    backends that failed (with why), whose comparisons are left out."""
+
+    comparisons: list[Comparison]
+    samples: int
+    seconds: dict[str, float]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def images_per_second(self) -> dict[str, float]:
+        return {name: self.samples / s if s else float("inf") for name, s in self.seconds.items()}
+
+
+def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndarray], np.ndarray]],
+                  pairs: tuple[tuple[str, str], ...], chunked: dict[str, Callable[[np.ndarray], np.ndarray]] | None
+                  = None, chunk: int = CHUNK_SAMPLES, progress: bool = True) -> StreamedParity:
+    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums.
+    `backends` take each batch; `chunked` ones (a TensorRT engine in a worker process, files in and out) take
+    the batches gathered into chunks of up to `chunk` samples, the other backends' logits for the chunk kept
+    until then. A chunked backend that raises a BridgeError is dropped and reported in `failed`."""
+    chunked = dict(chunked or {})
+    ran = [*backends, *chunked]
+    running = {pair: RunningComparison(source.name, *pair) for pair in pairs if set(pair) <= set(ran)}
+    seconds = dict.fromkeys(ran, 0.0)
+    failed: dict[str, str] = {}
+    pending: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]] = []
+
+    def timed(name: str, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = run(x)
+        seconds[name] += time.perf_counter() - start
+        return out
+
+    def accumulate(outputs: dict[str, np.ndarray], labels: np.ndarray | None, only_chunked: bool) -> None:
+        for (ref, cand), comparison in running.items():
+            involves_chunked = ref in chunked or cand in chunked
+            if involves_chunked == only_chunked and ref in outputs and cand in outputs:
+                comparison.add(outputs[ref], outputs[cand], labels)
+
+    def flush() -> None:
+        if not pending:
+            return
+        x = np.concatenate([p[0] for p in pending])
+        labels = None if pending[0][1] is None else np.concatenate([p[1] for p in pending])
+        outputs = {name: np.concatenate([p[2][name] for p in pending]) for name in backends}
+        pending.clear()
+        for name, run in list(chunked.items()):
+            try:
+                outputs[name] = timed(name, run, x)
+            except BridgeError as exc:
+                failed[name] = exc.problem
+                del chunked[name]
+        accumulate(outputs, labels, only_chunked=True)
+
+    samples = 0
+    with tqdm(total=len(source), unit="img", desc=f"parity on {source.name}", leave=False,
+              disable=None if progress else True) as bar:
+        for x, labels in source.labelled_batches(batch_size):
+            outputs = {name: timed(name, run, x) for name, run in backends.items()}
+            accumulate(outputs, labels, only_chunked=False)
+            if chunked:
+                pending.append((x, labels, outputs))
+                if sum(len(p[0]) for p in pending) >= chunk:
+                    flush()
+            samples += len(x)
+            bar.update(len(x))
+            bar.set_postfix_str(", ".join(f"{name} {samples / s:.0f}/s" for name, s in seconds.items() if s))
+        flush()
+    if source.decode_seconds is not None:  # worker seconds: images/s of one decoding process
+        seconds = {"decode": source.decode_seconds, **seconds}
+    comparisons = [c.result() for (ref, cand), c in running.items()
+                   if ref not in failed and cand not in failed and c.samples]
+    return StreamedParity(comparisons, samples, seconds, failed)
 
 
 def quantized_tensors(model: onnx.ModelProto) -> list[tuple[str, float]]:

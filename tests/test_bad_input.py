@@ -1,8 +1,10 @@
 """Bad input: one line naming the problem and the fix, exit status 2, no half-written outputs."""
 import os
+import pickle
 
 import pytest
 import torch
+from PIL import Image
 from torch.ao.quantization import get_default_qconfig
 
 from qdq_bridge import quantize
@@ -173,3 +175,71 @@ def test_bad_arch(tmp_path, spec, text):
     path = tmp_path / "float.pth"
     torch.save(DigitsResNet().state_dict(), path)
     assert text in refused(tmp_path, str(path), "--arch", spec)
+
+
+# --- datasets: one line each, before anything is written ---------------------------------------------------------
+
+def _image_folder(root, classes: int = 2, per_class: int = 2, mode: str = "L"):
+    for label in range(classes):
+        (root / f"class{label}").mkdir(parents=True)
+        for index in range(per_class):
+            Image.new(mode, (32, 32), 40 * index).save(root / f"class{label}" / f"{index}.png")
+    return root
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "error: dataset folder '{root}/nope' not found: imagefolder:PATH takes an existing folder"),
+    ("no classes", "error: folder '{root}' has no class sub-folders: imagefolder:PATH takes a folder with one "
+                   "sub-folder of images per class"),
+    ("empty class", "error: class folder '{root}/class2' has no images (.jpg, "),
+    ("unreadable", "error: image '{root}/class1/broken.jpg' cannot be read (cannot identify image file"),
+    ("more classes than outputs", "error: dataset imagefolder:{name} has 11 classes, the model 10 outputs: pass the "
+                                  "dataset the model was trained on"),
+    ("color", "error: dataset imagefolder:{name} gives 3-channel images, the model takes 1-channel inputs: pass "
+              "--color gray to decode the images as gray"),
+], ids=lambda value: value if " " not in value or len(value) < 30 else "")
+def test_bad_image_folders(tmp_path, example_dir, case, expected):
+    root = tmp_path / "images"
+    spec, color = f"imagefolder:{root}", ["--color", "gray"]
+    if case == "missing":
+        spec = f"imagefolder:{root}/nope"
+        root.mkdir()
+    elif case == "no classes":
+        root.mkdir()
+        Image.new("L", (32, 32)).save(root / "loose.png")
+    elif case == "empty class":
+        _image_folder(root)
+        (root / "class2").mkdir()
+    elif case == "unreadable":
+        _image_folder(root)
+        (root / "class1" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    elif case == "more classes than outputs":
+        _image_folder(root, classes=11, per_class=1)
+    else:
+        _image_folder(root, mode="RGB")
+        color = []
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", spec, "--random-inputs", "0",
+                      "--engine", "off", *color)
+    assert message.startswith(expected.format(root=root, name=root.name)), message
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("cifar10:{root}", "error: CIFAR-10 file '{root}/cifar-10-batches-py/test_batch' not found: cifar10:ROOT takes "
+                       "the folder holding cifar-10-batches-py/"),
+    ("mnist:{root}", "error: MNIST files not found in '{root}/MNIST/raw': mnist:ROOT takes the folder holding "
+                     "MNIST/raw/t10k-images-idx3-ubyte"),
+    ("digits --resize 40", "error: dataset 'digits' holds arrays, which are preprocessed already: leave out "
+                           "--preprocess"),
+], ids=["cifar10", "mnist", "preprocessing arrays"])
+def test_bad_dataset_specs(tmp_path, example_dir, spec, expected):
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", *spec.format(root=tmp_path).split())
+    assert message.startswith(expected.format(root=tmp_path)), message
+
+
+def test_cifar10_batch_that_would_run_code_is_refused(tmp_path, example_dir):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": os.system}))
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", f"cifar10:{tmp_path}")
+    assert message.startswith(f"error: '{folder / 'test_batch'}' is not a CIFAR-10 batch (UnpicklingError: the file "
+                              "refers to 'posix.system')"), message

@@ -1,9 +1,14 @@
-"""Parity arithmetic: agreement, ties, accuracy."""
+"""Parity arithmetic: agreement, ties, accuracy; streamed as running sums."""
+import gc
+import weakref
+
 import numpy as np
+import pytest
 from onnx import TensorProto, helper
 
 from qdq_bridge.data import Dataset
-from qdq_bridge.verify import compare, quantized_tensors
+from qdq_bridge.errors import BridgeError
+from qdq_bridge.verify import compare, quantized_tensors, stream_parity
 
 
 def test_agreement_accepts_any_of_the_references_tied_top_logits():
@@ -34,3 +39,68 @@ def test_a_tensor_read_by_two_quantizers_is_listed_once_for_the_locator():
                               [helper.make_tensor_value_info("d3", TensorProto.FLOAT, [1, 4])],
                               [scale("s1", 0.5), scale("s2", 0.25)])
     assert quantized_tensors(helper.make_model(graph)) == [("r", 0.5), ("a", 0.5)]
+
+
+class CountedSource:
+    """A streamed source of random logits-sized batches that counts how many of its batches are alive at once."""
+
+    def __init__(self, batches: int, batch: int = 8, seed: int = 0):
+        self.name, self.batches, self.batch, self.rng = "counted", batches, batch, np.random.default_rng(seed)
+        self.alive = self.most_alive = 0
+        self.decode_seconds = None
+        self.x, self.y = [], []  # copies, to recompute the figures in one go
+
+    def __len__(self) -> int:
+        return self.batches * self.batch
+
+    def _freed(self) -> None:
+        self.alive -= 1
+
+    def labelled_batches(self, batch_size: int):
+        for _ in range(self.batches):
+            x = self.rng.standard_normal((batch_size, 5)).astype(np.float32)
+            y = self.rng.integers(0, 5, batch_size)
+            self.x.append(x.copy())
+            self.y.append(y)
+            self.alive += 1
+            self.most_alive = max(self.most_alive, self.alive)
+            weakref.finalize(x, self._freed)
+            yield x, y
+            del x
+
+
+def noisy(x: np.ndarray) -> np.ndarray:
+    """A candidate backend: the reference's logits with small deterministic noise."""
+    return x + 0.3 * np.sin(x * 7).astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk", [None, 20])
+def test_streamed_parity_keeps_no_logits_and_equals_the_one_shot_figures(chunk):
+    """Memory does not grow with the dataset: 200 batches pass through, at most the batches of one chunk (or
+    one batch) are alive at once; the running sums give what compare() gives on all the logits at once."""
+    source = CountedSource(200)
+    backends = {"pytorch": lambda x: x * 1.0, "onnxruntime": noisy}
+    chunked = {"tensorrt": lambda x: noisy(x) * 1.0} if chunk else {}
+    result = stream_parity(source, 8, backends, (("pytorch", "onnxruntime"), ("pytorch", "tensorrt")), chunked,
+                           chunk or 1, progress=False)
+    gc.collect()
+    assert source.alive == 0 and source.most_alive <= (-(-chunk // 8) + 1 if chunk else 2)
+    x, y = np.concatenate(source.x), np.concatenate(source.y)
+    whole = compare(x, noisy(x), Dataset("counted", x, y), "pytorch", "onnxruntime")
+    assert [c.candidate for c in result.comparisons] == ["onnxruntime", "tensorrt"][:1 + bool(chunk)]
+    for streamed in result.comparisons:
+        assert (streamed.samples, streamed.top1_agreement, streamed.max_abs_diff) == \
+            (whole.samples, whole.top1_agreement, whole.max_abs_diff)
+        assert streamed.reference_accuracy == whole.reference_accuracy
+        assert streamed.candidate_accuracy == whole.candidate_accuracy
+        assert np.isclose(streamed.mean_abs_diff, whole.mean_abs_diff, rtol=1e-12)
+    assert result.samples == 1600 and set(result.images_per_second()) == {*backends, *chunked}
+
+
+def test_a_failing_chunked_backend_is_left_out_and_named():
+    def broken(x):
+        raise BridgeError("worker crashed", "")
+
+    result = stream_parity(CountedSource(4), 8, {"pytorch": lambda x: x}, (("pytorch", "tensorrt"),),
+                           {"tensorrt": broken}, 16, progress=False)
+    assert result.comparisons == [] and result.failed == {"tensorrt": "worker crashed"}
