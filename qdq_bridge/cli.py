@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "as for --dataset)")
     conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
                       help="activation observer for --calibrate (default: histogram)")
+    conv.add_argument("--keep-float", type=lambda text: tuple(n for n in text.split(",") if n), default=(),
+                      metavar="NAMES", help="with --calibrate: leave these submodules float, e.g. layer4,fc (names as "
+                                            "model.named_modules() gives them); TensorRT runs them in fp16")
     conv.add_argument("--torch-engines", type=_engines, default=ENGINE_ORDER, metavar="LIST",
                       help="PyTorch quantized engines for the reference, by preference: the first packs and runs the "
                            "model, the next cross-checks it and takes over where the first deviates from the "
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         batches = _batch_range(args.batch_range)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
-            observer=args.observer, torch_engines=args.torch_engines, dataset=args.dataset, random_inputs=args.random_inputs,
+            observer=args.observer, keep_float=args.keep_float, torch_engines=args.torch_engines,
+            dataset=args.dataset, random_inputs=args.random_inputs,
             preprocess=Preprocessing(args.preprocess, args.resize, args.center_crop, args.mean, args.std, args.color),
             limit=args.limit, calibration_samples=args.calibration_samples, seed=args.seed, workers=args.workers,
             progress=not args.no_progress,

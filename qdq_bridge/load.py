@@ -164,10 +164,11 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
                calibration: Dataset | ImageSource | None = None, observer: str = "histogram",
-               calibration_batch: int = 32, engines: tuple[str, ...] | None = None) -> LoadedModel:
-    """Load any supported model file and return it quantized (converting QAT and quantizing float models), its
-    weights packed for the engine chosen, before anything was read, from `engines` (an order of preference,
-    default quantize.ENGINE_ORDER): `LoadedModel.engine`."""
+               calibration_batch: int = 32, engines: tuple[str, ...] | None = None,
+               keep_float: tuple[str, ...] = ()) -> LoadedModel:
+    """Load any supported model file and return it quantized (converting QAT and quantizing float models, with
+    the submodules named in `keep_float` left float), its weights packed for the engine chosen, before anything
+    was read, from `engines` (an order of preference, default quantize.ENGINE_ORDER): `LoadedModel.engine`."""
     path = Path(path)
     if not path.is_file():
         raise BridgeError(f"model file '{path}' not found", "check the path")
@@ -193,7 +194,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
                               "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")
     if torchvision_arch(arch) and loaded.input_shape is None:
         loaded.input_shape = TORCHVISION_INPUT
-    return _quantized(loaded, calibration, observer, calibration_batch)
+    return _quantized(loaded, calibration, observer, calibration_batch, keep_float)
 
 
 def torchvision_arch(arch: str | None) -> bool:
@@ -235,9 +236,12 @@ def _refuse_dynamic(module: nn.Module) -> None:
 
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
-               batch: int) -> LoadedModel:
+               batch: int, keep_float: tuple[str, ...]) -> LoadedModel:
+    if keep_float and (loaded.kind == "torchscript" or module_kind(loaded.module) != "float"):
+        raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
+                          "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
     if loaded.kind != "torchscript":
-        _to_quantized_module(loaded, calibration, observer, batch)
+        _to_quantized_module(loaded, calibration, observer, batch, keep_float)
     elif not quantize.activation_quantizers(loaded.module):
         raise BridgeError("the TorchScript model is a float model with no quantization, and TorchScript cannot be "
                           "quantized in eager mode", "save the float model's state_dict and pass it with --arch "
@@ -257,7 +261,7 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
 
 
 def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
-                         batch: int) -> None:
+                         batch: int, keep_float: tuple[str, ...]) -> None:
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
@@ -271,7 +275,8 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource
                               "first")
         n_batches = -(-len(calibration) // batch)
         quantize.quantize_ptq(loaded.module, (x for x, _ in calibration.labelled_batches(batch)), observer,
-                              total=n_batches, engine=loaded.engine)
+                              total=n_batches, engine=loaded.engine, keep_float=keep_float)
         loaded.kind += "+ptq"
         loaded.notes.append(f"quantized by qdq_bridge: PTQ, {observer} observer, {len(calibration)} calibration "
-                            f"samples of {calibration.name}")
+                            f"samples of {calibration.name}"
+                            + (f"; kept float: {', '.join(keep_float)}" if keep_float else ""))

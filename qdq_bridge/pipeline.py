@@ -45,6 +45,7 @@ class ConvertOptions:
     trust_pickle: bool = False
     calibrate: str | None = None  # dataset spec to quantize a float model with (PTQ)
     observer: str = "histogram"
+    keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
     torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (quantize.ENGINE_ORDER)
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     # how image datasets become inputs; unset fields come from the model file's metadata (parity data only)
@@ -310,7 +311,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
             calibration = calibration.fit(options.input_shape or (TORCHVISION_INPUT if torchvision_arch(options.arch)
                                                                   else None))
         loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
-                            calibration=calibration, observer=options.observer, engines=options.torch_engines)
+                            calibration=calibration, observer=options.observer, engines=options.torch_engines,
+                            keep_float=options.keep_float)
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
         # shape precedence: --input-shape, the file's metadata, the labelled dataset, the first layer's weights

@@ -243,3 +243,15 @@ def test_cifar10_batch_that_would_run_code_is_refused(tmp_path, example_dir):
     message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", f"cifar10:{tmp_path}")
     assert message.startswith(f"error: '{folder / 'test_batch'}' is not a CIFAR-10 batch (UnpicklingError: the file "
                               "refers to 'posix.system')"), message
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("digits_float.pth", ["--calibrate", "digits-train"], "the model has no submodule 'stage9' to keep float"),
+    ("resnet_q.pt", [], "--keep-float applies when qdq_bridge quantizes a float model"),
+])
+def test_keep_float_names_what_it_cannot_do(example_dir, tmp_path, model, extra, message):
+    arch = ["--arch", ARCH] if model.endswith(".pth") else []
+    result = run_cli("convert", str(example_dir / model), *arch, *extra, "--keep-float", "stage9",
+                     "-o", str(tmp_path / "o"))
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

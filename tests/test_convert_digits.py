@@ -72,6 +72,23 @@ def test_cli_converts_state_dicts(example_dir, tmp_path, file, extra, kind):
     assert report["kind"] == kind
 
 
+def test_cli_keeps_named_submodules_float_when_it_quantizes(example_dir, tmp_path):
+    """--keep-float stage3: the last residual stage stays float (its convolutions read float weights, no Q/DQ
+    inside it), the rest is INT8, and parity still passes."""
+    out = tmp_path / "out"
+    result = run_cli("convert", str(example_dir / "digits_float.pth"), "--arch", ARCH, "--input-shape", "1,1,32,32",
+                     "--calibrate", "digits-train", "--keep-float", "stage3", "--dataset", "digits", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    report = check_report(out, "digits_float")
+    assert any(note.endswith("kept float: stage3") for note in report["notes"])
+    graph = onnx.load(str(out / "digits_float.qdq.onnx")).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    weight_from = {n.name: producers.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"}
+    float_convs = sorted(name for name, source in weight_from.items() if source != "DequantizeLinear")
+    assert float_convs and all("stage3" in name for name in float_convs)
+    assert any(source == "DequantizeLinear" for source in weight_from.values())
+
+
 def test_pickled_module_needs_trust_flag(example_dir, tmp_path):
     module = load_model(example_dir / "resnet_q_state.pth", arch=ARCH).module
     path = tmp_path / "whole.pth"
