@@ -85,12 +85,17 @@ def _lint_qdq(node: gs.Node, opset: int) -> list[Violation]:
     return found
 
 
+def weight_dequantize(consumer: gs.Node) -> gs.Node | None:
+    """The DequantizeLinear writing input 1 (the weights) of a Conv/ConvTranspose/Gemm/MatMul, if one does."""
+    if len(consumer.inputs) < 2:
+        return None
+    weight = consumer.inputs[1]
+    return weight.inputs[0] if len(weight.inputs) == 1 and weight.inputs[0].op == "DequantizeLinear" else None
+
+
 def _lint_weight(consumer: gs.Node, opset_ok: bool) -> list[Violation]:
     """The weight input of Conv/ConvTranspose/Gemm/MatMul: DQ of constant int8, scales along output channels."""
-    if len(consumer.inputs) < 2:
-        return []
-    weight = consumer.inputs[1]
-    dq = weight.inputs[0] if len(weight.inputs) == 1 and weight.inputs[0].op == "DequantizeLinear" else None
+    dq = weight_dequantize(consumer)
     if dq is None:
         return []
     name = consumer.name or consumer.op

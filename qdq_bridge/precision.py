@@ -23,7 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import BridgeError
-from .lint import INT8_COMPUTE_OPS, INT8_PASSTHROUGH_OPS
+from .lint import INT8_COMPUTE_OPS, INT8_PASSTHROUGH_OPS, weight_dequantize
 from .passes import QDQ_OPS, export_like
 from .verify import run_onnxruntime_tensors
 
@@ -74,12 +74,13 @@ def int8_compute(graph: gs.Graph) -> set[int]:
     on int8 data by moving the DQ past it, fed by a DequantizeLinear or by one of these."""
     found: set[int] = set()
     for node in graph.toposort().nodes:
-        producers = [t.inputs[0] for t in node.inputs if isinstance(t, gs.Variable) and t.inputs]
         if node.op in INT8_COMPUTE_OPS:
-            weight = node.inputs[1] if len(node.inputs) > 1 else None
-            if weight is not None and weight.inputs and weight.inputs[0].op == "DequantizeLinear":
-                found.add(id(node))
-        elif node.op in INT8_PASSTHROUGH_OPS and node.op not in QDQ_OPS and any(p.op == "DequantizeLinear" or id(p) in found for p in producers):
+            int8 = weight_dequantize(node) is not None
+        else:
+            producers = [t.inputs[0] for t in node.inputs if isinstance(t, gs.Variable) and t.inputs]
+            int8 = node.op in INT8_PASSTHROUGH_OPS and node.op not in QDQ_OPS and \
+                any(p.op == "DequantizeLinear" or id(p) in found for p in producers)
+        if int8:
             found.add(id(node))
     return found
 

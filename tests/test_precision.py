@@ -12,8 +12,7 @@ from qdq_bridge import lint_model, quantize, run_passes, zoo
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export import export_onnx, float_twin
 from qdq_bridge.lint import errors
-from qdq_bridge.passes import export_like
-from qdq_bridge.precision import CAST_PREFIX, DEFAULT_MAX_ABS, mixed_precision
+from qdq_bridge.precision import DEFAULT_MAX_ABS, mixed_precision
 
 import graphs
 from quantized_modules import quantized
