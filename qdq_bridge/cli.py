@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from rich.console import Console
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                               min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
                               workspace_mib=args.workspace_mib,
                               timing_cache=args.timing_cache))
+        logging.basicConfig(level=logging.INFO, format="qdq_bridge: %(message)s", stream=sys.stderr)
         result = convert(args.model, args.output_dir, options)
         _print_convert(console, result)
         return EXIT_OK if result.ok else EXIT_FAILED_CHECKS

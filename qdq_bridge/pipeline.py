@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, ru
 from .report import write_reports
 from .verify import (Comparison, StreamedParity, chunk_samples, first_divergences, onnxruntime_runner,
                      quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity, torch_runner)
+
+LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
 
 # (reference, candidate) pairs compared wherever both ran; the verdict is taken on the INT8 ones
 JUDGED_PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
@@ -232,27 +235,35 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
     tensors = quantized_tensors(model)
     sample = data.x[:8]
     emulated = run_onnxruntime_tensors(model, [name for name, _ in tensors], sample)
-    pending, unexposable, builds = [tensors], [], 0
+    pending, unexposable, log = [tensors], [], []
     budget = 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(max(len(tensors), 2)))
-    deadline = time.monotonic() + LOCATOR_SECONDS
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
         engine = Path(work) / "debug.engine"
-        while pending and builds < budget and time.monotonic() < deadline:
+        while pending and len(log) < budget and time.monotonic() - started < LOCATOR_SECONDS:
             group = pending.pop(0)
-            builds += 1
+            entry = {"marked": len(group), "first_tensor": group[0][0]}
+            log.append(entry)
+            build_started = time.monotonic()
             try:
                 worker.build(onnx_path, engine, replace(options.trt, mark_outputs=[name for name, _ in group]))
                 values = worker.infer(engine, sample, len(sample))
-            except BridgeError:
+            except BridgeError as exc:
+                entry["failed"] = exc.problem
                 if len(group) == 1:
                     unexposable.append(group[0][0])
                 else:
                     pending[:0] = [group[:len(group) // 2], group[len(group) // 2:]]
                 continue
+            finally:
+                entry["seconds"] = round(time.monotonic() - build_started, 1)
+                LOG.info("divergence locator: build %d of at most %d, %d tensors from %s marked: %s (%.0f s)",
+                         len(log), budget, len(group), group[0][0], "failed" if "failed" in entry else "built",
+                         entry["seconds"])
             found = first_divergences(emulated, values, group)
             if found:
-                return {"first": found, "not_exposable": unexposable, "builds": builds}
-    return {"first": [], "not_exposable": unexposable, "builds": builds, "complete": not pending,
+                return {"first": found, "not_exposable": unexposable, "builds": len(log), "log": log}
+    return {"first": [], "not_exposable": unexposable, "builds": len(log), "log": log, "complete": not pending,
             "not_scanned": [name for group in pending for name, _ in group]}
 
 

@@ -361,6 +361,9 @@ def test_locator_isolates_tensors_tensorrt_cannot_expose_within_its_budget(fake_
     assert divergence["not_exposable"] == refused and divergence["complete"] and divergence["first"] == []
     assert divergence["not_scanned"] == []
     assert divergence["builds"] <= 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(len(tensors)))
+    log = divergence["log"]  # one entry a build: the first marks every tensor and fails, single refused ones fail
+    assert len(log) == divergence["builds"] and log[0]["marked"] == len(tensors) and "failed" in log[0]
+    assert [e["first_tensor"] for e in log if e["marked"] == 1 and "failed" in e] == refused
 
 
 @pytest.mark.parametrize("mode, step", [("crash", "probe"), ("build-fails", "build of resnet_q.int8.engine")])
