@@ -31,8 +31,9 @@ from .precision import mixed_precision
 from .quantize import ENGINE_ORDER, using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
-from .verify import (Comparison, StreamedParity, chunk_samples, first_divergences, onnxruntime_runner,
-                     quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity, torch_runner)
+from .verify import (Comparison, StreamedParity, chunk_samples, first_divergences, markable_tensors,
+                     onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity,
+                     torch_runner)
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
 
@@ -222,7 +223,9 @@ def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: datas
 # Engine builds the divergence locator may spend per halving of the tensor list: isolating one tensor TensorRT
 # cannot expose costs two builds a halving, so this isolates two.
 LOCATOR_BUILDS_PER_HALVING = 4
-LOCATOR_SECONDS = 300  # a diagnosis, not a second conversion: ResNet-18 builds took ~20 s each on an H200 (8.6)
+# a diagnosis, not a second conversion: on an H100 (8.6) ResNet-18 builds took 12-20 s each, and 80-96 s each
+# where TensorRT then refused the marked outputs
+LOCATOR_SECONDS = 300
 
 
 def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
@@ -230,9 +233,10 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
     """Where the INT8 engine's activations first leave ONNX Runtime's. Quantized activations are marked as
     engine outputs a group at a time, in graph order, until a group diverges. Exposing a tensor stops some
     fusions (fine for a diagnosis), and some tensors TensorRT cannot expose at all (8.6's graph compiler
-    asserted with every one marked): a group whose build fails is split, down to single tensors, which are
-    then listed as not exposable. It stops at its build or time budget, listing the tensors it did not scan."""
-    tensors = quantized_tensors(model)
+    asserted with every one marked): those known to be unmarkable are skipped (verify.UNMARKABLE_PRODUCERS), and
+    a group whose build still fails is split, down to single tensors, which are then listed as not exposable. It
+    stops at its build or time budget, listing the tensors it did not scan."""
+    tensors, skipped = markable_tensors(model, quantized_tensors(model))
     sample = data.x[:8]
     emulated = run_onnxruntime_tensors(model, [name for name, _ in tensors], sample)
     pending, unexposable, log = [tensors], [], []
@@ -262,9 +266,10 @@ def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path
                          entry["seconds"])
             found = first_divergences(emulated, values, group)
             if found:
-                return {"first": found, "not_exposable": unexposable, "builds": len(log), "log": log}
-    return {"first": [], "not_exposable": unexposable, "builds": len(log), "log": log, "complete": not pending,
-            "not_scanned": [name for group in pending for name, _ in group]}
+                return {"first": found, "not_exposable": unexposable, "skipped": skipped, "builds": len(log),
+                        "log": log}
+    return {"first": [], "not_exposable": unexposable, "skipped": skipped, "builds": len(log), "log": log,
+            "complete": not pending, "not_scanned": [name for group in pending for name, _ in group]}
 
 
 def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, count: int | None):

@@ -85,6 +85,8 @@ def _tensorrt_section(trt: dict) -> list[str]:
                      f"({row['fraction_over'] * 100:.2f}% of values over 2 steps)")
     if divergence.get("not_exposable"):
         lines.append("- tensors TensorRT could not expose for the comparison: " + ", ".join(divergence["not_exposable"]))
+    for tensor, reason in divergence.get("skipped", {}).items():
+        lines.append(f"- not compared: `{tensor}` ({reason})")
     if divergence.get("not_scanned"):
         lines.append(f"- the locator stopped after {divergence['builds']} builds; not compared: "
                      + ", ".join(divergence["not_scanned"]))

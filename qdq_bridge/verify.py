@@ -247,6 +247,20 @@ def quantized_tensors(model: onnx.ModelProto) -> list[tuple[str, float]]:
     return list(found.items())
 
 
+# Ops whose output TensorRT cannot expose as an extra engine output: 8.6 fuses a MaxPool into the convolution
+# before it (CaskConvActPool) and asserts in its graph compiler (cgraph.h) when the pooled tensor is marked, alone
+# or with others (seen on ResNet-18 on an H100 and an H200, both placements).
+UNMARKABLE_PRODUCERS = {"MaxPool": "TensorRT fuses the pooling into the convolution before it"}
+
+
+def markable_tensors(model: onnx.ModelProto, tensors: list[tuple[str, float]]) -> tuple[list, dict[str, str]]:
+    """`tensors` split into those an engine can be asked to output and the others, each with the reason."""
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    skipped = {name: UNMARKABLE_PRODUCERS[producers[name]] for name, _ in tensors
+               if producers.get(name) in UNMARKABLE_PRODUCERS}
+    return [t for t in tensors if t[0] not in skipped], skipped
+
+
 def run_onnxruntime_tensors(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """Values of intermediate tensors, made graph outputs for one ONNX Runtime run."""
     import onnxruntime as ort

@@ -169,7 +169,7 @@ def test_divergence_locator_runs_when_forced(tensorrt, options, locator_models, 
     print_summary(f"{name} {placement} (locator forced)", report)
     divergence = report["tensorrt"]["divergence"]
     print(f"  locator: {divergence['builds']} builds, first {divergence['first'][:2]}, "
-          f"not exposable {divergence['not_exposable']}, log {divergence['log']}")
+          f"not exposable {divergence['not_exposable']}, skipped {divergence['skipped']}, log {divergence['log']}")
     assert not result.ok and "failed" not in report["tensorrt"]
     assert any("top-1 agreement" in reason and "< 101.00%" in reason for reason in report["failed"])
     assert divergence["builds"] >= 1 and (divergence["first"] or divergence["complete"])

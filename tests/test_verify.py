@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from qdq_bridge.data import Dataset
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.verify import compare, quantized_tensors, stream_parity
+from qdq_bridge.verify import compare, markable_tensors, quantized_tensors, stream_parity
 
 
 def test_agreement_accepts_any_of_the_references_tied_top_logits():
@@ -23,22 +23,39 @@ def test_agreement_accepts_any_of_the_references_tied_top_logits():
     assert np.isclose(result.max_abs_diff, 2.0) and result.accuracy_gap_points == 0
 
 
+def _scale(name, value):
+    return helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+
+
+def _qdq(tensor, scale_name, index):
+    return [helper.make_node("QuantizeLinear", [tensor, scale_name], [f"q{index}"]),
+            helper.make_node("DequantizeLinear", [f"q{index}", scale_name], [f"d{index}"])]
+
+
+def _model(nodes, output, shape=(1, 4)):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, list(shape))],
+                              [_scale("s1", 0.5), _scale("s2", 0.25)])
+    return helper.make_model(graph)
+
+
 def test_a_tensor_read_by_two_quantizers_is_listed_once_for_the_locator():
     """A faithful ResNet's MaxPool output feeds the next block's conv Q and its residual Q: marked as an engine
     output twice, TensorRT refuses the build (seen on an H200 with TensorRT 8.6)."""
-    def scale(name, value):
-        return helper.make_tensor(name, TensorProto.FLOAT, [], [value])
-
-    def qdq(tensor, scale_name, index):
-        return [helper.make_node("QuantizeLinear", [tensor, scale_name], [f"q{index}"]),
-                helper.make_node("DequantizeLinear", [f"q{index}", scale_name], [f"d{index}"])]
-
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             *qdq("r", "s1", "1"), *qdq("r", "s2", "2"), helper.make_node("Add", ["d1", "d2"], ["a"]), *qdq("a", "s1", "3")]
-    graph = helper.make_graph(nodes, "two_readers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("d3", TensorProto.FLOAT, [1, 4])],
-                              [scale("s1", 0.5), scale("s2", 0.25)])
-    assert quantized_tensors(helper.make_model(graph)) == [("r", 0.5), ("a", 0.5)]
+             *_qdq("r", "s1", "1"), *_qdq("r", "s2", "2"), helper.make_node("Add", ["d1", "d2"], ["a"]),
+             *_qdq("a", "s1", "3")]
+    assert quantized_tensors(_model(nodes, "d3")) == [("r", 0.5), ("a", 0.5)]
+
+
+def test_the_locator_does_not_mark_a_pooled_tensor_tensorrt_fuses_into_its_convolution():
+    """ResNet's stem, Relu -> Q/DQ -> MaxPool -> Q/DQ: the Relu output can be an engine output, the MaxPool's
+    cannot (TensorRT 8.6 asserts), so it is skipped with the reason."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), *_qdq("r", "s1", "1"),
+             helper.make_node("MaxPool", ["d1"], ["p"], kernel_shape=[1, 1]), *_qdq("p", "s1", "2")]
+    model = _model(nodes, "d2", (1, 4, 2, 2))
+    markable, skipped = markable_tensors(model, quantized_tensors(model))
+    assert markable == [("r", 0.5)] and list(skipped) == ["p"] and "pooling" in skipped["p"]
 
 
 class CountedSource:
