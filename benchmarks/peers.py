@@ -267,9 +267,12 @@ def engine_route(route: str, entry: dict, builder: TensorRTWorker, worker: Tenso
             "parity": compare(reference, logits, test, "pytorch float", f"tensorrt {route}").as_dict()}
 
 
-def run_network(name: str, routes: list[str], args, probe: dict | None) -> dict:
+def run_network(name: str, routes: list[str], args, probe: dict | None, save) -> dict:
+    """The network's routes, quantized and (unless --quantize-only) built and measured; `save(result)` after each
+    step, so a run cut short by a time limit keeps what it measured."""
     folder = args.out / name
     result, reference, test = quantize_network(name, routes, args, folder)
+    save(result)
     if args.quantize_only:
         return result
     builder = TensorRTWorker(args.trt_python, timeout_s=args.build_timeout)
@@ -282,6 +285,7 @@ def run_network(name: str, routes: list[str], args, probe: dict | None) -> dict:
         e = entry["engine"]
         print(f"  {name} {route}: " + (e["error"] if "error" in e else f"built in {e['build_seconds']:.0f} s, "
                                         f"timed ({time.perf_counter() - start:.0f} s)"), flush=True)
+        save(result)
     return result
 
 
@@ -412,13 +416,20 @@ def main() -> None:
                    "batches": BATCHES, "runs": args.runs, "warmup": args.warmup, "networks": {}}
         routes = args.routes.split(",")
         for name in args.networks.split(","):
-            results["networks"][name] = run_network(name, routes, args, probe)
-            (args.out / "peers.json").write_text(json.dumps(results, indent=1))
+            def save(result: dict, name: str = name) -> None:
+                results["networks"][name] = result
+                (args.out / "peers.json").write_text(json.dumps(results, indent=1))
+            run_network(name, routes, args, probe, save)
     (args.out / "peers.json").write_text(json.dumps(results, indent=1))
     print_tables(results)
+    wrote = [args.out / "peers.json"]
     if any(_engine(entry) for r in results["networks"].values() for entry in r["routes"].values()):
-        plot(results, args.out / "peers.png")
-    print(f"wrote {args.out / 'peers.json'}" + ("" if args.quantize_only else f" and {args.out / 'peers.png'}"))
+        try:
+            plot(results, args.out / "peers.png")
+            wrote.append(args.out / "peers.png")
+        except ImportError as exc:
+            print(f"no plot ({exc})")
+    print("wrote " + " and ".join(map(str, wrote)))
 
 
 if __name__ == "__main__":
