@@ -42,6 +42,11 @@ class BuildSettings:
     workspace_mib: int = 4096
     timing_cache: str | None = None
     mark_outputs: list[str] = field(default_factory=list)  # extra network outputs, for divergence analysis
+    # implicit INT8 of a float ONNX (TensorRT 8.6-10.x, precision int8, weak typing): a .npy of inputs for
+    # TensorRT's entropy calibrator, its batch, and a calibration cache file (read if present, then written)
+    calibration_data: str | None = None
+    calibration_batch: int = 8
+    calibration_cache: str | None = None
 
 
 @dataclass

@@ -137,6 +137,8 @@ def features() -> dict:
         "fp16_flag": hasattr(trt.BuilderFlag, "FP16"),
         "execute_v3": hasattr(trt.IExecutionContext, "execute_async_v3"),
         "engine_inspector": hasattr(trt.ICudaEngine, "create_engine_inspector"),
+        # implicit INT8 of a float network, scales from a calibrator: deprecated in 10.1, gone in 11.x
+        "int8_calibrator": hasattr(trt, "IInt8EntropyCalibrator2") and hasattr(trt.IBuilderConfig, "int8_calibrator"),
     }
 
 
@@ -247,6 +249,12 @@ def build(request: dict) -> dict:
         if tensor is not None and not tensor.is_network_output:
             network.mark_output(tensor)
     config = _builder_config(builder, network, feats, route["flags"], request)
+    calibrator = None
+    if request.get("calibration_data"):
+        if not (feats["int8_calibrator"] and "INT8" in route["flags"]):
+            return {"error": f"TensorRT {feats['version']} offers no implicit INT8 calibration here (it needs "
+                             "BuilderFlag.INT8, a weakly typed int8 build, and IInt8EntropyCalibrator2)"}
+        calibrator = _calibrate(builder, network, config, request)
 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -262,8 +270,12 @@ def build(request: dict) -> dict:
         engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
         with open(request["layers"], "w") as f:
             json.dump(_layer_report(engine), f, indent=1)
-    return {"build_seconds": seconds, "engine_bytes": int(serialized.nbytes), "features": feats,
-            "network_flags": network_flags, **route}
+    response = {"build_seconds": seconds, "engine_bytes": int(serialized.nbytes), "features": feats,
+                "network_flags": network_flags, **route}
+    if calibrator is not None:
+        response["calibration"] = {"batches": calibrator.batches, "batch_size": calibrator.batch_size,
+                                   "from_cache": calibrator.from_cache}
+    return response
 
 
 def _builder_config(builder, network, feats: dict, flags: list, request: dict):
@@ -287,6 +299,58 @@ def _builder_config(builder, network, feats: dict, flags: list, request: dict):
     cache = config.create_timing_cache(_read_cache(request.get("timing_cache")))
     config.set_timing_cache(cache, ignore_mismatch=False)
     return config
+
+
+def _calibrate(builder, network, config, request: dict):
+    """Implicit INT8: TensorRT's entropy calibrator over the .npy of float inputs at request["calibration_data"]
+    (N, ...) in batches of request["calibration_batch"] (a trailing partial batch is left out), through one
+    device buffer; the scales are read from and written to request["calibration_cache"] when given. Inputs with
+    a dynamic batch get a calibration profile fixed at that batch. Returns the calibrator, which must outlive
+    the build."""
+    data = np.load(request["calibration_data"]).astype(np.float32)
+    batch = max(1, min(int(request.get("calibration_batch") or 8), len(data)))
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(batch if d < 0 else d for d in tensor.shape)
+        profile.set_shape(tensor.name, shape, shape, shape)
+    config.set_calibration_profile(profile)
+    calibrator = _entropy_calibrator(make_cuda(), data, batch, request.get("calibration_cache"))
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
+def _entropy_calibrator(cuda, data: np.ndarray, batch: int, cache_path):
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batch_size, self.batches, self.from_cache = batch, 0, False
+            self.pointer = cuda.alloc(data[:batch].nbytes)
+
+        def get_batch_size(self):
+            return self.batch_size
+
+        def get_batch(self, names):
+            start = self.batches * self.batch_size
+            if start + self.batch_size > len(data):
+                return None
+            cuda.to_device(self.pointer, data[start:start + self.batch_size])
+            self.batches += 1
+            return [int(self.pointer)] * len(names)
+
+        def read_calibration_cache(self):
+            if cache_path and os.path.exists(cache_path):
+                self.from_cache = True
+                with open(cache_path, "rb") as f:
+                    return f.read()
+            return None
+
+        def write_calibration_cache(self, cache):
+            if cache_path:
+                with open(cache_path, "wb") as f:
+                    f.write(bytes(cache))
+
+    return EntropyCalibrator()
 
 
 def _read_cache(path) -> bytes:

@@ -118,11 +118,17 @@ def shuffled_batches(data: Dataset, epochs: int, batch: int, seed: int = 0, max_
 def torchvision_on_digits(name: str, epochs: int = 40, seed: int = 0,
                           observer: str = "histogram") -> tuple[nn.Module, Dataset]:
     """A torchvision family member trained on the examples' digits at 32x32 (CIFAR's size: the reference
-    workflow's setup), PTQ-quantized for TensorRT on the training split; returns it and the test split.
-    One-cycle training with shifted digits: a decisive model, few test digits near a decision boundary."""
+    workflow's setup), PTQ-quantized for TensorRT on the training split; returns it and the test split."""
+    model, train, test = trained_on_digits(name, epochs, seed)
+    return quantize.quantize_ptq(model, train.batches(64), observer), test
+
+
+def trained_on_digits(name: str, epochs: int = 40, seed: int = 0) -> tuple[nn.Module, Dataset, Dataset]:
+    """`torchvision_on_digits`' float model before PTQ, with the training and test splits. One-cycle training
+    with shifted digits: a decisive model, few test digits near a decision boundary."""
     train, test = digits_rgb()
     model = torchvision_float(name, 10, seed)
     batch = 64
     train_steps(model, shuffled_batches(train, epochs, batch, seed, max_shift=2), lr=3e-3,
                 one_cycle_steps=epochs * -(-len(train) // batch))
-    return quantize.quantize_ptq(model, train.batches(64), observer), test
+    return model, train, test

@@ -107,7 +107,8 @@ def test_fake_defines_only_names_the_real_tensorrt_has(api):
 def test_probe_reports_features_typings_and_fast_precisions_where_tensorrt_says(fake_trt, api, version, expected,
                                                                                 typings, fast):
     result = fake_trt(api=api).worker.probe()
-    assert result["features"] == {"version": version, **expected, "execute_v3": True, "engine_inspector": True}
+    assert result["features"] == {"version": version, **expected, "execute_v3": True, "engine_inspector": True,
+                                  "int8_calibrator": api != "11.4"}
     assert result["typings"] == typings
     assert result["fast_int8"] is fast and result["fast_fp16"] is fast
 
@@ -170,6 +171,40 @@ def test_mark_outputs_adds_engine_outputs(fake_trt, tmp_path):
     outputs = fake.worker.infer(tmp_path / "m.engine", x)
     assert list(outputs) == ["logits", "relu"]
     np.testing.assert_allclose(outputs["relu"][:, 0], fake_logits(x, 1))
+
+
+# --- implicit INT8: TensorRT's own calibration of a float network ---------------------------------------------------
+
+@pytest.mark.parametrize("api", ["8.6", "10.13"])
+def test_implicit_int8_feeds_the_entropy_calibrator_through_device_memory_and_keeps_its_cache(fake_trt, tmp_path,
+                                                                                              api):
+    fake = fake_trt(api=api)
+    x = np.random.default_rng(0).standard_normal((10, 1, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "calibration.npy", x)
+    cache = tmp_path / "calibration.cache"
+    settings = BuildSettings(precision="int8", typing="weak", calibration_data=str(tmp_path / "calibration.npy"),
+                             calibration_batch=4, calibration_cache=str(cache))
+    model = tiny_onnx(tmp_path / "m.onnx")
+    result = fake.worker.build(model, tmp_path / "m.engine", settings)
+    assert result["flags"] == ["INT8", "FP16"]
+    assert result["calibration"] == {"batches": 2, "batch_size": 4, "from_cache": False}  # 10 inputs: 4 + 4
+    [calibrated] = fake.calls("calibrate")
+    assert calibrated["batches"] == 2 and calibrated["input_sum"] == pytest.approx(float(x[:8].sum()), rel=1e-5)
+    assert fake.calls("set_shape")[-1]["shapes"] == [[4, 1, 4, 4]] * 3 and fake.calls("set_calibration_profile")
+    assert cache.read_bytes() == b"fake calibration cache"
+    again = fake.worker.build(model, tmp_path / "m2.engine", settings)
+    assert again["calibration"] == {"batches": 0, "batch_size": 4, "from_cache": True}
+
+
+@pytest.mark.parametrize("api, typing", [("11.4", "auto"), ("10.13", "auto")])
+def test_implicit_int8_is_refused_without_the_int8_flag_and_calibrator(fake_trt, tmp_path, api, typing):
+    """11.4 has neither; 10.13's auto build is strongly typed, which takes no calibrator."""
+    fake = fake_trt(api=api)
+    np.save(tmp_path / "calibration.npy", np.zeros((4, 1, 4, 4), np.float32))
+    settings = BuildSettings(precision="int8", typing=typing, calibration_data=str(tmp_path / "calibration.npy"))
+    with pytest.raises(BridgeError, match=r"offers no implicit INT8 calibration here"):
+        fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", settings)
+    assert fake.calls("calibrate") == [] and not (tmp_path / "m.engine").exists()
 
 
 # --- build, infer, benchmark end to end ---------------------------------------------------------------------------

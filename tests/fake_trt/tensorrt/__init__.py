@@ -5,6 +5,8 @@ of the real bindings (tools/trt_api_names.py). The enums hold exactly the member
 disagree on are defined only where the list has them; a test holds every public name here to the list.
 FAKE_TRT_MODE=crash|hang: Builder() crashes or hangs; build-fails: building returns None.
 FAKE_TRT_UNEXPOSABLE: comma-separated tensor names; building a network that marks one as an output returns None.
+Implicit INT8 (8.6, 10.13): a build with the INT8 flag and `IBuilderConfig.int8_calibrator` set drives the calibrator
+as TensorRT does (cache read, batches until None, cache written) and records what it read from device memory.
 FAKE_TRT_RECORD: a JSON-lines file that gets one line per call a test asserts on (flags, parsed ONNX kept beside it, marked outputs, profile shapes).
 Engines are JSON plans of the parsed network; executing one writes each output as (output index + 1) times the
 sum of the sample's input values, through the fake CUDA memory of `fake_cuda`.
@@ -186,15 +188,31 @@ class IOptimizationProfile:
         _record("set_shape", input=input, shapes=[list(min), list(opt), list(max)])
 
 
+if "IInt8EntropyCalibrator2" in _NAMES:  # gone in 11.x
+    class IInt8EntropyCalibrator2:
+        """No public members of its own (the name lists do not walk this class): the application's subclass gives
+        get_batch_size, get_batch, read_calibration_cache and write_calibration_cache."""
+
+
 class IBuilderConfig:
     def __init__(self):
-        self._verbosity, self._cache = ProfilingVerbosity.LAYER_NAMES_ONLY, None
+        self._verbosity, self._cache, self._flags, self._calibrator = ProfilingVerbosity.LAYER_NAMES_ONLY, None, [], None
+
+    if "IBuilderConfig.int8_calibrator" in _NAMES:  # gone in 11.x
+        int8_calibrator = property(lambda self: self._calibrator,
+                                   lambda self, calibrator: setattr(self, "_calibrator", calibrator))
+
+    if "IBuilderConfig.set_calibration_profile" in _NAMES:
+        def set_calibration_profile(self, profile: IOptimizationProfile) -> bool:
+            _record("set_calibration_profile")
+            return True
 
     def set_memory_pool_limit(self, pool, pool_size: int) -> None:
         _record("set_memory_pool_limit", pool=pool.name, bytes=pool_size)
 
     def set_flag(self, flag) -> None:
         _record("set_flag", flag=flag.name)
+        self._flags.append(flag.name)
 
     def _set_verbosity(self, verbosity) -> None:
         _record("profiling_verbosity", verbosity=verbosity.name)
@@ -241,7 +259,29 @@ class Builder:
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory:
         if _MODE == "build-fails" or any(t.name in _UNEXPOSABLE for t in network._outputs):
             return None  # as TensorRT does, the reason in its log
+        if config._calibrator is not None and "INT8" in config._flags:
+            _calibrate(config._calibrator, network)
         return IHostMemory(json.dumps(network._plan()).encode())
+
+
+def _calibrate(calibrator, network: INetworkDefinition) -> None:
+    """TensorRT's calibration loop: the cache if the calibrator has one, else batches until get_batch says None;
+    records the batches and the sum of the inputs read from device memory."""
+    if calibrator.read_calibration_cache() is not None:
+        _record("calibrate", from_cache=True)
+        return
+    source = network.get_input(0)
+    batch = calibrator.get_batch_size()
+    shape = (batch, *source.shape[1:])
+    batches, total = 0, 0.0
+    while True:
+        pointers = calibrator.get_batch([source.name])
+        if pointers is None:
+            break
+        batches += 1
+        total += float(_cuda.read(pointers[0], nptype(source.dtype), shape).astype(np.float64).sum())
+    calibrator.write_calibration_cache(IHostMemory(b"fake calibration cache"))
+    _record("calibrate", from_cache=False, batch_size=batch, batches=batches, input_sum=total)
 
 
 class Runtime:
