@@ -6,12 +6,16 @@ TensorRT error becomes a `BridgeError` that carries the end of the worker's log.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
+import struct
 import subprocess
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,12 +109,142 @@ class TensorRTWorker:
                          profile_batch=profile_batch)
 
     def infer(self, engine_path: Path, inputs: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-        """All outputs of the engine on `inputs`, by output name, in the engine's output order."""
-        with tempfile.TemporaryDirectory(prefix="qdq-trt-io-") as work:
-            np.save(Path(work) / "inputs.npy", np.ascontiguousarray(inputs, np.float32))
-            result = self.call("infer", engine=str(engine_path), inputs=str(Path(work) / "inputs.npy"),
-                               outputs=str(Path(work) / "out"), batch_size=batch_size)
-            return {name: np.load(result["outputs"][name]) for name in result["output_order"]}
+        """All outputs of the engine on `inputs`, by output name, in the engine's output order (one session)."""
+        with TensorRTSession(engine_path, batch_size, self) as session:
+            return session.run(inputs)
+
+
+# where the session's shared files go: memory-backed where the system has it
+SHARED_FOLDER = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+class TensorRTSession:
+    """An engine kept loaded in one worker process for as many batches as the caller has: its execution context
+    and device buffers for `batch_size` samples are made once, and each batch crosses through files both
+    processes map (page-locked in the worker where the driver allows), with a few bytes on a pipe to say "run".
+    Larger inputs run in chunks of `batch_size`. A crash or hang becomes a BridgeError, and the worker ends
+    with the session (`close`, the `with` block, or garbage collection)."""
+
+    def __init__(self, engine_path: str | Path, batch_size: int = 64, worker: TensorRTWorker | None = None):
+        self.worker = worker or TensorRTWorker()
+        self._folder = tempfile.TemporaryDirectory(prefix="qdq-trt-session-", dir=SHARED_FOLDER)
+        self._log = open(Path(self._folder.name) / "worker.log", "w+b")
+        try:
+            # unbuffered pipes: `select` then sees every byte the worker has sent
+            self._process = subprocess.Popen([self.worker.python, str(WORKER), "--serve"], bufsize=0,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+        except FileNotFoundError:
+            self._cleanup()
+            raise TensorRTUnavailable(f"TensorRT interpreter '{self.worker.python}' does not exist",
+                                      ENABLE_HINT) from None
+        self._finalizer = weakref.finalize(self, _end_session, self._process, self._log, self._folder)
+        request = {"engine": str(Path(engine_path).resolve()), "batch_size": int(batch_size),
+                   "folder": self._folder.name}
+        self._send((json.dumps(request) + "\n").encode())
+        answer = json.loads(self._receive_line("start"))
+        if "error" in answer:
+            self.close()
+            unavailable = answer.get("missing_tensorrt")
+            raise (TensorRTUnavailable if unavailable else BridgeError)(
+                f"TensorRT session on {Path(engine_path).name} could not start: {answer['error']}",
+                ENABLE_HINT if unavailable else "rebuild the engine with this TensorRT on this GPU")
+        self.batch_size, self.pinned = answer["batch_size"], answer["pinned"]
+        self._tensors = {t["name"]: np.memmap(Path(self._folder.name) / t["file"], np.dtype(t["dtype"]), "r+",
+                                              shape=tuple(t["shape"])) for t in answer["tensors"]}
+        self.input_name = next(t["name"] for t in answer["tensors"] if t["input"])
+        self.output_names = [t["name"] for t in answer["tensors"] if not t["input"]]
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the engine on `inputs` (float32, by name, in the engine's order)."""
+        chunks = {name: [] for name in self.output_names}
+        for start in range(0, len(inputs), self.batch_size):
+            count = len(inputs[start:start + self.batch_size])
+            for name, values in self.run_batch(inputs[start:start + count]).items():
+                chunks[name].append(values)
+        return {name: np.concatenate(values) for name, values in chunks.items()}
+
+    def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch of at most `batch_size` samples: copied into the input file, run, outputs copied out."""
+        count = len(batch)
+        self._tensors[self.input_name][:count] = batch  # converted to the engine's input type (fp16 or float32)
+        self._send(COUNT.pack(count))
+        status = COUNT.unpack(self._receive(COUNT.size, "run"))[0]
+        if status:
+            message = self._receive(status, "run").decode(errors="replace")
+            raise BridgeError(f"TensorRT session run failed: {message}", "see the TensorRT log; check the GPU")
+        return {name: np.array(self._tensors[name][:count], np.float32) for name in self.output_names}
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> TensorRTSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._process.stdin.write(data)
+        except OSError:
+            self._fail("run", "crashed")
+
+    def _receive_line(self, step: str) -> bytes:
+        self._wait_readable(step)
+        line = self._process.stdout.readline()
+        if not line:
+            self._fail(step, "crashed")
+        return line
+
+    def _receive(self, size: int, step: str) -> bytes:
+        data = b""
+        while len(data) < size:
+            self._wait_readable(step)
+            chunk = self._process.stdout.read(size - len(data))
+            if not chunk:
+                self._fail(step, "crashed")
+            data += chunk
+        return data
+
+    def _wait_readable(self, step: str) -> None:
+        if not select.select([self._process.stdout], [], [], self.worker.timeout_s)[0]:
+            self._fail(step, f"timed out after {self.worker.timeout_s:g} s")
+
+    def _fail(self, step: str, what: str):
+        """Ends the worker and raises the one-line error, with the end of its log."""
+        self._process.kill()
+        self._process.wait()
+        self._log.seek(0)
+        log = _tail(self._log.read())
+        how = f" with signal {-self._process.returncode}" if what == "crashed" and self._process.returncode < 0 else ""
+        self.close()
+        raise BridgeError(f"TensorRT session {what}{how} at its {step} (log: {log})",
+                          "raise --trt-timeout or check the TensorRT installation and the GPU driver")
+
+    def _cleanup(self) -> None:
+        self._log.close()
+        self._folder.cleanup()
+
+
+COUNT = struct.Struct("<I")  # as trt_worker.COUNT: a batch's sample count, or a reply's status
+
+
+def _end_session(process: subprocess.Popen, log, folder: tempfile.TemporaryDirectory) -> None:
+    """Asks the worker to stop (a count of 0), kills it if it does not within 5 s, and removes the files."""
+    if process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.stdin.write(COUNT.pack(0))
+            process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for stream in (process.stdin, process.stdout):
+        with contextlib.suppress(OSError):
+            stream.close()
+    log.close()
+    folder.cleanup()
 
 
 def _tail(text: str | bytes | None, lines: int = 8) -> str:
@@ -181,16 +315,29 @@ def _tensor_types(tensor: dict) -> str:
 
 
 def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = None, batch_size: int = 64):
-    """An engine callable like a torch module (as torch2trt users expect): CPU tensor in, CPU logits out."""
+    """An engine callable like a torch module (as torch2trt users expect): CPU tensor in, CPU logits out. The
+    engine stays loaded in one TensorRTSession from the first call until `close()` or the module's end."""
     import torch
 
     class TensorRTModule(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.engine_path, self.worker = Path(engine_path), worker or TensorRTWorker()
+            self.session: TensorRTSession | None = None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            outputs = self.worker.infer(self.engine_path, x.detach().cpu().numpy(), batch_size)
-            return torch.from_numpy(next(iter(outputs.values())))
+            if self.session is None:
+                self.session = TensorRTSession(self.engine_path, batch_size, self.worker)
+            x = x.detach().cpu().numpy()
+            if len(x) <= self.session.batch_size:
+                outputs = self.session.run_batch(x)
+            else:
+                outputs = self.session.run(x)
+            return torch.from_numpy(outputs[self.session.output_names[0]])
+
+        def close(self) -> None:
+            if self.session is not None:
+                self.session.close()
+                self.session = None
 
     return TensorRTModule()

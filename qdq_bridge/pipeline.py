@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from . import data as datasets
-from .engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .engine import BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from .errors import BridgeError
 from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
@@ -290,24 +290,35 @@ def _check_labels(checks: list, outputs: np.ndarray | None) -> None:
 
 def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
                    tensorrt: dict, options: ConvertOptions) -> list[StreamedParity]:
-    """One pass over each dataset: PyTorch and ONNX Runtime on every batch, the engines on chunks of them (a
-    worker call each). An engine whose run fails is recorded as the TensorRT stage's failure."""
+    """One pass over each dataset: PyTorch and ONNX Runtime on every batch, the engines on chunks of them, each
+    engine in one TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT
+    stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.engine), "onnxruntime": onnxruntime_runner(model)}
     runs, broken = [], set()
-    for data in checks:
-        engines = {backend: _engine_runner(worker, scratch / name, options.batch_size)
-                   for backend, name in tensorrt.get("backends", {}).items() if backend not in broken}
-        run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines,
-                            chunk_samples(data.sample_shape), options.progress)
-        for backend, message in run.failed.items():
-            tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
-        broken |= run.failed.keys()
-        runs.append(run)
+    with contextlib.ExitStack() as sessions:
+        runners = {backend: _engine_runner(sessions, worker, scratch / name, options.batch_size)
+                   for backend, name in tensorrt.get("backends", {}).items()}
+        for data in checks:
+            engines = {backend: run for backend, run in runners.items() if backend not in broken}
+            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines,
+                                chunk_samples(data.sample_shape), options.progress)
+            for backend, message in run.failed.items():
+                tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
+            broken |= run.failed.keys()
+            runs.append(run)
     return runs
 
 
-def _engine_runner(worker: TensorRTWorker, engine: Path, batch_size: int):
-    return lambda x: next(iter(worker.infer(engine, x, batch_size).values()))
+def _engine_runner(sessions: contextlib.ExitStack, worker: TensorRTWorker, engine: Path, batch_size: int):
+    """The engine's first output on a chunk, through a session opened on first use (so a session that cannot
+    start fails that engine's run, as any run failure does) and closed with `sessions`."""
+    opened: list[TensorRTSession] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if not opened:
+            opened.append(sessions.enter_context(TensorRTSession(engine, batch_size, worker)))
+        return opened[0].run(x)[opened[0].output_names[0]]
+    return run
 
 
 def _dataset_entry(data, run: StreamedParity) -> dict:

@@ -6,7 +6,9 @@ torch or onnx. The main process (`qdq_bridge.engine`) talks to it through files:
 
     python trt_worker.py REQUEST.json     -> writes the response JSON to request["response"]
 
-Requests: {"command": "probe" | "build" | "infer" | "benchmark", ...}; see the handlers below. Arrays travel as .npy files.
+Requests: {"command": "probe" | "build" | "benchmark", ...}; see the handlers below. Running an engine is a
+session instead (`serve`): one process keeps the engine, its execution context and device buffers, and takes
+batch after batch through shared-memory files the two processes map, with a few bytes on a pipe per batch.
 A crash or hang here can only take this process down; the main process reports it with this process's log.
 Supports TensorRT 8.6 through 11.x by feature detection, and acts on it: a build is weakly typed (precision
 builder flags: 8.6 to 10.x) or strongly typed (precisions from the ONNX itself: 9.1+, the only way from 11.x),
@@ -18,6 +20,7 @@ import ctypes
 import importlib
 import json
 import os
+import struct
 import sys
 import time
 import traceback
@@ -67,6 +70,23 @@ class Cuda:
     def to_host(self, array: np.ndarray, pointer: int) -> None:
         self._check(self.lib.cuMemcpyDtoH_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(pointer),
                                              ctypes.c_size_t(array.nbytes)), "cuMemcpyDtoH")
+
+    def pin(self, array: np.ndarray) -> bool:
+        """Page-locks host memory the process already has (a mapped file) so copies to and from it are DMA at
+        full speed; False where the driver refuses (the copies then go through a staging buffer)."""
+        return self.lib.cuMemHostRegister_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(array.nbytes),
+                                             0) == 0
+
+    def unpin(self, array: np.ndarray) -> None:
+        self.lib.cuMemHostUnregister(array.ctypes.data_as(ctypes.c_void_p))
+
+    def to_device_async(self, pointer: int, array: np.ndarray) -> None:
+        self._check(self.lib.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(pointer), array.ctypes.data_as(ctypes.c_void_p),
+                                                  ctypes.c_size_t(array.nbytes), self.stream), "cuMemcpyHtoDAsync")
+
+    def to_host_async(self, array: np.ndarray, pointer: int) -> None:
+        self._check(self.lib.cuMemcpyDtoHAsync_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(pointer),
+                                                  ctypes.c_size_t(array.nbytes), self.stream), "cuMemcpyDtoHAsync")
 
     def synchronize(self) -> None:
         self._check(self.lib.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
@@ -389,14 +409,18 @@ class Bindings:
         self.output_names = [n for n, is_input in _io_tensors(engine) if not is_input]
         self.cuda, self.context = cuda, context
         context.set_input_shape(self.input_name, batch.shape)
+        self.input = batch
         self.pointers = {self.input_name: cuda.alloc(batch.nbytes)}
-        cuda.to_device(self.pointers[self.input_name], batch)
+        self.copy_in()
         self.host = {}
         for name in self.output_names:
             self.host[name] = np.empty(tuple(context.get_tensor_shape(name)), _dtype(engine, name))
             self.pointers[name] = cuda.alloc(self.host[name].nbytes)
         for name, pointer in self.pointers.items():
             context.set_tensor_address(name, pointer)
+
+    def copy_in(self) -> None:
+        self.cuda.to_device(self.pointers[self.input_name], self.input)
 
     def execute(self) -> None:
         if not self.context.execute_async_v3(self.cuda.stream.value or 0):
@@ -427,30 +451,104 @@ def _engine_input(engine, batch_size: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal(shape).astype(_dtype(engine, name))
 
 
-def infer(request: dict) -> dict:
-    """Run the engine on a .npy batch file, in chunks of at most batch_size; write each output as .npy."""
-    engine = _load_engine(request["engine"])
-    if engine is None:
-        return NOT_DESERIALIZED
-    cuda = make_cuda()
-    context = engine.create_execution_context()
-    inputs = np.load(request["inputs"])
-    chunk = int(request.get("batch_size", 64))
-    results, output_names = {}, []
-    for start in range(0, len(inputs), chunk):
-        bindings = Bindings(engine, context, cuda, inputs[start:start + chunk])
-        bindings.execute()
-        cuda.synchronize()
-        output_names = bindings.output_names
-        for name, values in bindings.outputs().items():
-            results.setdefault(name, []).append(values.astype(np.float32))
-        bindings.free()
-    files = {}
-    for index, name in enumerate(output_names):
-        path = f"{request['outputs']}.{index}.npy"
-        np.save(path, np.concatenate(results[name]))
-        files[name] = path
-    return {"outputs": files, "output_order": output_names}
+def _batch_range(engine, name: str) -> tuple:
+    """The smallest and largest batch the engine takes: its profile's for a dynamic batch, else its fixed one."""
+    batch = engine.get_tensor_shape(name)[0]
+    if batch >= 0:
+        return batch, batch
+    lowest, _, highest = engine.get_tensor_profile_shape(name, 0)
+    return lowest[0], highest[0]
+
+
+class Served:
+    """One engine kept ready for batch after batch: its execution context, device buffers for `batch_size`
+    samples and, for each I/O tensor, a file in `folder` mapped here and by the caller (page-locked where the
+    driver allows), so a batch crosses between the processes without a copy of its own."""
+
+    def __init__(self, engine, cuda: Cuda, batch_size: int, folder: str):
+        self.engine, self.cuda, self.context = engine, cuda, engine.create_execution_context()
+        self.input_name = _input_name(engine)
+        self.min_batch, highest = _batch_range(engine, self.input_name)
+        self.batch_size = max(self.min_batch, min(batch_size, highest))
+        self.names = [n for n, _ in _io_tensors(engine)]
+        self.context.set_input_shape(self.input_name,
+                                     (self.batch_size, *tuple(engine.get_tensor_shape(self.input_name))[1:]))
+        self.host, self.pointers, self.pinned = {}, {}, []
+        for index, name in enumerate(self.names):
+            shape = (self.batch_size, *tuple(self.context.get_tensor_shape(name))[1:])
+            # a bare mapping, page-aligned as page-locking wants (an .npy header would shift the data)
+            self.host[name] = np.memmap(os.path.join(folder, f"{index}.bin"), _dtype(engine, name), "w+", shape=shape)
+            self.pointers[name] = cuda.alloc(self.host[name].nbytes)
+            self.context.set_tensor_address(name, self.pointers[name])
+            if cuda.pin(self.host[name]):
+                self.pinned.append(name)
+        self.shape_batch = self.batch_size
+
+    def describe(self) -> dict:
+        return {"batch_size": self.batch_size, "min_batch": self.min_batch, "pinned": self.pinned,
+                "tensors": [{"name": n, "input": n == self.input_name, "file": f"{i}.bin",
+                             "dtype": self.host[n].dtype.str, "shape": list(self.host[n].shape)}
+                            for i, n in enumerate(self.names)]}
+
+    def run(self, count: int) -> None:
+        """The engine on the first `count` samples of the input file (at least its smallest batch: rows past
+        `count` are whatever the file holds, and their outputs are not read), outputs into the output files."""
+        rows = max(count, self.min_batch)
+        if rows != self.shape_batch:
+            self.context.set_input_shape(self.input_name, (rows, *self.host[self.input_name].shape[1:]))
+            self.shape_batch = rows
+        self.cuda.to_device_async(self.pointers[self.input_name], self.host[self.input_name][:rows])
+        if not self.context.execute_async_v3(self.cuda.stream.value or 0):
+            raise RuntimeError("TensorRT execution failed")
+        for name in self.names:
+            if name != self.input_name:
+                self.cuda.to_host_async(self.host[name][:rows], self.pointers[name])
+        self.cuda.synchronize()
+
+    def close(self) -> None:
+        for name in self.pinned:
+            self.cuda.unpin(self.host[name])
+        for pointer in self.pointers.values():
+            self.cuda.free(pointer)
+
+
+COUNT = struct.Struct("<I")  # a batch's sample count (0 ends the session); the reply: 0, or an error's length
+
+
+def serve(requests, replies) -> int:
+    """A session: one JSON line in ({"engine", "batch_size", "folder"}), one JSON line out (`Served.describe`,
+    or {"error"}), then a COUNT per batch, answered by a COUNT of 0 once the outputs are in their files, or by
+    an error message's length and the message."""
+    request = json.loads(requests.readline())
+    served = None
+    try:
+        engine = _load_engine(request["engine"]) if trt is not None else None
+        if engine is None:
+            answer = NOT_DESERIALIZED if trt is not None else {"error": f"cannot import tensorrt ({TRT_IMPORT_ERROR})",
+                                                               "missing_tensorrt": True}
+        else:
+            served = Served(engine, make_cuda(), int(request["batch_size"]), request["folder"])
+            answer = served.describe()
+    except Exception as exc:  # TensorRT and CUDA errors: reported with the log, like any other failure
+        traceback.print_exc()
+        answer = {"error": f"{type(exc).__name__}: {exc}"}
+    replies.write((json.dumps(answer) + "\n").encode())
+    replies.flush()
+    while served is not None:
+        header = requests.read(COUNT.size)
+        if len(header) < COUNT.size or COUNT.unpack(header)[0] == 0:
+            break
+        try:
+            served.run(COUNT.unpack(header)[0])
+            replies.write(COUNT.pack(0))
+        except Exception as exc:
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {exc}".encode()
+            replies.write(COUNT.pack(len(message)) + message)
+        replies.flush()
+    if served is not None:
+        served.close()
+    return 0
 
 
 def _time(cuda: Cuda, run, runs: int) -> dict:
@@ -466,11 +564,24 @@ def _time(cuda: Cuda, run, runs: int) -> dict:
     return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90)}
 
 
+def _wall_time(run, runs: int) -> dict:
+    """As `_time`, by the host's clock: for runs that end in a synchronous copy back to the host."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000.0)
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90)}
+
+
 def benchmark(request: dict) -> dict:
     """Latency of the engine at each batch size, by CUDA events around each execution, after `warmup` untimed
     runs: `enqueue` times execute_async_v3 as an application calls it (at small batches that includes the
     CPU's kernel launches); `cuda_graph` replays the same execution captured as a CUDA graph (the GPU's own
-    time, as TensorRT advises for launch-bound work; null where capture fails). Throughput = batch / median."""
+    time, as TensorRT advises for launch-bound work; null where capture fails). By the host's clock:
+    `enqueue_with_copies` adds copying the input from and the outputs to ordinary host arrays, as a program
+    holding numpy arrays does, and `copies` times those copies alone. Throughput = batch / median."""
     engine = _load_engine(request["engine"])
     if engine is None:
         return NOT_DESERIALIZED
@@ -483,7 +594,10 @@ def benchmark(request: dict) -> dict:
         for _ in range(int(request["warmup"])):
             bindings.execute()
         cuda.synchronize()
-        modes = {"enqueue": _time(cuda, bindings.execute, runs), "cuda_graph": None}
+        modes = {"enqueue": _time(cuda, bindings.execute, runs), "cuda_graph": None,
+                 "copies": _wall_time(lambda: (bindings.copy_in(), bindings.outputs()), runs),
+                 "enqueue_with_copies": _wall_time(lambda: (bindings.copy_in(), bindings.execute(),
+                                                            bindings.outputs()), runs)}
         graph = cuda.capture(bindings.execute)
         if graph is not None:
             for _ in range(int(request["warmup"])):
@@ -492,8 +606,9 @@ def benchmark(request: dict) -> dict:
             cuda.destroy(graph)
         cuda.synchronize()
         bindings.free()
-        for mode in filter(None, modes.values()):
-            mode["throughput_per_s"] = batch_size * 1000.0 / mode["median_ms"]
+        for name, mode in modes.items():
+            if mode is not None and name != "copies":
+                mode["throughput_per_s"] = batch_size * 1000.0 / mode["median_ms"]
         timings.append({"batch": batch_size, "runs": runs, **modes})
     response = {"timings": timings}
     if request.get("profile_batch"):
@@ -529,10 +644,15 @@ def _layer_profile(engine, context, cuda: Cuda, batch_size: int, runs: int):
     return {"batch": batch_size, "runs": runs, "layers": [{"name": n, "mean_ms": ms} for n, ms in layers]}
 
 
-HANDLERS = {"probe": probe, "build": build, "infer": infer, "benchmark": benchmark}
+HANDLERS = {"probe": probe, "build": build, "benchmark": benchmark}
 
 
 def main(argv: list) -> int:
+    if argv[1] == "--serve":
+        # the protocol gets the pipe stdout was; whatever prints (TensorRT's C++ log too) goes to stderr, the log
+        replies = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        return serve(sys.stdin.buffer, replies)
     with open(argv[1]) as f:
         request = json.load(f)
     if trt is None:

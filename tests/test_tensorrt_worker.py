@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from qdq_bridge.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker, summarize_layers
+from qdq_bridge.engine import (BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, as_torch_module,
+                               summarize_layers)
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.pipeline import LOCATOR_BUILDS_PER_HALVING
 from qdq_bridge.trt_worker import CUDA_ENV
@@ -231,8 +232,80 @@ def test_build_infer_benchmark_end_to_end(fake_trt, tmp_path, api):
         for mode in ("enqueue", "cuda_graph"):
             assert timing[mode]["median_ms"] == 0.25  # the fake CUDA's tick
             assert timing[mode]["throughput_per_s"] == timing["batch"] * 4000
+        # by the host's clock: copies alone, and execution with them
+        assert 0 < timing["copies"]["median_ms"] and "throughput_per_s" not in timing["copies"]
+        assert timing["enqueue_with_copies"]["throughput_per_s"] == pytest.approx(
+            timing["batch"] * 1000 / timing["enqueue_with_copies"]["median_ms"])
     assert [layer["name"] for layer in result["layer_profile"]["layers"]] == [
         "/conv/Conv", "/relu/Relu", "/flat/Flatten", "/fc/MatMul"]
+
+
+# --- the session: one worker process for many batches ------------------------------------------------------------
+
+def tiny_engine(fake: Fake, tmp_path: Path, max_batch: int = 8) -> Path:
+    settings = BuildSettings(min_batch=1, opt_batch=4, max_batch=max_batch)
+    fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", settings)
+    return tmp_path / "m.engine"
+
+
+@pytest.mark.parametrize("api", sorted(API_LISTS))
+def test_a_session_runs_every_batch_in_one_process_and_ends_it(fake_trt, tmp_path, api):
+    """Batches of any size up to the session's run in one worker process, through its shared files; the
+    session's batch size is capped by the engine profile's largest; closing ends the process and removes the
+    files."""
+    fake = fake_trt(api=api)
+    engine, rng = tiny_engine(fake, tmp_path), np.random.default_rng(0)
+    with TensorRTSession(engine, batch_size=64, worker=fake.worker) as session:
+        assert session.batch_size == 8 and session.output_names == ["logits"]
+        folder, process = Path(session._folder.name), session._process
+        for count in (1, 8, 3, 19):  # 19: chunks of 8, 8 and 3
+            x = rng.standard_normal((count, 1, 4, 4)).astype(np.float32)
+            np.testing.assert_allclose(session.run(x)["logits"], np.repeat(fake_logits(x)[:, None], 3, axis=1),
+                                       rtol=1e-5)
+        assert {p.name for p in folder.iterdir()} >= {"0.bin", "1.bin"}
+    assert process.poll() is not None and not folder.exists()
+    runs = fake.calls("execute")
+    assert [run["batch"] for run in runs] == [1, 8, 3, 8, 8, 3] and len({run["pid"] for run in runs}) == 1
+
+
+def test_as_torch_module_keeps_one_session_across_calls(fake_trt, tmp_path):
+    torch = pytest.importorskip("torch")
+    fake = fake_trt()
+    module = as_torch_module(tiny_engine(fake, tmp_path), fake.worker, batch_size=4)
+    x = torch.randn(6, 1, 4, 4)
+    for batch in (x[:1], x[:4], x):  # the last in chunks of 4 and 2
+        expected = np.repeat(fake_logits(batch.numpy())[:, None], 3, axis=1)
+        np.testing.assert_allclose(module(batch).numpy(), expected, rtol=1e-5)
+    process = module.session._process
+    module.close()
+    assert process.poll() is not None and len({run["pid"] for run in fake.calls("execute")}) == 1
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("run-crash", r"TensorRT session crashed with signal 11 at its run \(log: "),
+    ("run-hang", r"TensorRT session timed out after 3 s at its run"),
+    ("run-fails", r"TensorRT session run failed: RuntimeError: TensorRT execution failed")])
+def test_a_session_whose_worker_crashes_hangs_or_fails_raises_one_line(fake_trt, tmp_path, mode, message):
+    """The third run goes wrong: a one-line BridgeError; a crashed or hung worker is gone afterwards."""
+    fake = fake_trt(mode=mode)
+    engine = tiny_engine(fake, tmp_path)
+    fake.worker.timeout_s = 3
+    session = TensorRTSession(engine, batch_size=2, worker=fake.worker)
+    x = np.ones((2, 1, 4, 4), np.float32)
+    session.run(x), session.run(x)
+    with pytest.raises(BridgeError, match=message) as error:
+        session.run(x)
+    assert "\n" not in str(error.value)
+    if mode != "run-fails":
+        assert session._process.poll() is not None and not Path(session._folder.name).exists()
+    session.close()
+    assert session._process.poll() is not None
+
+
+def test_a_session_on_an_engine_of_another_tensorrt_says_so(fake_trt, tmp_path):
+    engine = tiny_engine(fake_trt(api="8.6"), tmp_path)
+    with pytest.raises(BridgeError, match="could not start: TensorRT could not deserialize the engine"):
+        TensorRTSession(engine, worker=fake_trt(api="11.4").worker)
 
 
 def test_fp16_onnx_makes_an_fp16_engine_on_11_4(fake_trt, tmp_path):

@@ -44,6 +44,15 @@ class Cuda:
     def to_host(self, array: np.ndarray, pointer: int) -> None:
         array[...] = read(pointer, array.dtype, array.shape)
 
+    def pin(self, array: np.ndarray) -> bool:
+        return True
+
+    def unpin(self, array: np.ndarray) -> None:
+        pass
+
+    to_device_async = to_device
+    to_host_async = to_host
+
     def synchronize(self) -> None:
         pass
 

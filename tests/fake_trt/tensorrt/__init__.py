@@ -3,7 +3,8 @@
 FAKE_TRT_API (8.6 | 10.13 | 11.4, default 8.6) picks the surface: tests/trt_api/tensorrt-<version>.txt, the names
 of the real bindings (tools/trt_api_names.py). The enums hold exactly the members that list has; names the lists
 disagree on are defined only where the list has them; a test holds every public name here to the list.
-FAKE_TRT_MODE=crash|hang: Builder() crashes or hangs; build-fails: building returns None.
+FAKE_TRT_MODE=crash|hang: Builder() crashes or hangs; build-fails: building returns None; run-crash|run-hang|
+run-fails: the third execution crashes, hangs or returns False.
 FAKE_TRT_UNEXPOSABLE: comma-separated tensor names; building a network that marks one as an output returns None.
 Implicit INT8 (8.6, 10.13): a build with the INT8 flag and `IBuilderConfig.int8_calibrator` set drives the calibrator
 as TensorRT does (cache read, batches until None, cache written) and records what it read from device memory.
@@ -184,8 +185,12 @@ def _tensor(value) -> ITensor:
 
 
 class IOptimizationProfile:
+    def __init__(self):
+        self._shapes = {}
+
     def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's own keyword names
         _record("set_shape", input=input, shapes=[list(min), list(opt), list(max)])
+        self._shapes[input] = [list(min), list(opt), list(max)]
 
 
 if "IInt8EntropyCalibrator2" in _NAMES:  # gone in 11.x
@@ -197,6 +202,7 @@ if "IInt8EntropyCalibrator2" in _NAMES:  # gone in 11.x
 class IBuilderConfig:
     def __init__(self):
         self._verbosity, self._cache, self._flags, self._calibrator = ProfilingVerbosity.LAYER_NAMES_ONLY, None, [], None
+        self._profiles = []
 
     if "IBuilderConfig.int8_calibrator" in _NAMES:  # gone in 11.x
         int8_calibrator = property(lambda self: self._calibrator,
@@ -221,7 +227,8 @@ class IBuilderConfig:
     profiling_verbosity = property(lambda self: self._verbosity, _set_verbosity)
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
-        return 0
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
 
     def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
         return ITimingCache(bytes(serialized_timing_cache))
@@ -261,7 +268,8 @@ class Builder:
             return None  # as TensorRT does, the reason in its log
         if config._calibrator is not None and "INT8" in config._flags:
             _calibrate(config._calibrator, network)
-        return IHostMemory(json.dumps(network._plan()).encode())
+        profiles = [profile._shapes for profile in config._profiles]
+        return IHostMemory(json.dumps({**network._plan(), "profiles": profiles}).encode())
 
 
 def _calibrate(calibrator, network: INetworkDefinition) -> None:
@@ -311,6 +319,9 @@ class ICudaEngine:
 
     def get_tensor_dtype(self, name: str):
         return DataType[self._tensors[name]["dtype"]]
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list:
+        return [tuple(shape) for shape in self._plan["profiles"][profile_index][name]]
 
     def create_execution_context(self) -> "IExecutionContext":
         return IExecutionContext(self)
@@ -371,6 +382,14 @@ class IExecutionContext:
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
+        self._runs = getattr(self, "_runs", 0) + 1
+        _record("execute", batch=self._batch, pid=os.getpid())
+        if self._runs == 3 and _MODE == "run-crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if self._runs == 3 and _MODE == "run-hang":
+            time.sleep(3600)
+        if self._runs == 3 and _MODE == "run-fails":
+            return False
         plan = self._engine._plan
         source = plan["inputs"][0]["name"]
         x = _cuda.read(self._addresses[source], nptype(self._engine.get_tensor_dtype(source)),
