@@ -27,6 +27,7 @@ import torch
 
 from qdq_bridge import ConvertOptions, convert
 from qdq_bridge.engine import TensorRTWorker, as_torch_module
+from qdq_bridge.report import parity_lines
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "out" / "resnet_q.pt"
 BATCHES = (1, 128)
@@ -73,11 +74,7 @@ def main() -> None:
     report = result.report
     print(f"{args.model.name}: TensorRT {report['tensorrt']['probe']['features']['version']}, parity through "
           f"sessions ({'PASS' if result.ok else 'FAIL: ' + '; '.join(report['failed'])})")
-    for row in report["parity"]:
-        accuracy = "" if row["reference_accuracy"] is None else \
-            f" acc {row['reference_accuracy'] * 100:.2f}% / {row['candidate_accuracy'] * 100:.2f}%"
-        print(f"  {row['dataset']:<20} {row['reference']:>11} vs {row['candidate']:<14} agree "
-              f"{row['top1_agreement'] * 100:6.2f}%{accuracy} max|diff| {row['max_abs_diff']:.4f}")
+    print("\n".join(parity_lines(report)))
 
     engine = args.out / "convert" / f"{args.model.stem}.int8.engine"
     raw = {t["batch"]: t for t in worker.benchmark(engine, list(BATCHES), runs=args.runs)["timings"]}

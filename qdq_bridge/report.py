@@ -93,6 +93,17 @@ def _tensorrt_section(trt: dict) -> list[str]:
     return lines
 
 
+def parity_lines(report: dict) -> list[str]:
+    """One plain-text line per parity row (dataset, pair, agreement, accuracies, max |diff|), for logs."""
+    lines = []
+    for row in report["parity"]:
+        accuracy = "" if row["reference_accuracy"] is None else \
+            f" acc {row['reference_accuracy'] * 100:.2f}% / {row['candidate_accuracy'] * 100:.2f}%"
+        lines.append(f"  {row['dataset']:<22} {row['reference']:>11} vs {row['candidate']:<14} agree "
+                     f"{row['top1_agreement'] * 100:6.2f}%{accuracy} max|diff| {row['max_abs_diff']:.4f}")
+    return lines
+
+
 def write_reports(report: dict, folder: Path) -> tuple[Path, Path]:
     json_path, md_path = folder / "report.json", folder / "report.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,6 +13,7 @@ from qdq_bridge import ConvertOptions, convert, save_torchscript, zoo
 from qdq_bridge.data import digits_split
 from qdq_bridge.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker
 from qdq_bridge.models import DigitsResNet
+from qdq_bridge.report import parity_lines
 
 from conftest import quantize_with, symmetric_qconfig
 
@@ -47,11 +48,7 @@ def print_summary(name: str, report: dict) -> None:
     assert "failed" not in report["tensorrt"], report["tensorrt"]["failed"]
     print(f"\n== {name}: TensorRT {report['tensorrt']['probe']['features']['version']}, exported by "
           f"{report['exporter']}")
-    for r in report["parity"]:
-        accuracy = "" if r["reference_accuracy"] is None else \
-            f" acc {r['reference_accuracy'] * 100:.2f}% / {r['candidate_accuracy'] * 100:.2f}%"
-        print(f"  {r['dataset']:<22} {r['reference']:>11} vs {r['candidate']:<14} agree "
-              f"{r['top1_agreement'] * 100:6.2f}%{accuracy} max|diff| {r['max_abs_diff']:.4f}")
+    print("\n".join(parity_lines(report)))
     s = report["tensorrt"]["layer_summary"]
     print(f"  placement {report['placement']}: layers {s['layers']}, conv/gemm {s['conv_gemm_layers']} "
           f"(not INT8: {s['conv_gemm_not_int8']}), pointwise {len(s['pointwise_layers'])}, standalone Add "
@@ -145,7 +142,7 @@ def locator_models(tmp_path_factory):
     @functools.cache
     def make(name: str) -> tuple:
         if name == "resnet18":
-            # 8 epochs, not 40: what the locator meets is the build, not the accuracy, and the GPU machine's time is short
+            # 8 epochs, not 40: the locator meets the build, not the accuracy (and GPU time is short)
             (model, test), input_shape = zoo.torchvision_on_digits("resnet18", epochs=8), (1, 3, 32, 32)
         else:
             input_shape = (1, 3, 224, 224)
