@@ -259,12 +259,34 @@ def engine_route(route: str, entry: dict, builder: TensorRTWorker, worker: Tenso
                 "timed_out": timed_out}
     layers = json.loads(layers_path.read_text()) if layers_path.exists() else {}
     logits = next(iter(worker.infer(engine_path, test.x, 64).values()))
-    measured = worker.benchmark(engine_path, BATCHES, args.warmup, args.runs)
-    engine_path.unlink()  # hundreds of MB for ResNet-50; the layer report stays
     return {"build_seconds": build["build_seconds"], "build": {k: build.get(k) for k in
                                                                ("typing", "flags", "calibration", "engine_bytes")},
-            "layers": summarize_layers(layers), "timings": measured["timings"],
+            "layers": summarize_layers(layers),
             "parity": compare(reference, logits, test, "pytorch float", f"tensorrt {route}").as_dict()}
+
+
+def time_in_rounds(engines: dict[str, Path], worker: TensorRTWorker, args) -> dict[str, list]:
+    """Each engine's timings, benchmarked in --rounds rounds that take the engines in turn (so a drift of the
+    GPU's clocks or load falls on every route alike), as the per-round medians' median for each batch and mode;
+    each round's median is kept too (round_medians_ms)."""
+    measured = {route: [] for route in engines}
+    for _ in range(args.rounds):
+        for route, path in engines.items():
+            measured[route].append(worker.benchmark(path, BATCHES, args.warmup, args.runs)["timings"])
+    timings = {}
+    for route, rounds in measured.items():
+        timings[route] = []
+        for index, batch in enumerate(BATCHES):
+            entry = {"batch": batch, "runs": args.runs, "rounds": len(rounds)}
+            for mode in rounds[0][index]:
+                if not isinstance(rounds[0][index][mode], dict):
+                    continue
+                medians = [r[index][mode]["median_ms"] for r in rounds]
+                entry[mode] = {"median_ms": float(np.median(medians)), "round_medians_ms": medians}
+                if "throughput_per_s" in rounds[0][index][mode]:
+                    entry[mode]["throughput_per_s"] = batch * 1000.0 / entry[mode]["median_ms"]
+            timings[route].append(entry)
+    return timings
 
 
 def run_network(name: str, routes: list[str], args, probe: dict | None, save) -> dict:
@@ -280,12 +302,20 @@ def run_network(name: str, routes: list[str], args, probe: dict | None, save) ->
     for route, entry in result["routes"].items():
         if "error" in entry:
             continue
-        start = time.perf_counter()
         entry["engine"] = engine_route(route, entry, builder, worker, probe, reference, test, args, folder)
         e = entry["engine"]
-        print(f"  {name} {route}: " + (e["error"] if "error" in e else f"built in {e['build_seconds']:.0f} s, "
-                                        f"timed ({time.perf_counter() - start:.0f} s)"), flush=True)
+        print(f"  {name} {route}: " + (e["error"] if "error" in e else f"built in {e['build_seconds']:.0f} s"),
+              flush=True)
         save(result)
+    built = {route: folder / f"{route}.engine" for route, entry in result["routes"].items() if _engine(entry)}
+    start = time.perf_counter()
+    for route, timings in time_in_rounds(built, worker, args).items():
+        result["routes"][route]["engine"]["timings"] = timings
+    print(f"  {name}: {len(built)} engines timed in {args.rounds} rounds ({time.perf_counter() - start:.0f} s)",
+          flush=True)
+    for path in built.values():
+        path.unlink()  # hundreds of MB for ResNet-50; the layer reports stay
+    save(result)
     return result
 
 
@@ -371,7 +401,7 @@ def merge(files: list[Path]) -> dict:
     merged: dict = {}
     for path in files:
         found = json.loads(path.read_text())
-        for key in ("tensorrt", "device", "batches", "runs", "warmup"):
+        for key in ("tensorrt", "device", "batches", "runs", "warmup", "rounds"):
             if merged.get(key) is not None and found.get(key) is not None and merged[key] != found[key]:
                 print(f"warning: {path} has another {key} ({found[key]} vs {merged[key]})")
             merged.setdefault(key, found.get(key))
@@ -395,6 +425,8 @@ def main() -> None:
     parser.add_argument("--build-timeout", type=int, default=300, help="seconds per engine build (default 300)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch (default 200)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed runs first (default 50)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timing rounds, each taking every engine in turn; the median round counts (default 3)")
     parser.add_argument("--calibration-samples", type=int, default=128, help="inputs every route calibrates on")
     parser.add_argument("--test-samples", type=int, default=256, help="resnet50-224's test inputs (default 256)")
     parser.add_argument("--train-steps", type=int, default=150, help="resnet50-224's training steps (default 150)")
@@ -413,7 +445,8 @@ def main() -> None:
             probe = TensorRTWorker(args.trt_python).probe()
             print(f"TensorRT {probe['features']['version']}, fast INT8: {probe['fast_int8']}", flush=True)
         results = {"tensorrt": probe, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-                   "batches": BATCHES, "runs": args.runs, "warmup": args.warmup, "networks": {}}
+                   "batches": BATCHES, "runs": args.runs, "warmup": args.warmup, "rounds": args.rounds,
+                   "networks": {}}
         routes = args.routes.split(",")
         for name in args.networks.split(","):
             def save(result: dict, name: str = name) -> None:
