@@ -140,7 +140,7 @@ class TensorRTSession:
         self._finalizer = weakref.finalize(self, _end_session, self._process, self._log, self._folder)
         request = {"engine": str(Path(engine_path).resolve()), "batch_size": int(batch_size),
                    "folder": self._folder.name}
-        self._send((json.dumps(request) + "\n").encode())
+        self._send((json.dumps(request) + "\n").encode(), "start")
         answer = json.loads(self._receive_line("start"))
         if "error" in answer:
             self.close()
@@ -155,19 +155,19 @@ class TensorRTSession:
         self.output_names = [t["name"] for t in answer["tensors"] if not t["input"]]
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output of the engine on `inputs` (float32, by name, in the engine's order)."""
-        chunks = {name: [] for name in self.output_names}
-        for start in range(0, len(inputs), self.batch_size):
-            count = len(inputs[start:start + self.batch_size])
-            for name, values in self.run_batch(inputs[start:start + count]).items():
-                chunks[name].append(values)
-        return {name: np.concatenate(values) for name, values in chunks.items()}
+        """Every output of the engine on `inputs` (float32, by name, in the engine's order), in batches of at
+        most `batch_size`."""
+        if len(inputs) <= self.batch_size:
+            return self.run_batch(inputs)
+        batches = [self.run_batch(inputs[start:start + self.batch_size])
+                   for start in range(0, len(inputs), self.batch_size)]
+        return {name: np.concatenate([outputs[name] for outputs in batches]) for name in self.output_names}
 
     def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One batch of at most `batch_size` samples: copied into the input file, run, outputs copied out."""
         count = len(batch)
         self._tensors[self.input_name][:count] = batch  # converted to the engine's input type (fp16 or float32)
-        self._send(COUNT.pack(count))
+        self._send(COUNT.pack(count), "run")
         status = COUNT.unpack(self._receive(COUNT.size, "run"))[0]
         if status:
             message = self._receive(status, "run").decode(errors="replace")
@@ -183,11 +183,11 @@ class TensorRTSession:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, step: str) -> None:
         try:
             self._process.stdin.write(data)
         except OSError:
-            self._fail("run", "crashed")
+            self._fail(step, "crashed")
 
     def _receive_line(self, step: str) -> bytes:
         self._wait_readable(step)
@@ -328,11 +328,7 @@ def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = Non
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.session is None:
                 self.session = TensorRTSession(self.engine_path, batch_size, self.worker)
-            x = x.detach().cpu().numpy()
-            if len(x) <= self.session.batch_size:
-                outputs = self.session.run_batch(x)
-            else:
-                outputs = self.session.run(x)
+            outputs = self.session.run(x.detach().cpu().numpy())
             return torch.from_numpy(outputs[self.session.output_names[0]])
 
         def close(self) -> None:

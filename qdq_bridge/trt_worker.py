@@ -485,7 +485,7 @@ class Served:
         self.shape_batch = self.batch_size
 
     def describe(self) -> dict:
-        return {"batch_size": self.batch_size, "min_batch": self.min_batch, "pinned": self.pinned,
+        return {"batch_size": self.batch_size, "pinned": self.pinned,
                 "tensors": [{"name": n, "input": n == self.input_name, "file": f"{i}.bin",
                              "dtype": self.host[n].dtype.str, "shape": list(self.host[n].shape)}
                             for i, n in enumerate(self.names)]}
@@ -560,8 +560,7 @@ def _time(cuda: Cuda, run, runs: int) -> dict:
         run()
         cuda.record(end)
         times.append(cuda.elapsed_ms(start, end))
-    p10, median, p90 = np.percentile(times, [10, 50, 90])
-    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90)}
+    return _percentiles(times)
 
 
 def _wall_time(run, runs: int) -> dict:
@@ -571,6 +570,10 @@ def _wall_time(run, runs: int) -> dict:
         start = time.perf_counter()
         run()
         times.append((time.perf_counter() - start) * 1000.0)
+    return _percentiles(times)
+
+
+def _percentiles(times: list) -> dict:
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90)}
 

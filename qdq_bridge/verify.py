@@ -146,7 +146,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, referen
     return RunningComparison(data.name, reference_name, candidate_name).add(reference, candidate, data.y).result()
 
 
-CHUNK_BYTES = 256 << 20  # inputs gathered for one call of a chunked backend (a TensorRT worker call)
+CHUNK_BYTES = 256 << 20  # inputs gathered for one call of a chunked backend (a TensorRT session)
 CHUNK_SAMPLES = 4096
 
 
@@ -174,7 +174,7 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
                   pairs: tuple[tuple[str, str], ...], chunked: dict[str, Callable[[np.ndarray], np.ndarray]] | None
                   = None, chunk: int = CHUNK_SAMPLES, progress: bool = True) -> StreamedParity:
     """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums.
-    `backends` take each batch; `chunked` ones (a TensorRT engine in a worker process, files in and out) take
+    `backends` take each batch; `chunked` ones (a TensorRT engine in its worker process's session) take
     the batches gathered into chunks of up to `chunk` samples, the other backends' logits for the chunk kept
     until then. A chunked backend that raises a BridgeError is dropped and reported in `failed`."""
     chunked = dict(chunked or {})
