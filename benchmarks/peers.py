@@ -23,8 +23,9 @@ accuracy and top-1 agreement against the float PyTorch model under ONNX Runtime 
 --quantize-only: engine build time (each build in its own worker process, killed after --build-timeout seconds:
 a route that times out is reported so and the run goes on), layer count, standalone pointwise and reformat
 layers, convolutions not INT8 (summarize_layers), throughput at batch 1/128/256 as enqueued and as a CUDA graph
-(TensorRTWorker.benchmark, one profile 1..256 opt 128, one timing cache for all builds), and the engine's
-accuracy and top-1 agreement against the float model. Tables and the ratios qdq_bridge fast / each peer are
+(TensorRTWorker.benchmark without host copies, one profile 1..256 opt 128, one timing cache for all builds; in
+--rounds rounds, each starting with another engine), and the engine's accuracy and top-1 agreement against the
+float model. Tables and the ratios qdq_bridge fast / each peer (with the lowest and highest round's ratio) are
 printed; peers.json and peers.png are written into --out.
 
 Networks:
@@ -35,10 +36,11 @@ Networks:
                    first --calibration-samples; test: the 450 test digits
 
 Runs split to fit a time limit (one route set per call, on one card) are joined with --merge: it reads several
-peers.json, prints the tables and writes the merged peers.json and peers.png, with no GPU.
+peers.json, prints the tables and writes the merged peers.json and peers.png, with no GPU; a route's ratios are
+taken against the fast engine of its own run.
 
 Usage: python benchmarks/peers.py [--networks resnet50-224,digits-resnet18] [--routes fast,ort,...] [--out DIR]
-                                  [--build-timeout 300] [--runs 200] [--calibration-samples 128] [--quantize-only]
+                                  [--build-timeout 600] [--runs 200] [--calibration-samples 128] [--quantize-only]
        python benchmarks/peers.py --merge a/peers.json b/peers.json --out benchmarks/results
 """
 from __future__ import annotations
@@ -268,11 +270,18 @@ def engine_route(route: str, entry: dict, builder: TensorRTWorker, worker: Tenso
 def time_in_rounds(engines: dict[str, Path], worker: TensorRTWorker, args) -> dict[str, list]:
     """Each engine's timings, benchmarked in --rounds rounds that take the engines in turn (so a drift of the
     GPU's clocks or load falls on every route alike), as the per-round medians' median for each batch and mode;
-    each round's median is kept too (round_medians_ms)."""
+    each round's median is kept too (round_medians_ms). Each round starts with another engine, so no route is
+    always timed first."""
     measured = {route: [] for route in engines}
-    for _ in range(args.rounds):
-        for route, path in engines.items():
-            measured[route].append(worker.benchmark(path, BATCHES, args.warmup, args.runs)["timings"])
+    routes = list(engines)
+    for round_index in range(args.rounds if routes else 0):
+        shift = round_index % len(routes)
+        for route in routes[shift:] + routes[:shift]:
+            path = engines[route]
+            # without host copies: the routes' engines take the same input and output, so copies tell nothing
+            # between them, and at b256 they would take most of the time
+            measured[route].append(worker.benchmark(path, BATCHES, args.warmup, args.runs,
+                                                    copies=False)["timings"])
     timings = {}
     for route, rounds in measured.items():
         timings[route] = []
@@ -364,12 +373,27 @@ def print_tables(results: dict) -> None:
                     f"{f'b{b}':>6}{throughput(e, b, mode):>11,.0f}" for b in BATCHES) +
                       f"{latency_ms(e, 1, mode):>9.3f} ms")
             if "fast" in engines:
-                print(f"{mode}: qdq_bridge fast / each route (>= 1.00: fast is at least as fast)")
+                print(f"{mode}: qdq_bridge fast / each route (>= 1.00: fast is at least as fast; in brackets the "
+                      f"lowest and highest round's ratio)")
                 for route, e in engines.items():
                     if route != "fast":
+                        fast = routes[route].get("fast_same_run") or engines["fast"]
                         print(f"  {'fast / ' + LABELS.get(route, route):<28}" + "".join(
-                            f"{f'b{b}':>6} {throughput(engines['fast'], b, mode) / throughput(e, b, mode):5.2f}x"
-                            for b in BATCHES))
+                            f"{f'b{b}':>6} {throughput(fast, b, mode) / throughput(e, b, mode):5.2f}x"
+                            f"{_round_spread(fast, e, b, mode):>13}" for b in BATCHES))
+                if any("fast_same_run" in entry for entry in routes.values()):
+                    print("  (each route against the fast engine timed in the same run: "
+                          + ", ".join(f"{LABELS.get(route, route)} in {entry['fast_same_run']['file']}"
+                                      for route, entry in routes.items() if "fast_same_run" in entry) + ")")
+
+
+def _round_spread(fast: dict, peer: dict, batch: int, mode: str) -> str:
+    """'(low-high)' of fast's throughput over the peer's, round by round ('' without rounds)."""
+    timings = [next(t for t in e["timings"] if t["batch"] == batch)[mode] for e in (fast, peer)]
+    if not all(t and "round_medians_ms" in t for t in timings):
+        return ""
+    ratios = [p / f for f, p in zip(timings[0]["round_medians_ms"], timings[1]["round_medians_ms"])]
+    return f"({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -385,7 +409,7 @@ def plot(results: dict, path: Path) -> None:
         for index, (route, e) in enumerate(engines.items()):
             ax.bar(np.arange(len(BATCHES)) + (index - (len(engines) - 1) / 2) * width,
                    [throughput(e, b, "cuda_graph") for b in BATCHES], width, label=LABELS.get(route, route),
-                   color=f"C{index}")
+                   color=f"C{ROUTES.index(route) if route in ROUTES else index}")  # one color per route
         ax.set(yscale="log", xlabel="batch", ylabel="images / s (CUDA graph)", title=name)
         ax.set_xticks(range(len(BATCHES)), [str(b) for b in BATCHES])
         ax.grid(True, axis="y", which="both", alpha=0.3)
@@ -397,10 +421,17 @@ def plot(results: dict, path: Path) -> None:
 
 
 def merge(files: list[Path]) -> dict:
-    """Several runs' peers.json as one: routes of a network joined, a later file's route over an earlier one."""
+    """Several runs' peers.json as one: routes of a network joined, a later file's route over an earlier one.
+    Where a run timed qdq_bridge fast beside other routes, each of them keeps that fast engine's timings
+    (fast_same_run), and its ratios are taken against them rather than against another run's."""
     merged: dict = {}
     for path in files:
         found = json.loads(path.read_text())
+        for r in found["networks"].values():
+            fast = _engine(r["routes"].get("fast", {}))
+            for route, entry in r["routes"].items():
+                if route != "fast" and fast and _engine(entry):
+                    entry["fast_same_run"] = {"file": path.name, "timings": fast["timings"]}
         for key in ("tensorrt", "device", "batches", "runs", "warmup", "rounds"):
             if merged.get(key) is not None and found.get(key) is not None and merged[key] != found[key]:
                 print(f"warning: {path} has another {key} ({found[key]} vs {merged[key]})")
@@ -422,7 +453,8 @@ def main() -> None:
     parser.add_argument("--networks", default=",".join(NETWORKS))
     parser.add_argument("--routes", default=",".join(ROUTES))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/peers"))
-    parser.add_argument("--build-timeout", type=int, default=300, help="seconds per engine build (default 300)")
+    parser.add_argument("--build-timeout", type=int, default=600,
+                        help="seconds per engine build (default 600: ONNX Runtime's ResNet-50 took 419 s on an H200)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per engine and batch (default 200)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed runs first (default 50)")
     parser.add_argument("--rounds", type=int, default=3,

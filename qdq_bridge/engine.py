@@ -101,12 +101,12 @@ class TensorRTWorker:
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
     def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200,
-                  profile_batch: int | None = None) -> dict:
+                  profile_batch: int | None = None, copies: bool = True) -> dict:
         """{"timings": latency and throughput per batch size, as enqueued and as a CUDA graph, timed with CUDA
-        events; "layer_profile": TensorRT's per-layer times at `profile_batch`, if asked} (see
-        trt_worker.benchmark)."""
+        events, and with host copies unless `copies` is False; "layer_profile": TensorRT's per-layer times at
+        `profile_batch`, if asked} (see trt_worker.benchmark)."""
         return self.call("benchmark", engine=str(engine_path), batches=list(batches), warmup=warmup, runs=runs,
-                         profile_batch=profile_batch)
+                         profile_batch=profile_batch, copies=copies)
 
     def infer(self, engine_path: Path, inputs: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
         """All outputs of the engine on `inputs`, by output name, in the engine's output order (one session)."""

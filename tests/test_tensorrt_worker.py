@@ -239,6 +239,10 @@ def test_build_infer_benchmark_end_to_end(fake_trt, tmp_path, api):
     assert [layer["name"] for layer in result["layer_profile"]["layers"]] == [
         "/conv/Conv", "/relu/Relu", "/flat/Flatten", "/fc/MatMul"]
 
+    # a benchmark that compares engines of the same I/O (peers.py) leaves the host copies out
+    without_copies = fake.worker.benchmark(engine, [4], warmup=2, runs=5, copies=False)["timings"][0]
+    assert set(without_copies) == {"batch", "runs", "enqueue", "cuda_graph"}
+
 
 # --- the session: one worker process for many batches ------------------------------------------------------------
 
