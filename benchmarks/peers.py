@@ -288,7 +288,10 @@ def time_in_rounds(engines: dict[str, Path], worker: TensorRTWorker, args) -> di
         for index, batch in enumerate(BATCHES):
             entry = {"batch": batch, "runs": args.runs, "rounds": len(rounds)}
             for mode in rounds[0][index]:
-                if not isinstance(rounds[0][index][mode], dict):
+                if mode in ("batch", "runs"):
+                    continue
+                if not all(isinstance(r[index][mode], dict) for r in rounds):
+                    entry[mode] = None  # as the worker says of a mode that did not run (no CUDA graph)
                     continue
                 medians = [r[index][mode]["median_ms"] for r in rounds]
                 entry[mode] = {"median_ms": float(np.median(medians)), "round_medians_ms": medians}
