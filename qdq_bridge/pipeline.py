@@ -31,7 +31,7 @@ from .precision import mixed_precision
 from .quantize import ENGINE_ORDER, using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
-from .verify import (Comparison, StreamedParity, chunk_samples, first_divergences, markable_tensors,
+from .verify import (Comparison, StreamedParity, first_divergences, markable_tensors,
                      onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity,
                      torch_runner)
 
@@ -290,9 +290,8 @@ def _check_labels(checks: list, outputs: np.ndarray | None) -> None:
 
 def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
                    tensorrt: dict, options: ConvertOptions) -> list[StreamedParity]:
-    """One pass over each dataset: PyTorch and ONNX Runtime on every batch, the engines on chunks of them, each
-    engine in one TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT
-    stage's failure."""
+    """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
+    TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.engine), "onnxruntime": onnxruntime_runner(model)}
     runs, broken = [], set()
     with contextlib.ExitStack() as sessions:
@@ -300,8 +299,7 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
                    for backend, name in tensorrt.get("backends", {}).items()}
         for data in checks:
             engines = {backend: run for backend, run in runners.items() if backend not in broken}
-            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines,
-                                chunk_samples(data.sample_shape), options.progress)
+            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines, options.progress)
             for backend, message in run.failed.items():
                 tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
             broken |= run.failed.keys()
@@ -310,7 +308,7 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
 
 
 def _engine_runner(sessions: contextlib.ExitStack, worker: TensorRTWorker, engine: Path, batch_size: int):
-    """The engine's first output on a chunk, through a session opened on first use (so a session that cannot
+    """The engine's first output on a batch, through a session opened on first use (so a session that cannot
     start fails that engine's run, as any run failure does) and closed with `sessions`."""
     opened: list[TensorRTSession] = []
 

@@ -146,15 +146,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, referen
     return RunningComparison(data.name, reference_name, candidate_name).add(reference, candidate, data.y).result()
 
 
-CHUNK_BYTES = 256 << 20  # inputs gathered for one call of a chunked backend (a TensorRT session)
-CHUNK_SAMPLES = 4096
-
-
-def chunk_samples(sample_shape: tuple[int, ...]) -> int:
-    """Samples per chunked-backend call: up to CHUNK_SAMPLES, and CHUNK_BYTES of float32 inputs."""
-    return max(1, min(CHUNK_SAMPLES, CHUNK_BYTES // (4 * int(np.prod(sample_shape)))))
-
-
 @dataclass
 class StreamedParity:
     """What one pass over a dataset gave: the comparisons (pairs in the order asked), the seconds each backend
@@ -171,18 +162,16 @@ class StreamedParity:
 
 
 def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndarray], np.ndarray]],
-                  pairs: tuple[tuple[str, str], ...], chunked: dict[str, Callable[[np.ndarray], np.ndarray]] | None
-                  = None, chunk: int = CHUNK_SAMPLES, progress: bool = True) -> StreamedParity:
-    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums.
-    `backends` take each batch; `chunked` ones (a TensorRT engine in its worker process's session) take
-    the batches gathered into chunks of up to `chunk` samples, the other backends' logits for the chunk kept
-    until then. A chunked backend that raises a BridgeError is dropped and reported in `failed`."""
-    chunked = dict(chunked or {})
-    ran = [*backends, *chunked]
+                  pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], np.ndarray]] | None
+                  = None, progress: bool = True) -> StreamedParity:
+    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums, so
+    no logits are kept. `engines` (TensorRT engines, each in its worker process's session) run on every batch
+    too; one that raises a BridgeError is dropped from then on and reported in `failed`, with its comparisons."""
+    engines = dict(engines or {})
+    ran = [*backends, *engines]
     running = {pair: RunningComparison(source.name, *pair) for pair in pairs if set(pair) <= set(ran)}
     seconds = dict.fromkeys(ran, 0.0)
     failed: dict[str, str] = {}
-    pending: list[tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]] = []
 
     def timed(name: str, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
@@ -190,41 +179,23 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
         seconds[name] += time.perf_counter() - start
         return out
 
-    def accumulate(outputs: dict[str, np.ndarray], labels: np.ndarray | None, only_chunked: bool) -> None:
-        for (ref, cand), comparison in running.items():
-            involves_chunked = ref in chunked or cand in chunked
-            if involves_chunked == only_chunked and ref in outputs and cand in outputs:
-                comparison.add(outputs[ref], outputs[cand], labels)
-
-    def flush() -> None:
-        if not pending:
-            return
-        x = np.concatenate([p[0] for p in pending])
-        labels = None if pending[0][1] is None else np.concatenate([p[1] for p in pending])
-        outputs = {name: np.concatenate([p[2][name] for p in pending]) for name in backends}
-        pending.clear()
-        for name, run in list(chunked.items()):
-            try:
-                outputs[name] = timed(name, run, x)
-            except BridgeError as exc:
-                failed[name] = exc.problem
-                del chunked[name]
-        accumulate(outputs, labels, only_chunked=True)
-
     samples = 0
     with tqdm(total=len(source), unit="img", desc=f"parity on {source.name}", leave=False,
               disable=None if progress else True) as bar:
         for x, labels in source.labelled_batches(batch_size):
             outputs = {name: timed(name, run, x) for name, run in backends.items()}
-            accumulate(outputs, labels, only_chunked=False)
-            if chunked:
-                pending.append((x, labels, outputs))
-                if sum(len(p[0]) for p in pending) >= chunk:
-                    flush()
+            for name, run in list(engines.items()):
+                try:
+                    outputs[name] = timed(name, run, x)
+                except BridgeError as exc:
+                    failed[name] = exc.problem
+                    del engines[name]
+            for (ref, cand), comparison in running.items():
+                if ref in outputs and cand in outputs:
+                    comparison.add(outputs[ref], outputs[cand], labels)
             samples += len(x)
             bar.update(len(x))
             bar.set_postfix_str(", ".join(f"{name} {samples / s:.0f}/s" for name, s in seconds.items() if s))
-        flush()
     if source.decode_seconds is not None:  # worker seconds: images/s of one decoding process
         seconds = {"decode": source.decode_seconds, **seconds}
     comparisons = [c.result() for (ref, cand), c in running.items()

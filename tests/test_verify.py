@@ -91,33 +91,41 @@ def noisy(x: np.ndarray) -> np.ndarray:
     return x + 0.3 * np.sin(x * 7).astype(np.float32)
 
 
-@pytest.mark.parametrize("chunk", [None, 20])
-def test_streamed_parity_keeps_no_logits_and_equals_the_one_shot_figures(chunk):
-    """Memory does not grow with the dataset: 200 batches pass through, at most the batches of one chunk (or
-    one batch) are alive at once; the running sums give what compare() gives on all the logits at once."""
+@pytest.mark.parametrize("with_engine", [False, True])
+def test_streamed_parity_keeps_no_logits_and_equals_the_one_shot_figures(with_engine):
+    """Memory does not grow with the dataset: 200 batches pass through, at most two are alive at once (the one
+    being compared and the one being decoded); the running sums give what compare() gives on all the logits
+    at once."""
     source = CountedSource(200)
     backends = {"pytorch": lambda x: x * 1.0, "onnxruntime": noisy}
-    chunked = {"tensorrt": lambda x: noisy(x) * 1.0} if chunk else {}
-    result = stream_parity(source, 8, backends, (("pytorch", "onnxruntime"), ("pytorch", "tensorrt")), chunked,
-                           chunk or 1, progress=False)
+    engines = {"tensorrt": lambda x: noisy(x) * 1.0} if with_engine else {}
+    result = stream_parity(source, 8, backends, (("pytorch", "onnxruntime"), ("pytorch", "tensorrt")), engines,
+                           progress=False)
     gc.collect()
-    assert source.alive == 0 and source.most_alive <= (-(-chunk // 8) + 1 if chunk else 2)
+    assert source.alive == 0 and source.most_alive <= 2
     x, y = np.concatenate(source.x), np.concatenate(source.y)
     whole = compare(x, noisy(x), Dataset("counted", x, y), "pytorch", "onnxruntime")
-    assert [c.candidate for c in result.comparisons] == ["onnxruntime", "tensorrt"][:1 + bool(chunk)]
+    assert [c.candidate for c in result.comparisons] == ["onnxruntime", "tensorrt"][:1 + with_engine]
     for streamed in result.comparisons:
         assert (streamed.samples, streamed.top1_agreement, streamed.max_abs_diff) == \
             (whole.samples, whole.top1_agreement, whole.max_abs_diff)
         assert streamed.reference_accuracy == whole.reference_accuracy
         assert streamed.candidate_accuracy == whole.candidate_accuracy
         assert np.isclose(streamed.mean_abs_diff, whole.mean_abs_diff, rtol=1e-12)
-    assert result.samples == 1600 and set(result.images_per_second()) == {*backends, *chunked}
+    assert result.samples == 1600 and set(result.images_per_second()) == {*backends, *engines}
 
 
-def test_a_failing_chunked_backend_is_left_out_and_named():
+def test_a_failing_engine_is_left_out_from_then_on_and_named():
+    calls = []
+
     def broken(x):
-        raise BridgeError("worker crashed", "")
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise BridgeError("worker crashed", "")
+        return x
 
     result = stream_parity(CountedSource(4), 8, {"pytorch": lambda x: x}, (("pytorch", "tensorrt"),),
-                           {"tensorrt": broken}, 16, progress=False)
+                           {"tensorrt": broken}, progress=False)
+    assert calls == [8, 8]  # not called again after its failure, on the two batches left
     assert result.comparisons == [] and result.failed == {"tensorrt": "worker crashed"}
+    assert result.samples == 32
