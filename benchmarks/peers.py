@@ -66,7 +66,7 @@ from qdq_bridge.errors import BridgeError
 from qdq_bridge.export import INPUT_NAME, _export_torch
 from qdq_bridge.quantize import quantize_ptq
 from qdq_bridge.verify import compare, run_onnxruntime, run_torch
-from trt_engines import MODES, latency_ms, throughput
+from trt_engines import MODES, latency_ms, throughput, timing
 
 ROUTES = ("fast", "faithful", "modelopt-opset17", "modelopt-default", "ort", "trt-int8", "fp16")
 LABELS = {"fast": "qdq_bridge fast", "faithful": "qdq_bridge faithful", "modelopt-opset17": "ModelOpt fp32/op17",
@@ -392,10 +392,10 @@ def print_tables(results: dict) -> None:
 
 def _round_spread(fast: dict, peer: dict, batch: int, mode: str) -> str:
     """'(low-high)' of fast's throughput over the peer's, round by round ('' without rounds)."""
-    timings = [next(t for t in e["timings"] if t["batch"] == batch)[mode] for e in (fast, peer)]
-    if not all(t and "round_medians_ms" in t for t in timings):
+    fast_timing, peer_timing = timing(fast, batch, mode), timing(peer, batch, mode)
+    if not (fast_timing and peer_timing and "round_medians_ms" in fast_timing and "round_medians_ms" in peer_timing):
         return ""
-    ratios = [p / f for f, p in zip(timings[0]["round_medians_ms"], timings[1]["round_medians_ms"])]
+    ratios = [p / f for f, p in zip(fast_timing["round_medians_ms"], peer_timing["round_medians_ms"])]
     return f"({min(ratios):.2f}-{max(ratios):.2f})"
 
 

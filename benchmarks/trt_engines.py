@@ -110,10 +110,15 @@ def run_network(name: str, worker: TensorRTWorker, args, folder: Path) -> dict:
 MODES = ("cuda_graph", "enqueue")
 
 
+def timing(entry: dict, batch: int, mode: str) -> dict | None:
+    """An engine's timing at `batch` in `mode`; None where that mode did not run (no CUDA graph)."""
+    return next(t for t in entry["timings"] if t["batch"] == batch)[mode]
+
+
 def _measure(entry: dict, batch: int, mode: str, key: str) -> float:
-    """One number of an engine's timing at `batch` in `mode`; NaN where that mode did not run (no CUDA graph)."""
-    timing = next(t for t in entry["timings"] if t["batch"] == batch)[mode]
-    return timing[key] if timing else float("nan")
+    """One number of an engine's timing at `batch` in `mode`; NaN where that mode did not run."""
+    found = timing(entry, batch, mode)
+    return found[key] if found else float("nan")
 
 
 def throughput(entry: dict, batch: int, mode: str) -> float:

@@ -536,10 +536,11 @@ def serve(requests, replies) -> int:
     replies.flush()
     while served is not None:
         header = requests.read(COUNT.size)
-        if len(header) < COUNT.size or COUNT.unpack(header)[0] == 0:
+        count = COUNT.unpack(header)[0] if len(header) == COUNT.size else 0  # a closed pipe ends it too
+        if count == 0:
             break
         try:
-            served.run(COUNT.unpack(header)[0])
+            served.run(count)
             replies.write(COUNT.pack(0))
         except Exception as exc:
             traceback.print_exc()
