@@ -16,6 +16,7 @@ from .lint import errors, lint_file, to_json
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
 from .pipeline import ConvertOptions, convert
 from .quantize import ENGINE_ORDER, OBSERVERS
+from .verify import SIGNIFICANCE
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -121,7 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--min-agreement", type=float, default=0.995,
                       help="minimum top-1 agreement, 0..1 (default: 0.995)")
     conv.add_argument("--max-accuracy-gap", type=float, default=0.2,
-                      help="maximum accuracy difference in percentage points (default: 0.2)")
+                      help="accuracy the candidate may lose against PyTorch, in percentage points, before the loss "
+                           "is tested (default: 0.2)")
+    conv.add_argument("--significance", type=float, default=SIGNIFICANCE, metavar="ALPHA",
+                      help="a loss beyond --max-accuracy-gap fails when an exact one-sided McNemar test on the "
+                           f"samples the two get differently finds it at p < ALPHA (default: {SIGNIFICANCE:g}; 1: "
+                           "every loss beyond the gap fails)")
+    conv.add_argument("--logits", metavar="NAME|INDEX", help="the output judged for top-1 and accuracy, by name or "
+                                                             "index (default: the first 2-D output); every output's "
+                                                             "differences are reported")
 
     data = conv.add_argument_group("datasets (image datasets are streamed: decoded batch by batch by worker processes)")
     data.add_argument("--preprocess", choices=sorted(PRESETS), help="preset resize ratio, mean/std and color; "
@@ -180,14 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_convert(console: Console, result) -> None:
     table = Table(title=f"{result.report['model']} -> {result.onnx_path}")
     for column in ("dataset", "reference", "candidate", "samples", "top-1 agreement", "accuracy (ref / cand)",
-                   "max |diff|"):
+                   "lost / gained, p", "max |diff|"):
         table.add_column(column, no_wrap=True)
     for c in result.parity:
         accuracy = "–" if c.reference_accuracy is None else \
             f"{c.reference_accuracy * 100:.2f}% / {c.candidate_accuracy * 100:.2f}%"
+        discordant = "–" if c.lost is None else f"{c.lost} / {c.gained}, {c.loss_test()['p_value']:.2g}"
         table.add_row(c.dataset, c.reference, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
-                      f"{c.max_abs_diff:.4g}")
+                      discordant, f"{c.max_abs_diff:.4g}")
     console.print(table)
+    if len(result.report["outputs"]) > 1:
+        console.print(f"outputs: {', '.join(result.report['outputs'])}; top-1 judged on {result.report['logits']}",
+                      highlight=False)
     for entry in result.report["datasets"]:
         console.print(f"{entry['name']}: {entry['samples']} samples, images/s " + ", ".join(
             f"{backend} {rate:,.0f}" for backend, rate in entry["images_per_second"].items()), highlight=False)
@@ -237,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             exporter=args.exporter, disabled_passes=tuple(args.disable_pass), placement=args.placement,
             opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
-            max_accuracy_gap_points=args.max_accuracy_gap, engine=args.engine, trt_python=args.trt_python,
+            max_accuracy_gap_points=args.max_accuracy_gap, significance=args.significance, logits=args.logits,
+            engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, float_precision=args.float_precision,
             compare_precisions=_precisions(args.compare_precisions),
             trt=BuildSettings(fp16_fallback=args.float_precision == "fp16", typing=args.typing,

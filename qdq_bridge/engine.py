@@ -315,8 +315,9 @@ def _tensor_types(tensor: dict) -> str:
 
 
 def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = None, batch_size: int = 64):
-    """An engine callable like a torch module (as torch2trt users expect): CPU tensor in, CPU logits out. The
-    engine stays loaded in one TensorRTSession from the first call until `close()` or the module's end."""
+    """An engine callable like a torch module (as torch2trt users expect): CPU tensor in, CPU logits out (an
+    engine of several outputs gives a dict of them by name, in the engine's order). The engine stays loaded in
+    one TensorRTSession from the first call until `close()` or the module's end."""
     import torch
 
     class TensorRTModule(torch.nn.Module):
@@ -325,11 +326,12 @@ def as_torch_module(engine_path: str | Path, worker: TensorRTWorker | None = Non
             self.engine_path, self.worker = Path(engine_path), worker or TensorRTWorker()
             self.session: TensorRTSession | None = None
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
             if self.session is None:
                 self.session = TensorRTSession(self.engine_path, batch_size, self.worker)
-            outputs = self.session.run(x.detach().cpu().numpy())
-            return torch.from_numpy(outputs[self.session.output_names[0]])
+            outputs = {name: torch.from_numpy(values) for name, values in
+                       self.session.run(x.detach().cpu().numpy()).items()}
+            return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
         def close(self) -> None:
             if self.session is not None:

@@ -17,11 +17,12 @@ from torch import nn
 
 from .errors import BridgeError, first_line
 from .load import LoadedModel
+from .outputs import flatten_outputs
 from .quantize import quiet_torch_warnings
 from .structural import export_structural
 
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME = "input"
 EXPORTERS = ("auto", "structural", "torch")
 EXPORTER_KEY = "qdq_bridge.exporter"
 
@@ -86,7 +87,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DE
     used = "torch.onnx"
     if exporter != "torch":
         try:
-            model = export_structural(module, input_shape, opset, dynamic_batch, INPUT_NAME, OUTPUT_NAME)
+            model = export_structural(module, input_shape, opset, dynamic_batch, INPUT_NAME)
             frontend = "TorchScript graph" if isinstance(module, torch.jit.ScriptModule) else "torch.fx"
             return _stamped(model, f"structural ({frontend})")
         except BridgeError as exc:
@@ -108,14 +109,17 @@ def exported_by(model: onnx.ModelProto) -> str:
 def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, dynamic_batch: bool) -> onnx.ModelProto:
     _register_symbolics(opset)
     buffer = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    example = torch.zeros(input_shape)
     # torch >= 2.5 takes `dynamo` (and from 2.9 defaults to the torch.export-based exporter, which cannot
     # express eager quantized modules); older releases have only the TorchScript-based one
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     try:
         with torch.no_grad(), quiet_torch_warnings():
-            torch.onnx.export(module, (torch.zeros(input_shape),), buffer, opset_version=opset, **legacy,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+            # torch.onnx flattens the outputs in the order qdq_bridge.outputs does, leaving None out: named alike
+            names = list(flatten_outputs(module(example), lambda value: isinstance(value, torch.Tensor)))
+            axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)} if dynamic_batch else None
+            torch.onnx.export(module, (example,), buffer, opset_version=opset, **legacy,
+                              input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes)
     except Exception as exc:  # the exporter raises many types; each is a model it cannot express
         raise BridgeError(f"torch.onnx could not export this model ({first_line(exc)})",
                           "quantized modules must be eager-mode torch.ao.nn.quantized ones; see the README's list of "

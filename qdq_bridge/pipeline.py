@@ -31,7 +31,8 @@ from .precision import mixed_precision
 from .quantize import ENGINE_ORDER, using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
-from .verify import (Comparison, StreamedParity, first_divergences, markable_tensors,
+from .outputs import logits_output
+from .verify import (SIGNIFICANCE, Comparison, StreamedParity, first_divergences, markable_tensors,
                      onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity,
                      torch_runner)
 
@@ -67,7 +68,9 @@ class ConvertOptions:
     dynamic_batch: bool = True
     batch_size: int = 64
     min_agreement: float = 0.995
-    max_accuracy_gap_points: float = 0.2
+    max_accuracy_gap_points: float = 0.2  # an accuracy loss beyond this fails where it is significant:
+    significance: float = SIGNIFICANCE  # the exact McNemar test's level (verify.Comparison.accuracy_verdict)
+    logits: str | None = None  # the output judged for top-1: a name or index (default: outputs.logits_output)
     engine: str = "auto"  # auto: build when TensorRT is found | off | require: fail without TensorRT
     trt_python: str | None = None  # interpreter with tensorrt (default: $QDQ_BRIDGE_TRT_PYTHON or this one)
     trt_timeout_s: float = 900.0
@@ -280,16 +283,24 @@ def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, coun
     return source.subset(count, options.seed)
 
 
-def _check_labels(checks: list, outputs: np.ndarray | None) -> None:
-    """Labels must name one of the model's outputs (class indices are logit positions)."""
+def _check_labels(checks: list, logits: np.ndarray) -> None:
+    """Labels must name one of the model's logits (class indices are logit positions)."""
     for data in checks:
-        if outputs is not None and outputs.ndim == 2 and data.classes and data.classes > outputs.shape[1]:
-            raise BridgeError(f"dataset {data.name} has {data.classes} classes, the model {outputs.shape[1]} outputs",
+        if logits.ndim == 2 and data.classes and data.classes > logits.shape[1]:
+            raise BridgeError(f"dataset {data.name} has {data.classes} classes, the model {logits.shape[1]} outputs",
                               "pass the dataset the model was trained on (labels are indices of its outputs)")
 
 
+def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
+    """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.outputs), for parity to pair them."""
+    exported = [output.name for output in model.graph.output]
+    if exported != list(outputs):
+        raise BridgeError(f"the exported ONNX has outputs {', '.join(exported)} where the model returns "
+                          f"{', '.join(outputs)}", "try --exporter torch, and report the model's output structure")
+
+
 def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
-                   tensorrt: dict, options: ConvertOptions) -> list[StreamedParity]:
+                   tensorrt: dict, options: ConvertOptions, logits: str) -> list[StreamedParity]:
     """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
     TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.engine), "onnxruntime": onnxruntime_runner(model)}
@@ -299,7 +310,7 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
                    for backend, name in tensorrt.get("backends", {}).items()}
         for data in checks:
             engines = {backend: run for backend, run in runners.items() if backend not in broken}
-            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines, options.progress)
+            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines, options.progress, logits)
             for backend, message in run.failed.items():
                 tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
             broken |= run.failed.keys()
@@ -308,14 +319,14 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
 
 
 def _engine_runner(sessions: contextlib.ExitStack, worker: TensorRTWorker, engine: Path, batch_size: int):
-    """The engine's first output on a batch, through a session opened on first use (so a session that cannot
-    start fails that engine's run, as any run failure does) and closed with `sessions`."""
+    """The engine's outputs on a batch, through a session opened on first use (so a session that cannot start
+    fails that engine's run, as any run failure does) and closed with `sessions`."""
     opened: list[TensorRTSession] = []
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
         if not opened:
             opened.append(sessions.enter_context(TensorRTSession(engine, batch_size, worker)))
-        return opened[0].run(x)[opened[0].output_names[0]]
+        return opened[0].run(x)
     return run
 
 
@@ -346,9 +357,12 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
     with timer("reference"):  # shape errors and engine limits surface here, before any export
         reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
+        outputs = torch_runner(reference.module, reference.engine)(np.zeros(input_shape, np.float32))
+        logits = logits_output({name: value.shape for name, value in outputs.items()}, options.logits)
     checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
     with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
+    _check_output_names(exported, outputs)
     with timer("passes"):
         model, applied = run_passes(exported, options.disabled_passes, options.placement)
     with timer("lint"):
@@ -358,11 +372,11 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
 
     with timer("reference"):  # the checks that need a few rows take them from the head of the stream
         heads = [data.head(CHECK_SAMPLES) for data in checks]
-        _check_labels(checks, reference.run(heads[0].head(1)) if heads else None)
+        _check_labels(checks, outputs[logits])
         sample = check_sample(heads, input_shape)
         cross_check(reference, sample,
-                    lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False),
-                    output_step(exported), options.torch_engines)
+                    lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False, logits=logits),
+                    output_step(exported, logits), options.torch_engines, logits)
     if options.random_inputs:
         checks.append(datasets.random_inputs(input_shape, options.random_inputs))
         heads.append(checks[-1])
@@ -371,13 +385,14 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
         tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
     with timer("verify"):
-        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options)
+        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options, logits)
     parity = [c for run in streamed for c in run.comparisons]
     # The verdict is taken on labelled data where there is some: on random inputs a model made for other data
     # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.
     int8 = [c for c in parity if (c.reference, c.candidate) in JUDGED_PAIRS]
     judged = [c for c in int8 if c.reference_accuracy is not None] or int8
-    failed = [f for c in judged for f in c.failures(options.min_agreement, options.max_accuracy_gap_points)]
+    failed = [f for c in judged for f in c.failures(options.min_agreement, options.max_accuracy_gap_points,
+                                                   options.significance)]
     parity_ok = not failed
     if errors(violations):
         failed.append(f"lint: {len(errors(violations))} errors "
@@ -396,9 +411,12 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         "onnx": onnx_name,
         "ok": not failed, "failed": failed,
         "pytorch_reference": reference.as_dict(),
+        "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()}, "logits": logits,
         "thresholds": {"min_agreement": options.min_agreement,
-                       "max_accuracy_gap_points": options.max_accuracy_gap_points},
-        "parity": [c.as_dict() | {"judged": any(c is j for j in judged)} for c in parity],
+                       "max_accuracy_gap_points": options.max_accuracy_gap_points,
+                       "significance": options.significance},
+        "parity": [c.as_dict(options.max_accuracy_gap_points, options.significance)
+                   | {"judged": any(c is j for j in judged)} for c in parity],
         "datasets": [_dataset_entry(data, run) for data, run in zip(checks, streamed)],
         "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
         "placement": options.placement, "passes": applied, "passes_disabled": sorted(options.disabled_passes),

@@ -89,14 +89,15 @@ def probe_exactness(engine: str, seed: int = 0) -> int:
     return int(np.abs(y_q - exact).max())
 
 
-def output_step(model: onnx.ModelProto) -> float | None:
-    """The quantization step of the network's first output: the scale of the DequantizeLinear it comes from,
-    through data movement (Flatten, Reshape, Identity...); None when the output is computed in float."""
+def output_step(model: onnx.ModelProto, output: str | None = None) -> float | None:
+    """The quantization step of the network's output `output` (default: the first): the scale of the
+    DequantizeLinear it comes from, through data movement (Flatten, Reshape, Identity...); None when the output
+    is computed in float."""
     scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     scales.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t) for node in model.graph.node
                    if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
     producers = {out: node for node in model.graph.node for out in node.output}
-    node = producers.get(model.graph.output[0].name)
+    node = producers.get(output or model.graph.output[0].name)
     while node is not None:
         if node.op_type == "DequantizeLinear":
             scale = scales.get(node.input[1])
@@ -118,8 +119,9 @@ class Reference:
     notes: list[str] = field(default_factory=list)
     check: dict = field(default_factory=dict)
 
-    def run(self, data: Dataset, batch_size: int = 64) -> np.ndarray:
-        return run_torch(self.module, data, batch_size, self.engine)
+    def run(self, data: Dataset, batch_size: int = 64, logits: str | None = None) -> np.ndarray:
+        """The logits output (see verify.run_torch) on `data`."""
+        return run_torch(self.module, data, batch_size, self.engine, logits)
 
     def as_dict(self) -> dict:
         return {"engine": self.engine, "packed_by": self.packed_by, **self.check}
@@ -168,21 +170,22 @@ def check_sample(checks: list[Dataset], input_shape: tuple[int, ...]) -> Dataset
 
 
 def cross_check(reference: Reference, sample: Dataset, emulate: Callable[[np.ndarray], np.ndarray],
-                step: float | None, engines: tuple[str, ...] | None = None) -> Reference:
+                step: float | None, engines: tuple[str, ...] | None = None, logits: str | None = None) -> Reference:
     """Run the sample on the reference's engine and on the next engine of `engines` that runs the model, measure both
     against the emulation (ONNX Runtime, no graph optimizations, on the exported Q/DQ graph), and take the
     second engine when the first deviates and the second does not. Distances are in output quantization steps
-    (`step`; 1 % of the largest emulated output where the output is float)."""
+    (`step`; 1 % of the largest emulated output where the output is float), on the `logits` output (`emulate`
+    gives that one)."""
     emulated = emulate(sample.x)
     step = step or float(np.abs(emulated).max()) / 100 or 1.0
-    primary = reference.run(sample)
+    primary = reference.run(sample, logits=logits)
     runs = {reference.engine: (reference.module, primary)}
     for engine in available_engines(engines):
         if engine == reference.engine:
             continue
         try:
             module = repack(reference.module, engine)
-            runs[engine] = (module, run_torch(module, sample, 64, engine))
+            runs[engine] = (module, run_torch(module, sample, 64, engine, logits))
             break
         except RuntimeError:
             continue  # that engine cannot run this model: try the next

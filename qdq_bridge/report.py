@@ -14,20 +14,31 @@ def render_markdown(report: dict) -> str:
              f"- source: `{report['source']}` ({report['kind']})",
              f"- input shape: {report['input_shape']}, opset {report['opset']}",
              f"- ONNX: `{report['onnx']}`",
-             f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** "
-             f"(top-1 agreement ≥ {report['thresholds']['min_agreement'] * 100:g}%, accuracy gap ≤ "
-             f"{report['thresholds']['max_accuracy_gap_points']:g} points on the judged rows, no lint errors)"]
+             f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** (top-1 agreement on `{report['logits']}` ≥ "
+             f"{report['thresholds']['min_agreement'] * 100:g}%, no accuracy loss beyond "
+             f"{report['thresholds']['max_accuracy_gap_points']:g} points that an exact McNemar test finds at p < "
+             f"{report['thresholds']['significance']:g} on the judged rows, no lint errors)"]
     lines += [f"  - failed: {reason}" for reason in report["failed"]]
     lines += [_reference_line(report["pytorch_reference"])]
     lines += [f"- note: {note}" for note in report["notes"]]
-    lines += ["", "## Parity", "",
+    lines += ["", "## Parity", "", TIES_RULE, "",
               "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
-              "| max abs diff | mean abs diff | judged |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+              f"| lost / gained | loss, points [{(1 - 2 * report['thresholds']['significance']) * 100:g}% CI] | McNemar p | max abs diff | mean abs diff | judged |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in report["parity"]:
         lines.append(f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {c['samples']} | "
                      f"{_pct(c['top1_agreement'])} | {_pct(c['reference_accuracy'])} | "
-                     f"{_pct(c['candidate_accuracy'])} | {c['max_abs_diff']:.4g} | {c['mean_abs_diff']:.4g} | "
-                     f"{'yes' if c['judged'] else 'shown only'} |")
+                     f"{_pct(c['candidate_accuracy'])} | {_loss_cells(c)} | {c['max_abs_diff']:.4g} | "
+                     f"{c['mean_abs_diff']:.4g} | {'yes' if c['judged'] else 'shown only'} |")
+    lines += [f"- {c['reference']} vs {c['candidate']} on {c['dataset']}: {c['accuracy_verdict']}"
+              for c in report["parity"] if c["judged"] and c.get("accuracy_verdict")]
+    if len(report["outputs"]) > 1:
+        lines += ["", "## Outputs", "", f"Top-1 and accuracy are judged on `{report['logits']}`.", "",
+                  "| dataset | reference | candidate | output | shape | max abs diff | mean abs diff |",
+                  "|---|---|---|---|---|---:|---:|"]
+        lines += [f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {name} | "
+                  f"{'x'.join(map(str, report['outputs'][name])) or 'scalar'} | {d['max_abs_diff']:.4g} | "
+                  f"{d['mean_abs_diff']:.4g} |" for c in report["parity"] for name, d in c["outputs"].items()]
     lines += ["", "## Datasets", ""] + [_dataset_line(entry) for entry in report.get("datasets", [])]
     lines += ["", "## Graph", "", "| op | count |", "|---|---:|"]
     lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
@@ -41,6 +52,22 @@ def render_markdown(report: dict) -> str:
     lines += [f"| {stage} | {sec:.2f} |" for stage, sec in report["stage_seconds"].items()]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+TIES_RULE = ("Ties: where the reference's largest logits tie exactly (int8 logits often do), a candidate choosing any "
+             "of the tied classes agrees, and for accuracy the reference takes the candidate's class where they agree "
+             "(its own argmax where they do not): agreeing backends are right or wrong together. Lost / gained: "
+             "labelled samples the reference gets right and the candidate wrong, and the converse.")
+
+
+def _loss_cells(row: dict) -> str:
+    """lost / gained, the loss with its interval, and the one-sided McNemar p (– without labels)."""
+    test = row.get("loss_test")
+    if test is None:
+        return "– | – | –"
+    low, high = test["gap_ci_points"]
+    return (f"{row['lost']} / {row['gained']} | {row['accuracy_gap_points']:.2f} [{low:.2f}, {high:.2f}] | "
+            f"{test['p_value']:.3g}")
 
 
 def _dataset_line(entry: dict) -> str:

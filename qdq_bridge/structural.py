@@ -11,6 +11,7 @@ export too; static sizes (reshapes, adaptive pooling) come from ONNX shape infer
 """
 from __future__ import annotations
 
+import collections
 import operator
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from .errors import BridgeError
+from .outputs import flatten_outputs, named_tuple_fields
 from .quantize import quiet_torch_warnings
 
 INT8_ZERO = "int8_zero_point"
@@ -125,14 +127,24 @@ class _Builder:
         steps = np.rint(values / grid) if self.bias_rounding == "nearest" else np.trunc(values / grid)
         return self.constant(where, (steps * grid).astype(np.float32))
 
-    def model(self, output: str, output_name: str) -> onnx.ModelProto:
-        dims = [self.input.type.tensor_type.shape.dim[0].dim_param or d if isinstance(d, Batch) else d
-                for d in self.shape_of(output)]
-        for node in self.nodes:  # the last tensor takes the output's name
-            for names in (node.input, node.output):
-                names[:] = [output_name if n == output else n for n in names]
-        out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, dims)
-        graph = helper.make_graph(self.nodes, "qdq_bridge_structural", [self.input], [out], self.initializers)
+    def model(self, outputs: dict[str, str]) -> onnx.ModelProto:
+        """The graph with `outputs` (ONNX output name -> tensor) as its outputs: each tensor takes its output's
+        name, or is copied by an Identity where it is already an output or is the input."""
+        batch = self.input.type.tensor_type.shape.dim[0].dim_param
+        dims = {name: [batch or d if isinstance(d, Batch) else d for d in self.shape_of(tensor)]
+                for name, tensor in outputs.items()}
+        renamed = {}
+        for name, tensor in outputs.items():
+            if tensor in renamed or tensor == self.input.name:
+                self.nodes.append(helper.make_node("Identity", [renamed.get(tensor, tensor)], [name],
+                                                   name=self.unique(f"/{name}/Identity")))
+                continue
+            renamed[tensor] = name
+            for node in self.nodes:
+                for names in (node.input, node.output):
+                    names[:] = [name if n == tensor else n for n in names]
+        graph_outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims[name]) for name in outputs]
+        graph = helper.make_graph(self.nodes, "qdq_bridge_structural", [self.input], graph_outputs, self.initializers)
         opsets = [helper.make_opsetid("", self.opset)]
         # the oldest IR version the opset allows: a newer onnx package writes a newer one than runtimes read
         return helper.make_model(graph, opset_imports=opsets, producer_name="qdq_bridge.structural",
@@ -303,6 +315,8 @@ class _FxFrontend:
             return self.values[a]
         if isinstance(a, (list, tuple)):
             return type(a)(self.arg(x) for x in a)
+        if isinstance(a, dict):
+            return {key: self.arg(x) for key, x in a.items()}
         return a
 
     def run(self, graph: torch.fx.Graph, input_value: Value) -> Value:
@@ -361,6 +375,8 @@ class _FxFrontend:
             return ops.quantized_op(where, op, list(args[:2]), kwargs.get("scale", args[2] if len(args) > 2 else None))
         if target is operator.getitem:
             return args[0][args[1]]
+        if isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
+            return target(*args, **kwargs)  # a named tuple of outputs
         if target in (operator.floordiv, operator.mul, operator.add, operator.sub):
             return target(*args)
         if target is torch.flatten:
@@ -508,8 +524,13 @@ class _TorchScriptFrontend:
         if kind in ("aten::Float", "aten::FloatImplicit", "aten::Int", "aten::IntImplicit", "aten::ScalarImplicit") \
                 and isinstance(args[0], torch.Tensor):  # a frozen scale or zero-point tensor read as a number
             return (float if "Float" in kind else int)(args[0])
-        if kind in ("prim::ListConstruct", "prim::TupleConstruct"):
+        if kind == "prim::TupleConstruct":
+            fields = named_tuple_fields(node.output().type().str())
+            return collections.namedtuple("Outputs", fields)(*args) if fields else tuple(args)
+        if kind == "prim::ListConstruct":
             return list(args)
+        if kind == "prim::DictConstruct":
+            return dict(zip(args[::2], args[1::2]))
         if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
             return tuple(args[0])
         if kind == "prim::TupleIndex":
@@ -527,10 +548,10 @@ BIAS_ROUNDINGS = ("nearest", "toward_zero")
 
 
 def export_structural(module: nn.Module, input_shape: tuple[int, ...], opset: int = 13, dynamic_batch: bool = True,
-                      input_name: str = "input", output_name: str = "logits",
-                      bias_rounding: str = "nearest") -> onnx.ModelProto:
+                      input_name: str = "input", bias_rounding: str = "nearest") -> onnx.ModelProto:
     """Q/DQ ONNX of a quantized model (eager: torch.fx; TorchScript: its graph) from its structure and
-    quantization parameters; no quantized kernel runs. Biases go onto their int32 grid rounding to nearest,
+    quantization parameters; no quantized kernel runs. Every tensor the model returns is an output, named as
+    `qdq_bridge.outputs` says. Biases go onto their int32 grid rounding to nearest,
     as PyTorch's kernels do (measured closer to PyTorch), or toward zero, which reproduces torch.onnx's
     exporter bit for bit."""
     if bias_rounding not in BIAS_ROUNDINGS:
@@ -550,8 +571,9 @@ def export_structural(module: nn.Module, input_shape: tuple[int, ...], opset: in
     except Exception as exc:  # fx and TorchScript raise many types for code they cannot read symbolically
         raise BridgeError(f"the structural exporter cannot read this model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})", UNSUPPORTED_FIX) from None
-    if isinstance(output, (tuple, list)):  # e.g. GoogLeNet's (logits, aux_logits2, aux_logits1): the logits
-        output = output[0]
-    model = ops.model(output.name, output_name)
+    outputs = flatten_outputs(output, lambda value: isinstance(value, Value))
+    if not outputs:
+        raise BridgeError("the model returns no tensor", "return the logits (and any other outputs) as tensors")
+    model = ops.model({name: value.name for name, value in outputs.items()})
     onnx.checker.check_model(model)
     return model

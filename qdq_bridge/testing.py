@@ -8,20 +8,26 @@ import onnx
 from torch import nn
 
 from .data import Dataset
-from .verify import Comparison, compare, run_onnxruntime, run_torch
+from .outputs import logits_output
+from .verify import SIGNIFICANCE, Comparison, compare, onnxruntime_runner, torch_runner
 
 
 def assert_parity(module: nn.Module, onnx_model: onnx.ModelProto | str | Path, data: Dataset | np.ndarray, *,
                   min_agreement: float = 0.995, max_accuracy_gap_points: float = 0.2,
-                  batch_size: int = 64) -> Comparison:
-    """Assert ONNX Runtime on `onnx_model` matches the PyTorch quantized `module` on `data`; return the numbers."""
+                  significance: float = SIGNIFICANCE, logits: str | None = None, batch_size: int = 64) -> Comparison:
+    """Assert ONNX Runtime on `onnx_model` matches the PyTorch quantized `module` on `data`, every output, with
+    top-1 and accuracy judged on `logits` (default: the first 2-D output) as `convert` judges them; return the
+    numbers."""
     if isinstance(data, np.ndarray):
         data = Dataset("inputs", data.astype(np.float32))
     if isinstance(onnx_model, Path):
         onnx_model = str(onnx_model)
-    result = compare(run_torch(module, data, batch_size), run_onnxruntime(onnx_model, data, batch_size), data,
-                     "pytorch", "onnxruntime")
-    assert result.within(min_agreement, max_accuracy_gap_points), (
-        f"parity on {data.name}: top-1 agreement {result.top1_agreement:.4f} (min {min_agreement}), accuracy gap "
-        f"{result.accuracy_gap_points} points (max {max_accuracy_gap_points}), max |diff| {result.max_abs_diff:.4g}")
+    reference, candidate = torch_runner(module), onnxruntime_runner(onnx_model)
+    outputs = [(reference(x), candidate(x)) for x in data.batches(batch_size)]
+    joined = [{name: np.concatenate([part[side][name] for part in outputs]) for name in outputs[0][side]}
+              for side in (0, 1)]
+    name = logits_output({k: v.shape for k, v in joined[0].items()}, logits)
+    result = compare(*joined, data, "pytorch", "onnxruntime", logits=name)
+    failures = result.failures(min_agreement, max_accuracy_gap_points, significance)
+    assert not failures, "; ".join(failures) + f" (max |diff| {result.max_abs_diff:.4g})"
     return result

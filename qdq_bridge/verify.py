@@ -1,6 +1,8 @@
 """Stage 5, verify: run the PyTorch quantized model and the Q/DQ ONNX (ONNX Runtime), and the TensorRT engine
-where there is one, on the same batches as they are decoded and compare logits: top-1 agreement, accuracy of
-each where labels exist, max/mean absolute logit difference, as running sums (`stream_parity`)."""
+where there is one, on the same batches as they are decoded and compare their outputs: top-1 agreement and
+accuracy on the logits output (ties as `RunningComparison` says; an accuracy loss judged by an exact McNemar
+test, `Comparison.accuracy_verdict`), max/mean absolute difference of every output, as running sums
+(`stream_parity`)."""
 from __future__ import annotations
 
 import time
@@ -10,68 +12,126 @@ from typing import Callable
 import numpy as np
 import onnx
 import torch
+from scipy.stats import binomtest
 from torch import nn
 from tqdm import tqdm
 
 from .data import Dataset
 from .errors import BridgeError
+from .outputs import SINGLE_OUTPUT, flatten_outputs, logits_output
 from .quantize import available_engines, quiet_torch_warnings, using_engine
+
+
+Outputs = dict[str, np.ndarray]  # a model's outputs on a batch, by name (qdq_bridge.outputs)
+SIGNIFICANCE = 0.05  # an accuracy loss fails only where a one-sided exact McNemar test finds it at this level
 
 
 @dataclass
 class Comparison:
-    """How far a candidate backend's logits are from the reference's on one dataset."""
+    """How far a candidate backend's outputs are from the reference's on one dataset. Top-1 agreement and accuracy
+    are taken on the logits output, with ties as `RunningComparison` says; `lost` and `gained` count the labelled
+    samples the reference gets right and the candidate wrong, and the converse (the discordant pairs)."""
 
     dataset: str
     reference: str
     candidate: str
     samples: int
     top1_agreement: float
-    max_abs_diff: float
+    max_abs_diff: float  # of the logits output
     mean_abs_diff: float
     reference_accuracy: float | None = None
     candidate_accuracy: float | None = None
+    logits: str = SINGLE_OUTPUT
+    reference_ties: int = 0  # samples whose reference top logits tie exactly
+    lost: int | None = None
+    gained: int | None = None
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # every output: max/mean abs diff
+    missing_outputs: list[str] = field(default_factory=list)  # reference outputs the candidate does not have
 
     @property
     def accuracy_gap_points(self) -> float | None:
-        """|accuracy difference| in percentage points, where the dataset has labels."""
+        """The candidate's accuracy loss against the reference in percentage points (negative: a gain), where
+        the dataset has labels."""
         if self.reference_accuracy is None:
             return None
-        return abs(self.reference_accuracy - self.candidate_accuracy) * 100
+        return (self.reference_accuracy - self.candidate_accuracy) * 100
 
-    def within(self, min_agreement: float, max_accuracy_gap_points: float) -> bool:
-        return not self.failures(min_agreement, max_accuracy_gap_points)
+    def loss_test(self, significance: float = SIGNIFICANCE) -> dict | None:
+        """The exact McNemar test of an accuracy loss on the discordant pairs: under no loss, `lost` is
+        Binomial(lost + gained, 1/2); p is the one-sided probability of `lost` or more. The gap's interval, at
+        confidence 1 - 2 x significance, maps the exact (Clopper-Pearson) interval of lost / (lost + gained) onto
+        points of accuracy: its lower end is above 0 exactly where p < significance."""
+        if self.lost is None:
+            return None
+        discordant = self.lost + self.gained
+        confidence = max(1 - 2 * significance, 0.0)
+        if not discordant:
+            return {"p_value": 1.0, "gap_ci_points": [0.0, 0.0], "confidence": confidence}
+        test = binomtest(self.lost, discordant, 0.5, alternative="greater")
+        interval = binomtest(self.lost, discordant).proportion_ci(confidence, method="exact")
+        scale = discordant / self.samples * 100
+        return {"p_value": float(test.pvalue), "confidence": confidence,
+                "gap_ci_points": [(2 * interval.low - 1) * scale, (2 * interval.high - 1) * scale]}
 
-    def failures(self, min_agreement: float, max_accuracy_gap_points: float) -> list[str]:
+    def accuracy_verdict(self, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE) -> tuple[bool, str]:
+        """(whether the candidate lost accuracy, why): a loss beyond the threshold that the sample count can tell
+        apart from chance (p < significance) fails; one that it cannot, or a gain, passes."""
+        gap, test = self.accuracy_gap_points, self.loss_test(significance)
+        counts = (f"{self.lost} right in {self.reference} and wrong in {self.candidate}, {self.gained} the other "
+                  f"way; exact McNemar p = {test['p_value']:.3g}")
+        if gap <= max_accuracy_gap_points + 1e-9:
+            return False, f"{'gain' if gap < 0 else 'loss'} {abs(gap):.2f} points within {max_accuracy_gap_points:g} ({counts})"
+        if test["p_value"] >= significance:
+            return False, (f"loss {gap:.2f} points > {max_accuracy_gap_points:g} but not significant ({counts} "
+                           f">= {significance:g})")
+        return True, (f"accuracy loss {gap:.2f} points > {max_accuracy_gap_points:g} ({self.reference} "
+                      f"{self.reference_accuracy * 100:.2f}%, {self.candidate} {self.candidate_accuracy * 100:.2f}%; "
+                      f"{counts} < {significance:g})")
+
+    def within(self, min_agreement: float, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE) -> bool:
+        return not self.failures(min_agreement, max_accuracy_gap_points, significance)
+
+    def failures(self, min_agreement: float, max_accuracy_gap_points: float,
+                 significance: float = SIGNIFICANCE) -> list[str]:
         """Each criterion this comparison misses, with its numbers, e.g. 'pytorch vs onnxruntime on digits-test:
         top-1 agreement 10.44% < 99.50%'."""
         pair = f"{self.reference} vs {self.candidate} on {self.dataset}"
-        found = []
+        found = [f"{pair}: the candidate lacks output {name}" for name in self.missing_outputs]
         if self.top1_agreement < min_agreement:
             found.append(f"{pair}: top-1 agreement {self.top1_agreement * 100:.2f}% < {min_agreement * 100:.2f}%")
-        gap = self.accuracy_gap_points
-        if gap is not None and gap > max_accuracy_gap_points + 1e-9:
-            found.append(f"{pair}: accuracy gap {gap:.2f} points > {max_accuracy_gap_points:g} ({self.reference} "
-                         f"{self.reference_accuracy * 100:.2f}%, {self.candidate} {self.candidate_accuracy * 100:.2f}%)")
+        if self.reference_accuracy is not None:
+            lost, why = self.accuracy_verdict(max_accuracy_gap_points, significance)
+            if lost:
+                found.append(f"{pair}: {why}")
         return found
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "accuracy_gap_points": self.accuracy_gap_points}
+    def as_dict(self, max_accuracy_gap_points: float | None = None, significance: float = SIGNIFICANCE) -> dict:
+        """The fields, the gap, the loss test, and (given the threshold) the accuracy verdict's reason."""
+        result = {**asdict(self), "accuracy_gap_points": self.accuracy_gap_points,
+                  "loss_test": self.loss_test(significance)}
+        if max_accuracy_gap_points is not None and self.reference_accuracy is not None:
+            result["accuracy_verdict"] = self.accuracy_verdict(max_accuracy_gap_points, significance)[1]
+        return result
 
 
-def torch_runner(module: nn.Module, engine: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A batch in, the model's float outputs out, run with `engine`'s quantized kernels (default: the first of
-    quantize.ENGINE_ORDER; use the engine the weights were packed for, as `LoadedModel.engine` says)."""
+def _numpy_outputs(value) -> Outputs:
+    return {name: t.float().numpy() for name, t in
+            flatten_outputs(value, lambda v: isinstance(v, torch.Tensor)).items()}
+
+
+def torch_runner(module: nn.Module, engine: str | None = None) -> Callable[[np.ndarray], Outputs]:
+    """A batch in, the model's outputs (float, by name) out, run with `engine`'s quantized kernels (default: the
+    first of quantize.ENGINE_ORDER; use the engine the weights were packed for, as `LoadedModel.engine` says)."""
     engine = engine or available_engines()[0]
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray) -> Outputs:
         with using_engine(engine), torch.no_grad(), quiet_torch_warnings():
-            return module(torch.from_numpy(batch)).float().numpy()
+            return _numpy_outputs(module(torch.from_numpy(batch)))
     return run
 
 
-def onnxruntime_runner(model: onnx.ModelProto | str, optimize: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """A batch in, the model's first output on ONNX Runtime's CPU out. optimize=False turns graph optimizations
+def onnxruntime_runner(model: onnx.ModelProto | str, optimize: bool = True) -> Callable[[np.ndarray], Outputs]:
+    """A batch in, the model's outputs by name on ONNX Runtime's CPU out. optimize=False turns graph optimizations
     off, so Q/DQ pairs are not fused into integer kernels and every op computes in float on dequantized values."""
     import onnxruntime as ort
 
@@ -81,69 +141,96 @@ def onnxruntime_runner(model: onnx.ModelProto | str, optimize: bool = True) -> C
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    names = [output.name for output in session.get_outputs()]
     static_batch = session.get_inputs()[0].shape[0]
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray) -> Outputs:
         if not isinstance(static_batch, int):
-            return session.run(None, {name: batch})[0]
+            return dict(zip(names, session.run(None, {name: batch})))
         # a static-batch export runs one sample at a time
-        return np.concatenate([session.run(None, {name: batch[i:i + static_batch]})[0]
-                               for i in range(0, len(batch), static_batch)])
+        parts = [session.run(None, {name: batch[i:i + static_batch]}) for i in range(0, len(batch), static_batch)]
+        return {output: np.concatenate([part[index] for part in parts]) for index, output in enumerate(names)}
     return run
 
 
-def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64, engine: str | None = None) -> np.ndarray:
-    """The model's float outputs on `data` (see `torch_runner`)."""
-    run = torch_runner(module, engine)
-    return np.concatenate([run(b) for b in data.batches(batch_size)])
+def _logits(run: Callable[[np.ndarray], Outputs], data: Dataset, batch_size: int, logits: str | None) -> np.ndarray:
+    parts = [run(b) for b in data.batches(batch_size)]
+    name = logits_output({k: v.shape for k, v in parts[0].items()}, logits)
+    return np.concatenate([part[name] for part in parts])
 
 
-def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64,
-                    optimize: bool = True) -> np.ndarray:
-    """The model's first output on `data` (see `onnxruntime_runner`)."""
-    run = onnxruntime_runner(model, optimize)
-    return np.concatenate([run(b) for b in data.batches(batch_size)])
+def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64, engine: str | None = None,
+              logits: str | None = None) -> np.ndarray:
+    """The model's logits output (`logits`, or as outputs.logits_output chooses) on `data` (see `torch_runner`)."""
+    return _logits(torch_runner(module, engine), data, batch_size, logits)
+
+
+def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64, optimize: bool = True,
+                    logits: str | None = None) -> np.ndarray:
+    """The model's logits output on `data` (see `onnxruntime_runner` and `run_torch`)."""
+    return _logits(onnxruntime_runner(model, optimize), data, batch_size, logits)
 
 
 class RunningComparison:
-    """A Comparison as running sums over batches: no logits are kept, so a dataset of any size takes the memory
-    of one batch. Top-1 agreement counts a candidate's class as agreeing when it is one of the reference's
-    largest logits: int8 logits often tie exactly, and then the reference's own top-1 is just the lowest tied
-    index."""
+    """A Comparison as running sums over batches: no outputs are kept, so a dataset of any size takes the memory
+    of one batch.
 
-    def __init__(self, dataset: str, reference: str, candidate: str):
+    Ties: int8 logits often tie exactly, and the reference's own argmax is then just the lowest tied index. A
+    candidate agrees when its top-1 is one of the reference's tied largest logits. For accuracy the reference
+    takes, on each sample, the candidate's class where they agree (agreeing backends are right or wrong
+    together: 100 % agreement is no gap) and its own argmax where they do not; the candidate takes its argmax."""
+
+    def __init__(self, dataset: str, reference: str, candidate: str, logits: str = SINGLE_OUTPUT):
         self.names = (dataset, reference, candidate)
-        self.samples = self.agreeing = self.values = 0
-        self.max_diff = self.sum_diff = 0.0
-        self.correct: list[int] | None = [0, 0]
+        self.logits = logits
+        self.samples = self.agreeing = self.ties = 0
+        self.diffs: dict[str, list[float]] = {}  # output -> [max, sum, count]
+        self.missing: list[str] = []
+        self.counts: list[int] | None = [0, 0, 0, 0]  # reference right, candidate right, lost, gained
 
-    def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> RunningComparison:
-        diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-        ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
-        self.agreeing += int((reference[np.arange(len(reference)), cand_top1] == reference.max(1)).sum())
-        self.max_diff = max(self.max_diff, float(diff.max()))
-        self.sum_diff += float(diff.sum())
-        self.values += diff.size
-        self.samples += len(reference)
+    def add(self, reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> RunningComparison:
+        for name, values in reference.items():
+            if name not in candidate:
+                self.missing = sorted({*self.missing, name})
+                continue
+            diff = np.abs(values.astype(np.float64) - candidate[name].astype(np.float64))
+            running = self.diffs.setdefault(name, [0.0, 0.0, 0])
+            running[:] = [max(running[0], float(diff.max())), running[1] + float(diff.sum()), running[2] + diff.size]
+        ref, cand_top1 = reference[self.logits], candidate[self.logits].argmax(1)
+        tied = ref == ref.max(1, keepdims=True)
+        agrees = tied[np.arange(len(ref)), cand_top1]
+        self.agreeing += int(agrees.sum())
+        self.ties += int((tied.sum(1) > 1).sum())
+        self.samples += len(ref)
         if labels is None:
-            self.correct = None
-        elif self.correct is not None:
-            self.correct = [self.correct[0] + int((ref_top1 == labels).sum()),
-                            self.correct[1] + int((cand_top1 == labels).sum())]
+            self.counts = None
+        elif self.counts is not None:
+            ref_right = np.where(agrees, cand_top1, ref.argmax(1)) == labels
+            cand_right = cand_top1 == labels
+            self.counts = [self.counts[0] + int(ref_right.sum()), self.counts[1] + int(cand_right.sum()),
+                           self.counts[2] + int((ref_right & ~cand_right).sum()),
+                           self.counts[3] + int((cand_right & ~ref_right).sum())]
         return self
 
     def result(self) -> Comparison:
-        result = Comparison(*self.names, self.samples, self.agreeing / self.samples, self.max_diff,
-                            self.sum_diff / self.values)
-        if self.correct is not None:
-            result.reference_accuracy, result.candidate_accuracy = (c / self.samples for c in self.correct)
+        outputs = {name: {"max_abs_diff": high, "mean_abs_diff": total / count}
+                   for name, (high, total, count) in self.diffs.items()}
+        logits = outputs[self.logits]
+        result = Comparison(*self.names, self.samples, self.agreeing / self.samples, logits["max_abs_diff"],
+                            logits["mean_abs_diff"], logits=self.logits, reference_ties=self.ties, outputs=outputs,
+                            missing_outputs=self.missing)
+        if self.counts is not None:
+            right, cand_right, result.lost, result.gained = self.counts
+            result.reference_accuracy, result.candidate_accuracy = right / self.samples, cand_right / self.samples
         return result
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, data: Dataset, reference_name: str,
-            candidate_name: str) -> Comparison:
-    """`RunningComparison` over whole arrays of logits."""
-    return RunningComparison(data.name, reference_name, candidate_name).add(reference, candidate, data.y).result()
+def compare(reference: np.ndarray | Outputs, candidate: np.ndarray | Outputs, data: Dataset, reference_name: str,
+            candidate_name: str, logits: str = SINGLE_OUTPUT) -> Comparison:
+    """`RunningComparison` over whole outputs (an array is the logits output alone)."""
+    wrap = (lambda v: {logits: v} if isinstance(v, np.ndarray) else v)
+    return RunningComparison(data.name, reference_name, candidate_name, logits).add(
+        wrap(reference), wrap(candidate), data.y).result()
 
 
 @dataclass
@@ -161,19 +248,19 @@ class StreamedParity:
         return {name: self.samples / s if s else float("inf") for name, s in self.seconds.items()}
 
 
-def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndarray], np.ndarray]],
-                  pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], np.ndarray]] | None
-                  = None, progress: bool = True) -> StreamedParity:
-    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums, so
-    no logits are kept. `engines` (TensorRT engines, each in its worker process's session) run on every batch
+def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndarray], Outputs]],
+                  pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], Outputs]] | None
+                  = None, progress: bool = True, logits: str = SINGLE_OUTPUT) -> StreamedParity:
+    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums (top-1
+    on the `logits` output), so no outputs are kept. `engines` (TensorRT engines, each in its worker process's session) run on every batch
     too; one that raises a BridgeError is dropped from then on and reported in `failed`, with its comparisons."""
     engines = dict(engines or {})
     ran = [*backends, *engines]
-    running = {pair: RunningComparison(source.name, *pair) for pair in pairs if set(pair) <= set(ran)}
+    running = {pair: RunningComparison(source.name, *pair, logits) for pair in pairs if set(pair) <= set(ran)}
     seconds = dict.fromkeys(ran, 0.0)
     failed: dict[str, str] = {}
 
-    def timed(name: str, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    def timed(name: str, run: Callable[[np.ndarray], Outputs], x: np.ndarray) -> Outputs:
         start = time.perf_counter()
         out = run(x)
         seconds[name] += time.perf_counter() - start

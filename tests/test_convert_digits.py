@@ -114,7 +114,7 @@ def test_assert_parity_fails_on_a_different_model(example_dir, tmp_path):
     result = convert(example_dir / "resnet_q.pt", tmp_path / "a", ConvertOptions(random_inputs=0))
     float_model = DigitsResNet()  # untrained: its logits have nothing to do with the ONNX file's
     other = quantize.quantize_ptq(float_model, digits_split()[0].batches(64), "minmax")
-    with pytest.raises(AssertionError, match="parity on digits-test: top-1 agreement"):
+    with pytest.raises(AssertionError, match="pytorch vs onnxruntime on digits-test: top-1 agreement"):
         assert_parity(other, result.onnx_path, digits_split()[1])
 
 

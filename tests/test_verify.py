@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from qdq_bridge.data import Dataset
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.verify import compare, markable_tensors, quantized_tensors, stream_parity
+from qdq_bridge.verify import Comparison, compare, markable_tensors, quantized_tensors, stream_parity
 
 
 def test_agreement_accepts_any_of_the_references_tied_top_logits():
@@ -17,10 +17,88 @@ def test_agreement_accepts_any_of_the_references_tied_top_logits():
     data = Dataset("d", np.zeros((3, 1)), np.array([1, 1, 0]))
     result = compare(reference, candidate, data, "ref", "cand")
     # sample 0: the reference ties classes 0 and 1, the candidate picks 1: agrees; sample 1 does not
-    assert result.top1_agreement == 2 / 3
-    # accuracy still takes the reference's argmax (the lowest tied index: class 0, wrong for label 1)
-    assert result.reference_accuracy == 2 / 3 and result.candidate_accuracy == 2 / 3
-    assert np.isclose(result.max_abs_diff, 2.0) and result.accuracy_gap_points == 0
+    assert result.top1_agreement == 2 / 3 and result.reference_ties == 1
+    # where they agree the reference takes the candidate's class (1, right); sample 1 is a real loss
+    assert result.reference_accuracy == 1 and result.candidate_accuracy == 2 / 3
+    assert (result.lost, result.gained) == (1, 0)
+    assert np.isclose(result.max_abs_diff, 2.0) and np.isclose(result.accuracy_gap_points, 100 / 3)
+
+
+def _tied_digits(samples: int = 450, ties: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference logits on an int8 grid whose top two tie on `ties` samples (the label second by index, so the
+    reference's argmax is wrong there), a float candidate resolving those ties to the label, and the labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(1, 10, samples)
+    reference = np.round(rng.uniform(0, 4, (samples, 10)))
+    reference[np.arange(samples), labels] = 8
+    reference[:ties, 0] = 8  # tied with the label, at a lower index
+    candidate = reference + rng.uniform(-0.2, 0.2, reference.shape)
+    candidate[np.arange(ties), labels[:ties]] += 0.5
+    return reference.astype(np.float32), candidate.astype(np.float32), labels
+
+
+def test_a_candidate_that_resolves_the_references_ties_agrees_fully_and_loses_nothing():
+    """The fast placement's float logits against PyTorch's tied int8 ones (issue 20: 100 % agreement and yet an
+    'accuracy gap'): one definition for both, so full agreement is no gap."""
+    reference, candidate, labels = _tied_digits()
+    result = compare(reference, candidate, Dataset("d", np.zeros((450, 1)), labels), "pytorch", "tensorrt")
+    assert result.top1_agreement == 1 and result.reference_ties == 9
+    assert result.accuracy_gap_points == 0 and (result.lost, result.gained) == (0, 0)
+    assert result.within(0.995, 0.2)
+
+
+def _discordant(lost: int, gained: int, samples: int = 450) -> Comparison:
+    """A comparison on `samples` labelled samples whose candidate loses `lost` and gains `gained`."""
+    labels = np.zeros(samples, np.int64)
+    reference = np.tile(np.float32([1, 0]), (samples, 1))
+    reference[samples - gained:] = [0, 1]  # wrong where the candidate will be right
+    candidate = reference.copy()
+    candidate[:lost] = [0, 1]
+    candidate[samples - gained:] = [1, 0]
+    return compare(reference, candidate, Dataset("d", np.zeros((samples, 1)), labels), "pytorch", "tensorrt")
+
+
+def test_a_real_loss_fails_with_its_discordant_counts_and_test():
+    """Five of 450 images the reference gets right and the candidate wrong, none the other way: p = 1/32."""
+    result = _discordant(5, 0)
+    assert np.isclose(result.accuracy_gap_points, 500 / 450)
+    test = result.loss_test()
+    assert np.isclose(test["p_value"], 0.5 ** 5) and test["gap_ci_points"][0] > 0
+    (failure,) = result.failures(0.0, 0.2)
+    assert "accuracy loss 1.11 points > 0.2" in failure and "5 right in pytorch and wrong in tensorrt, 0 the other" \
+        in failure and "p = 0.0312 < 0.05" in failure
+
+
+@pytest.mark.parametrize("lost, gained, why", [
+    (1, 0, "loss 0.22 points > 0.2 but not significant"),  # one image of 450: finer than the data can tell
+    (3, 2, "loss 0.22 points > 0.2 but not significant"),
+    (0, 1, "gain 0.22 points within 0.2"),  # a candidate more accurate than the reference
+    (0, 5, "gain 1.11 points within 0.2"),
+    (0, 0, "loss 0.00 points within 0.2")])
+def test_a_loss_the_sample_count_cannot_tell_apart_or_a_gain_passes_and_says_why(lost, gained, why):
+    result = _discordant(lost, gained)
+    failed, reason = result.accuracy_verdict(0.2)
+    assert not failed and reason.startswith(why) and result.within(0.0, 0.2)
+
+
+def test_significance_one_fails_every_loss_beyond_the_gap_and_the_gap_still_bounds_it():
+    assert not _discordant(1, 0).within(0.0, 0.2, significance=1.0)
+    assert _discordant(1, 0).within(0.0, 0.3, significance=1.0)
+
+
+def test_every_output_is_compared_and_top1_taken_on_the_named_one():
+    """(logits, features): differences per output; a candidate missing an output fails with its name."""
+    logits = np.float32([[2, 1], [0, 3]])
+    features = np.float32([[0.5, 0.5, 0.5], [1, 1, 1]])
+    reference = {"logits": logits, "features": features}
+    candidate = {"logits": logits + 0.25, "features": features - 1}
+    data = Dataset("d", np.zeros((2, 1)), np.array([0, 1]))
+    result = compare(reference, candidate, data, "pytorch", "onnxruntime", logits="logits")
+    assert result.outputs == {"logits": {"max_abs_diff": 0.25, "mean_abs_diff": 0.25},
+                              "features": {"max_abs_diff": 1.0, "mean_abs_diff": 1.0}}
+    assert result.top1_agreement == 1 and result.max_abs_diff == 0.25 and result.failures(1.0, 0.0) == []
+    partial = compare(reference, {"logits": logits}, data, "pytorch", "onnxruntime")
+    assert partial.failures(1.0, 0.0) == ["pytorch vs onnxruntime on d: the candidate lacks output features"]
 
 
 def _scale(name, value):
@@ -97,8 +175,8 @@ def test_streamed_parity_keeps_no_logits_and_equals_the_one_shot_figures(with_en
     being compared and the one being decoded); the running sums give what compare() gives on all the logits
     at once."""
     source = CountedSource(200)
-    backends = {"pytorch": lambda x: x * 1.0, "onnxruntime": noisy}
-    engines = {"tensorrt": lambda x: noisy(x) * 1.0} if with_engine else {}
+    backends = {"pytorch": lambda x: {"logits": x * 1.0}, "onnxruntime": lambda x: {"logits": noisy(x)}}
+    engines = {"tensorrt": lambda x: {"logits": noisy(x) * 1.0}} if with_engine else {}
     result = stream_parity(source, 8, backends, (("pytorch", "onnxruntime"), ("pytorch", "tensorrt")), engines,
                            progress=False)
     gc.collect()
@@ -122,9 +200,9 @@ def test_a_failing_engine_is_left_out_from_then_on_and_named():
         calls.append(len(x))
         if len(calls) == 2:
             raise BridgeError("worker crashed", "")
-        return x
+        return {"logits": x}
 
-    result = stream_parity(CountedSource(4), 8, {"pytorch": lambda x: x}, (("pytorch", "tensorrt"),),
+    result = stream_parity(CountedSource(4), 8, {"pytorch": lambda x: {"logits": x}}, (("pytorch", "tensorrt"),),
                            {"tensorrt": broken}, progress=False)
     assert calls == [8, 8]  # not called again after its failure, on the two batches left
     assert result.comparisons == [] and result.failed == {"tensorrt": "worker crashed"}

@@ -8,6 +8,8 @@ run-fails: the third execution crashes, hangs or returns False.
 FAKE_TRT_UNEXPOSABLE: comma-separated tensor names; building a network that marks one as an output returns None.
 Implicit INT8 (8.6, 10.13): a build with the INT8 flag and `IBuilderConfig.int8_calibrator` set drives the calibrator
 as TensorRT does (cache read, batches until None, cache written) and records what it read from device memory.
+FAKE_TRT_LOGITS: an .npy of rows; the first output of every execution in the process takes the next rows of it in
+turn (an engine whose logits a test chose: a real accuracy loss, say).
 FAKE_TRT_RECORD: a JSON-lines file that gets one line per call a test asserts on (flags, parsed ONNX kept beside it, marked outputs, profile shapes).
 Engines are JSON plans of the parsed network; executing one writes each output as (output index + 1) times the
 sum of the sample's input values, through the fake CUDA memory of `fake_cuda`.
@@ -30,6 +32,8 @@ _NAMES = set((pathlib.Path(__file__).resolve().parents[2] / "trt_api" / f"tensor
 _MODE = os.environ.get("FAKE_TRT_MODE", "ok")
 _UNEXPOSABLE = set(filter(None, os.environ.get("FAKE_TRT_UNEXPOSABLE", "").split(",")))
 _SCHEMA_11 = int(__version__.split(".")[0]) >= 11  # the engine inspector's JSON changed in 11.x
+_LOGITS = np.load(os.environ["FAKE_TRT_LOGITS"]) if os.environ.get("FAKE_TRT_LOGITS") else None
+_served = [0]  # rows of _LOGITS handed out so far
 
 
 def _enum(name: str) -> type:
@@ -398,6 +402,9 @@ class IExecutionContext:
         for index, output in enumerate(plan["outputs"]):
             shape = self.get_tensor_shape(output["name"])
             values = np.broadcast_to(sums.reshape(-1, *[1] * (len(shape) - 1)) * (index + 1), shape)
+            if _LOGITS is not None and index == 0:
+                values = _LOGITS[np.arange(_served[0], _served[0] + len(x)) % len(_LOGITS)].reshape(shape)
+                _served[0] += len(x)
             _cuda.write(self._addresses[output["name"]], values.astype(nptype(DataType[output["dtype"]])))
         for layer in plan["layers"] if self._profiler else []:
             self._profiler.report_layer_time(layer["name"], 0.01)
