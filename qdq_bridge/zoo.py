@@ -23,6 +23,11 @@ from .data import Dataset, digits_split
 
 TORCHVISION_FAMILIES = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "googlenet",
                         "shufflenet_v2_x1_0")
+# every family torchvision.models.quantization has, and the smallest square input each takes (Inception v3's
+# stride-2 stages need 75 pixels)
+ALL_TORCHVISION_FAMILIES = ("resnet18", "resnet50", "resnext101_32x8d", "mobilenet_v2", "mobilenet_v3_large",
+                            "googlenet", "inception_v3", "shufflenet_v2_x1_0")
+MIN_INPUT_SIZE = {"inception_v3": 75}
 
 
 def torchvision_float(name: str, num_classes: int = 1000, seed: int = 0) -> nn.Module:
@@ -31,9 +36,9 @@ def torchvision_float(name: str, num_classes: int = 1000, seed: int = 0) -> nn.M
 
     torch.manual_seed(seed)
     kwargs: dict = {"num_classes": num_classes}
-    if name == "googlenet":
+    if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=True)
-    if name.startswith("resnet"):
+    if name.startswith(("resnet", "resnext")):
         kwargs["zero_init_residual"] = True  # each block starts as identity: stable short training at any depth
     return getattr(tvq, name)(weights=None, quantize=False, **kwargs)
 
@@ -101,9 +106,10 @@ def quantized_torchvision(name: str, input_shape: tuple[int, ...] = (1, 3, 64, 6
     return quantize.quantize_ptq(model, calibration.batches(16), observer, keep_float=keep_float)
 
 
-def digits_rgb() -> tuple[Dataset, Dataset]:
-    """The examples' digits split (32x32) with the gray channel repeated three times, for torchvision models."""
-    return tuple(Dataset(d.name, np.repeat(d.x, 3, axis=1), d.y) for d in digits_split())
+def digits_rgb(size: int = 32) -> tuple[Dataset, Dataset]:
+    """The examples' digits split (size x size, 32 as in the examples) with the gray channel repeated three
+    times, for torchvision models."""
+    return tuple(Dataset(d.name, np.repeat(d.x, 3, axis=1), d.y) for d in digits_split(size))
 
 
 def shuffled_batches(data: Dataset, epochs: int, batch: int, seed: int = 0, max_shift: int = 0) -> Iterator[Dataset]:
@@ -123,12 +129,13 @@ def torchvision_on_digits(name: str, epochs: int = 40, seed: int = 0,
     return quantize.quantize_ptq(model, train.batches(64), observer), test
 
 
-def trained_on_digits(name: str, epochs: int = 40, seed: int = 0) -> tuple[nn.Module, Dataset, Dataset]:
-    """`torchvision_on_digits`' float model before PTQ, with the training and test splits. One-cycle training
-    with shifted digits: a decisive model, few test digits near a decision boundary."""
-    train, test = digits_rgb()
+def trained_on_digits(name: str, epochs: int = 40, seed: int = 0,
+                      size: int = 32) -> tuple[nn.Module, Dataset, Dataset]:
+    """`torchvision_on_digits`' float model before PTQ, with the training and test splits (digits at size x
+    size). One-cycle training with shifted digits: a decisive model, few test digits near a decision boundary."""
+    train, test = digits_rgb(size)
     model = torchvision_float(name, 10, seed)
     batch = 64
-    train_steps(model, shuffled_batches(train, epochs, batch, seed, max_shift=2), lr=3e-3,
+    train_steps(model, shuffled_batches(train, epochs, batch, seed, max_shift=size // 16), lr=3e-3,
                 one_cycle_steps=epochs * -(-len(train) // batch))
     return model, train, test
