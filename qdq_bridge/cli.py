@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
 from .engine import PYTHON_ENV, BuildSettings
-from .errors import BridgeError
+from .errors import BridgeError, Interrupted
 from .export import EXPORTERS
 from .images import PRESETS, Preprocessing, default_workers
 from .lint import errors, lint_file, to_json
@@ -74,8 +75,21 @@ def _batch_range(batches: tuple[int, ...]) -> tuple[int, ...]:
     return batches
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line naming the problem and the fix, exit status 2 (argparse
+    prints the whole usage)."""
+
+    def error(self, message: str):
+        print(f"error: {message}: see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _interrupt(signal_number: int, frame) -> None:
+    raise Interrupted(signal_number)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m qdq_bridge", description=(
+    parser = _Parser(prog="python -m qdq_bridge", description=(
         "Turn PyTorch eager-mode quantized models into TensorRT-legal Q/DQ ONNX and check their parity."))
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -224,6 +238,8 @@ def _print_convert(console: Console, result) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 132)
+    # SIGTERM unwinds like Ctrl-C: worker processes end, the run's scratch files go (pipeline._output_folder)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "passes":
             for graph_pass in PASSES:
@@ -265,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, Interrupted) as exc:
+        number = exc.signal_number if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"error: interrupted by {signal.Signals(number).name}: this run's partial files were removed",
+              file=sys.stderr)
+        return 128 + number
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BridgeError
+from .errors import BridgeError, readable_file
 from .images import IMAGE_SPECS, Preprocessing, default_workers, open_images, random_subset
 
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled so the example CNN has room for two stride-2 stages
@@ -86,7 +86,9 @@ def load_dataset(spec: str) -> Dataset:
     if spec == "digits-train":
         return digits_split()[0]
     path = Path(spec)
-    if not path.is_file():
+    if path.exists() or path.is_symlink():
+        readable_file(path, "dataset")  # a folder, a link loop, unreadable: says so
+    else:
         raise BridgeError(f"dataset '{spec}' not found",
                           "use 'digits', the path to an .npz file with an array 'x' (and optional labels 'y'), "
                           "imagefolder:PATH, cifar10:ROOT or mnist:ROOT")
@@ -97,7 +99,22 @@ def load_dataset(spec: str) -> Dataset:
     except (KeyError, ValueError, OSError) as exc:
         raise BridgeError(f"dataset '{spec}' is not a usable .npz file ({exc})",
                           "save it with numpy.savez(path, x=inputs, y=labels)") from None
-    return Dataset(path.stem, x, y)
+    return _checked(Dataset(path.stem, x, y), spec)
+
+
+def _checked(data: Dataset, spec: str) -> Dataset:
+    """Refuses arrays no verdict can rest on: no samples, labels that do not pair with the inputs, inputs that
+    are not finite."""
+    fix = "save it with numpy.savez(path, x=inputs, y=labels), one label per input"
+    if not len(data.x) or data.x.ndim < 2:
+        raise BridgeError(f"dataset '{spec}' has no samples (x has shape {data.x.shape})", fix)
+    if data.y is not None and data.y.shape != (len(data.x),):
+        raise BridgeError(f"dataset '{spec}' has {len(data.x)} inputs but labels of shape {data.y.shape}", fix)
+    bad = int((~np.isfinite(data.x)).sum())
+    if bad:
+        raise BridgeError(f"dataset '{spec}' has {bad} non-finite values (NaN or infinity) in x",
+                          "replace or drop those samples")
+    return data
 
 
 def open_dataset(spec: str, preprocessing: Preprocessing | None = None, fallback: Preprocessing | None = None,

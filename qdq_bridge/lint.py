@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import BridgeError
+from .errors import BridgeError, readable_file
 from .passes import OUTPUT_CHANNEL_AXIS, QDQ_OPS
 
 # Ops TensorRT computes in int8 when fed by DQ, and ops it moves Q/DQ across or fuses into its neighbours.
@@ -152,9 +152,9 @@ def lint_model(model: onnx.ModelProto) -> list[Violation]:
 
 
 def lint_file(path: str | Path) -> list[Violation]:
-    path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"ONNX file '{path}' not found", "check the path")
+    path = readable_file(path, "ONNX file")
+    if path.stat().st_size == 0:
+        raise BridgeError(f"ONNX file '{path}' is empty (0 bytes)", "pass an .onnx model file")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError and others for corrupt files

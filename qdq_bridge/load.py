@@ -19,7 +19,7 @@ from torch import nn
 
 from . import quantize
 from .data import Dataset
-from .errors import BridgeError, first_line
+from .errors import BridgeError, first_line, readable_file
 from .images import ImageSource
 
 LOADABLE = "pass a TorchScript .pt, a torch.save'd module or a state_dict"
@@ -169,9 +169,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     """Load any supported model file and return it quantized (converting QAT and quantizing float models, with
     the submodules named in `keep_float` left float), its weights packed for the engine chosen, before anything
     was read, from `engines` (an order of preference, default quantize.ENGINE_ORDER): `LoadedModel.engine`."""
-    path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"model file '{path}' not found", "check the path")
+    path = readable_file(path, "model file")
     if path.stat().st_size == 0:
         raise BridgeError(f"'{path}' is empty (0 bytes)", LOADABLE)
     try:  # both read the zip directory and pickles as bytes, nothing is unpickled
@@ -187,8 +185,13 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         if isinstance(obj, nn.Module):
             _restore_module_internals(obj)
             loaded = LoadedModel(obj, "pickled-module", engine)
-        elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj) and \
+                any(isinstance(v, torch.Tensor) for v in obj.values()):
             loaded = _from_state_dict(obj, arch, engines)
+        elif isinstance(obj, dict):
+            kinds = ", ".join(sorted({type(v).__name__ for v in obj.values()})) or "nothing"
+            raise BridgeError(f"'{path}' holds a dict of {kinds}, not a state_dict (which maps names to tensors)",
+                              "pass a TorchScript .pt, a torch.save'd module or a model's state_dict with --arch")
         else:
             raise BridgeError(f"'{path}' holds a {type(obj).__name__}, not a model",
                               "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -21,7 +23,7 @@ import onnx
 
 from . import data as datasets
 from .engine import BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
-from .errors import BridgeError
+from .errors import BridgeError, readable_file
 from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
 from .images import Preprocessing, default_workers
@@ -38,6 +40,7 @@ from .verify import (SIGNIFICANCE, Comparison, StreamedParity, first_divergences
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
 
+MIN_VERDICT_SAMPLES = 32  # fewer compared samples make no verdict: one differing sample would be 3 % of them
 # (reference, candidate) pairs compared wherever both ran; the verdict is taken on the INT8 ones
 JUDGED_PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
 BACKEND_PAIRS = (*JUDGED_PAIRS, ("onnxruntime", "tensorrt"), ("pytorch", "tensorrt-fp16"), ("pytorch", "tensorrt-fp32"))
@@ -80,6 +83,33 @@ class ConvertOptions:
     # typed TensorRT takes it; ONNX Runtime's parity keeps the float32 file), or fp32
     float_precision: str = "fp16"
 
+    def __post_init__(self):
+        """Every number in range, so that no verdict rests on a nonsensical option (a negative batch compared
+        nothing and passed); the message names the CLI option."""
+        def bounded(option: str, value, low, high=math.inf, *, whole: bool = False, open_low: bool = False):
+            kind = "a whole number" if whole else "a number"
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if open_low else
+                                                                                 value >= low) and value <= high
+            if not ok or whole and value != int(value):
+                span = f"{'above' if open_low else 'at least'} {low:g}" + (f" and at most {high:g}" if high < math.inf
+                                                                            else "")
+                raise BridgeError(f"{option} {value} is not {kind} {span}", f"pass {option} with such a value")
+        bounded("--min-agreement", self.min_agreement, 0, 1)
+        bounded("--max-accuracy-gap", self.max_accuracy_gap_points, 0, 100)
+        bounded("--significance", self.significance, 0, 1, open_low=True)
+        bounded("--batch-size", self.batch_size, 1, whole=True)
+        bounded("--random-inputs", self.random_inputs, 0, whole=True)
+        bounded("--seed", self.seed, 0, whole=True)
+        bounded("--workers", self.workers, 0, whole=True)
+        bounded("--trt-timeout", self.trt_timeout_s, 0, open_low=True)
+        bounded("--opset", self.opset, DEFAULT_OPSET, onnx.defs.onnx_opset_version(), whole=True)
+        for option, count in (("--limit", self.limit), ("--calibration-samples", self.calibration_samples)):
+            if count is not None:
+                bounded(option, count, 1, whole=True)
+        if self.input_shape is not None:
+            for size in self.input_shape:
+                bounded("--input-shape", size, 1, whole=True)
+
 
 @dataclass
 class ConvertResult:
@@ -106,19 +136,49 @@ class _StageTimer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _writable_folder(output_dir: Path) -> tuple[Path, bool]:
-    """Create the output folder if needed and return (scratch folder inside it, whether we created it)."""
+@contextlib.contextmanager
+def _output_folder(output_dir: Path):
+    """A private scratch folder inside `output_dir` for one run, which owns nothing else there.
+
+    The run holds an exclusive lock on the output folder (flock on the folder itself, so nothing is left behind):
+    a second run into the same folder is refused at once with one line, so each folder ends with one run's
+    complete set. On failure or interruption only this run's scratch goes, and the folders this run created,
+    where they are still empty: files that arrived from elsewhere meanwhile stay."""
     for path in (output_dir, *output_dir.parents):
         if path.exists() and not path.is_dir():
             raise BridgeError(f"output folder '{output_dir}' cannot be made: '{path}' is a file",
                               "pass --output-dir with a folder path, not a file's")
-    created = not output_dir.exists()
+    created = [path for path in (output_dir, *output_dir.parents) if not path.exists()]  # deepest first
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir)), created
+        lock = os.open(output_dir, os.O_RDONLY)
     except OSError as exc:
         raise BridgeError(f"output folder '{output_dir}' is not writable ({exc.strerror or exc})",
                           "pass --output-dir with a folder you can write to") from None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BridgeError(f"output folder '{output_dir}' is in use by another qdq_bridge convert",
+                              "wait for it to finish, or pass another --output-dir") from None
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
+        except OSError as exc:
+            raise BridgeError(f"output folder '{output_dir}' is not writable ({exc.strerror or exc})",
+                              "pass --output-dir with a folder you can write to") from None
+        try:
+            yield scratch
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            for folder in created:
+                try:
+                    folder.rmdir()  # only while empty
+                except OSError:
+                    break
+            raise
+        shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(lock)  # and with it the lock
 
 
 def _versions() -> dict[str, str]:
@@ -132,18 +192,10 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
     """Convert a quantized (or QAT, or float + calibration data) PyTorch model into TensorRT-legal Q/DQ ONNX,
     lint it, check its parity with the PyTorch model on ONNX Runtime, and write the reports."""
     options = options or ConvertOptions()
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise BridgeError(f"model file '{model_path}' not found", "check the path")
+    model_path = readable_file(model_path, "model file")
     output_dir = Path(output_dir) if output_dir else Path(f"{model_path.stem}_qdq")
-    scratch, created = _writable_folder(output_dir)
-    try:
-        result = _convert(model_path, output_dir, scratch, options)
-    except BaseException:
-        shutil.rmtree(output_dir if created else scratch, ignore_errors=True)
-        raise
-    shutil.rmtree(scratch, ignore_errors=True)
-    return result
+    with _output_folder(output_dir) as scratch:
+        return _convert(model_path, output_dir, scratch, options)
 
 
 def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
@@ -291,6 +343,17 @@ def _check_labels(checks: list, logits: np.ndarray) -> None:
                               "pass the dataset the model was trained on (labels are indices of its outputs)")
 
 
+def _check_batch_memory(input_shape: tuple[int, ...], batch_size: int) -> None:
+    """Refuses a --batch-size whose float32 inputs alone would take over a quarter of the memory available now:
+    each backend holds a batch's inputs and activations at once, several times the inputs."""
+    needed = batch_size * math.prod(input_shape[1:]) * 4
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available / 4:
+        raise BridgeError(f"--batch-size {batch_size} needs {needed / 2 ** 30:.1f} GiB for one batch's inputs alone, "
+                          f"and {available / 2 ** 30:.1f} GiB of memory is available",
+                          f"pass --batch-size {max(1, int(available / 4 // (needed / batch_size)))} or smaller")
+
+
 def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
     """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.outputs), for parity to pair them."""
     exported = [output.name for output in model.graph.output]
@@ -357,8 +420,9 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
     with timer("reference"):  # shape errors and engine limits surface here, before any export
         reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
-        outputs = torch_runner(reference.module, reference.engine)(np.zeros(input_shape, np.float32))
+        outputs = torch_runner(reference.module, reference.engine)(np.zeros((1, *input_shape[1:]), np.float32))
         logits = logits_output({name: value.shape for name, value in outputs.items()}, options.logits)
+    _check_batch_memory(input_shape, options.batch_size)
     checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
     with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
@@ -393,6 +457,10 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     judged = [c for c in int8 if c.reference_accuracy is not None] or int8
     failed = [f for c in judged for f in c.failures(options.min_agreement, options.max_accuracy_gap_points,
                                                    options.significance)]
+    compared = min((c.samples for c in judged), default=0)
+    if compared < MIN_VERDICT_SAMPLES:
+        failed.append(f"only {compared} samples were compared; a verdict needs at least {MIN_VERDICT_SAMPLES} "
+                      "(pass a larger --dataset, or --random-inputs N)")
     parity_ok = not failed
     if errors(violations):
         failed.append(f"lint: {len(errors(violations))} errors "

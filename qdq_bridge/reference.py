@@ -127,11 +127,20 @@ class Reference:
         return {"engine": self.engine, "packed_by": self.packed_by, **self.check}
 
 
+PROBE_BATCH = 8  # the checks run at most this many rows: the example batch of --input-shape may be any size
+
+
 def _runs(module: nn.Module, engine: str, shape: tuple[int, ...]) -> str | None:
-    """None when the model runs one zero batch of `shape` on `engine`, else the first line of the error."""
+    """None when the model runs a zero batch of `shape` (at most PROBE_BATCH rows) on `engine`, else the error's
+    reason: TorchScript's last line (its first only says that the interpreter failed), or the first line with
+    what an internal assert says."""
+    rows = min(shape[0], PROBE_BATCH)
     try:
-        run_torch(module, Dataset("zeros", np.zeros(shape, np.float32)), shape[0], engine)
-    except RuntimeError as exc:  # kernel limits come as internal asserts: keep what the assert says
+        run_torch(module, Dataset("zeros", np.zeros((rows, *shape[1:]), np.float32)), rows, engine)
+    except Exception as exc:  # kernel limits come as RuntimeErrors, TorchScript's own checks as torch.jit.Error
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if len(lines) > 1 and "TorchScript interpreter" in lines[0]:
+            return lines[-1].removeprefix("builtins.")
         return first_line(exc).split("please report a bug to PyTorch.")[-1].strip()
     return None
 

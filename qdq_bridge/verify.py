@@ -47,6 +47,7 @@ class Comparison:
     gained: int | None = None
     outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # every output: max/mean abs diff
     missing_outputs: list[str] = field(default_factory=list)  # reference outputs the candidate does not have
+    nonfinite: dict[str, int] = field(default_factory=dict)  # backend -> NaN/infinite output values it gave
 
     @property
     def accuracy_gap_points(self) -> float | None:
@@ -97,6 +98,8 @@ class Comparison:
         top-1 agreement 10.44% < 99.50%'."""
         pair = f"{self.reference} vs {self.candidate} on {self.dataset}"
         found = [f"{pair}: the candidate lacks output {name}" for name in self.missing_outputs]
+        found += [f"{pair}: {backend} gave {count} non-finite output values (NaN or infinity)"
+                  for backend, count in self.nonfinite.items() if count]
         if self.top1_agreement < min_agreement:
             found.append(f"{pair}: top-1 agreement {self.top1_agreement * 100:.2f}% < {min_agreement * 100:.2f}%")
         if self.reference_accuracy is not None:
@@ -186,9 +189,12 @@ class RunningComparison:
         self.samples = self.agreeing = self.ties = 0
         self.diffs: dict[str, list[float]] = {}  # output -> [max, sum, count]
         self.missing: list[str] = []
+        self.nonfinite = dict.fromkeys((reference, candidate), 0)
         self.counts: list[int] | None = [0, 0, 0, 0]  # reference right, candidate right, lost, gained
 
     def add(self, reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> RunningComparison:
+        for backend, outputs in zip(self.nonfinite, (reference, candidate)):
+            self.nonfinite[backend] += sum(int((~np.isfinite(values)).sum()) for values in outputs.values())
         for name, values in reference.items():
             if name not in candidate:
                 self.missing = sorted({*self.missing, name})
@@ -218,7 +224,7 @@ class RunningComparison:
         logits = outputs[self.logits]
         result = Comparison(*self.names, self.samples, self.agreeing / self.samples, logits["max_abs_diff"],
                             logits["mean_abs_diff"], logits=self.logits, reference_ties=self.ties, outputs=outputs,
-                            missing_outputs=self.missing)
+                            missing_outputs=self.missing, nonfinite=self.nonfinite)
         if self.counts is not None:
             right, cand_right, result.lost, result.gained = self.counts
             result.reference_accuracy, result.candidate_accuracy = right / self.samples, cand_right / self.samples

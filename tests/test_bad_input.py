@@ -1,7 +1,11 @@
 """Bad input: one line naming the problem and the fix, exit status 2, no half-written outputs."""
+import json
 import os
 import pickle
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -255,3 +259,127 @@ def test_keep_float_names_what_it_cannot_do(example_dir, tmp_path, model, extra,
                      "-o", str(tmp_path / "o"))
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+# Issue 24's adverse cases: each is bad input (exit 2, one line, nothing written), none passes unchecked.
+
+@pytest.mark.parametrize("args, expected", [
+    (["--batch-size", "-4"], "error: --batch-size -4 is not a whole number at least 1"),
+    (["--batch-size", "0"], "error: --batch-size 0 is not a whole number at least 1"),
+    (["--random-inputs", "-1"], "error: --random-inputs -1 is not a whole number at least 0"),
+    (["--opset", "99"], "error: --opset 99 is not a whole number at least 13 and at most "),
+    (["--seed", "-1", "--limit", "10"], "error: --seed -1 is not a whole number at least 0"),
+    (["--min-agreement", "nan"], "error: --min-agreement nan is not a number at least 0 and at most 1"),
+    (["--min-agreement", "-3"], "error: --min-agreement -3.0 is not a number at least 0 and at most 1"),
+    (["--min-agreement", "1.5"], "error: --min-agreement 1.5 is not a number at least 0 and at most 1"),
+    (["--max-accuracy-gap", "-1"], "error: --max-accuracy-gap -1.0 is not a number at least 0 and at most 100"),
+    (["--significance", "0"], "error: --significance 0.0 is not a number above 0 and at most 1"),
+    (["--trt-timeout", "-5"], "error: --trt-timeout -5.0 is not a number above 0"),
+    (["--input-shape", "1,32,32"], "error: input shape (1, 32, 32) does not fit the model (ValueError: Input shape "
+                                   "must be `(N, C, H, W)`!): pass the right --input-shape N,C,H,W"),
+    (["--input-shape", "1024,3,32,32"], "error: input shape (1024, 3, 32, 32) does not fit the model (RuntimeError: "
+                                        "Input channel size of weight and bias must match.)"),
+    (["--no-such-option"], "error: unrecognized arguments: --no-such-option: see 'python -m qdq_bridge --help'"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_options_out_of_range_are_refused_on_parse(tmp_path, example_dir, args, expected):
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), *args)
+    assert message.startswith(expected), message
+
+
+@pytest.fixture(scope="module")
+def bad_arrays(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("arrays")
+    test = digits_split()[1]
+    np.savez(folder / "mismatch.npz", x=test.x, y=test.y[:-3])
+    np.savez(folder / "empty.npz", x=test.x[:0], y=test.y[:0])
+    x = test.x.copy()
+    x[5, 0, 3, 3] = np.nan
+    x[9, 0, 0, 0] = np.inf
+    np.savez(folder / "nan.npz", x=x, y=test.y)
+    return folder
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mismatch", "has 450 inputs but labels of shape (447,): save it with numpy.savez(path, x=inputs, y=labels), one "
+                 "label per input"),
+    ("empty", "has no samples (x has shape (0, 1, 32, 32)): save it with numpy.savez(path, x=inputs, y=labels), one "
+              "label per input"),
+    ("nan", "has 2 non-finite values (NaN or infinity) in x: replace or drop those samples")])
+@pytest.mark.parametrize("option", ["--dataset", "--calibrate"])
+def test_arrays_no_verdict_can_rest_on_are_refused(tmp_path, example_dir, bad_arrays, name, expected, option):
+    spec = str(bad_arrays / f"{name}.npz")
+    model = ["--dataset", spec] if option == "--dataset" else [
+        str(example_dir / "digits_float.pth"), "--arch", ARCH, "--input-shape", "1,1,32,32", "--calibrate", spec]
+    args = [str(example_dir / "resnet_q.pt"), *model] if option == "--dataset" else model
+    assert refused(tmp_path, *args) == f"error: dataset '{spec}' {expected}"
+
+
+def test_paths_that_are_no_file_say_what_they_are(tmp_path):
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.pt")
+    assert refused(tmp_path, str(tmp_path)) == f"error: model file '{tmp_path}' is a folder, not a file: pass the " \
+                                                "file itself"
+    assert refused(tmp_path, str(tmp_path / "loop_a")).startswith(f"error: model file '{tmp_path / 'loop_a'}' is a "
+                                                                  "symbolic link loop")
+    assert refused(tmp_path, str(tmp_path / "dangling")).startswith(f"error: model file '{tmp_path / 'dangling'}' is "
+                                                                    "a symbolic link to a missing file")
+
+
+def test_a_dict_of_numbers_is_not_called_a_state_dict(tmp_path):
+    torch.save({"lr": 0.1, "epochs": 40}, tmp_path / "settings.pth")
+    assert refused(tmp_path, str(tmp_path / "settings.pth")) == (
+        f"error: '{tmp_path / 'settings.pth'}' holds a dict of float, int, not a state_dict (which maps names to "
+        "tensors): pass a TorchScript .pt, a torch.save'd module or a model's state_dict with --arch")
+
+
+def test_lint_of_an_empty_file_is_bad_input(tmp_path):
+    (tmp_path / "empty.onnx").touch()
+    result = run_cli("lint", str(tmp_path / "empty.onnx"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: ONNX file '{tmp_path / 'empty.onnx'}' is empty (0 bytes): pass an .onnx " \
+                                    "model file"
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path, example_dir, bad_arrays):
+    """-o a/b/out, all three made by the run: a refused run removes them again."""
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--dataset", str(bad_arrays / "empty.npz"),
+                     "-o", str(tmp_path / "a" / "b" / "out"))
+    assert result.returncode == 2 and not (tmp_path / "a").exists()
+
+
+def test_too_few_samples_make_no_verdict(tmp_path, example_dir):
+    """Ten labelled digits and no random inputs: the report is written, the verdict is FAIL and says why."""
+    test = digits_split()[1]
+    np.savez(tmp_path / "ten.npz", x=test.x[:10], y=test.y[:10])
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--dataset", str(tmp_path / "ten.npz"),
+                     "--random-inputs", "0", "-o", str(tmp_path / "o"))
+    assert result.returncode == 1
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["failed"] == ["only 10 samples were compared; a verdict needs at least 32 (pass a larger --dataset, "
+                                "or --random-inputs N)"]
+
+
+def test_unreadable_model_files_say_permission_denied(tmp_path, example_dir):
+    """A file without read permission, and one in a folder that cannot be searched (not 'a damaged zip')."""
+    unreadable = tmp_path / "unreadable.pt"
+    shutil.copy(example_dir / "resnet_q.pt", unreadable)
+    unreadable.chmod(0)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    shutil.copy(example_dir / "resnet_q.pt", closed / "model.pt")
+    closed.chmod(0)
+    if os.access(unreadable, os.R_OK):
+        pytest.skip("running as a user who may read anything (root)")
+    assert refused(tmp_path, str(unreadable)) == f"error: model file '{unreadable}' cannot be read (permission " \
+                                                  "denied): make it readable (chmod) or copy it somewhere you can read"
+    assert refused(tmp_path, str(closed / "model.pt")).startswith(
+        f"error: model file '{closed / 'model.pt'}' cannot be read (Permission denied)")
+    closed.chmod(0o700)
+
+
+def test_a_batch_that_would_exhaust_memory_is_refused_with_its_estimate(tmp_path, example_dir):
+    """32x32 digits: 2**26 of them take 256 GiB as float32, more than any machine here has."""
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--batch-size", str(2 ** 26))
+    assert message.startswith(f"error: --batch-size {2 ** 26} needs 256.0 GiB for one batch's inputs alone, and ")
+    assert " GiB of memory is available: pass --batch-size " in message

@@ -1,0 +1,110 @@
+"""A run owns only what it writes (issue 24): a second run into a busy output folder is refused, an interrupted
+run removes its own scratch and nothing else, and SIGTERM/SIGINT end its TensorRT worker; real signals to real
+runs, the folder and the process table checked afterwards."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qdq_bridge.trt_worker import CUDA_ENV
+
+from conftest import run_cli
+
+FAKE = Path(__file__).parent / "fake_trt"
+SLOW = ("--random-inputs", "2000000")  # parity on two million inputs: minutes, cut short by the tests
+
+
+def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qdq_bridge", "convert", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(condition, what: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def scratch(folder: Path) -> list[Path]:
+    return list(folder.glob(".partial-*")) if folder.exists() else []
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_an_interrupted_run_keeps_what_others_wrote(
+        example_dir, tmp_path):
+    """The data-loss case: the first run is interrupted after someone copied a file into its folder and a second
+    run tried to write there. The second is refused at once; the first removes its scratch and nothing else."""
+    shared = tmp_path / "shared"
+    first = start(str(example_dir / "resnet_q.pt"), *SLOW, "-o", str(shared))
+    wait_for(lambda: scratch(shared), "the first run's scratch folder")
+    (shared / "notes.txt").write_text("mine")
+    second = run_cli("convert", str(example_dir / "resnet_qat_q.pt"), "-o", str(shared))
+    assert second.returncode == 2
+    assert second.stderr.strip() == f"error: output folder '{shared}' is in use by another qdq_bridge convert: wait " \
+                                    "for it to finish, or pass another --output-dir"
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted by SIGINT: this run's partial files were removed"
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in shared.iterdir()) == ["notes.txt"]
+
+
+def test_sigterm_removes_the_runs_scratch_and_the_folder_it_made(example_dir, tmp_path):
+    out = tmp_path / "made" / "out"
+    run = start(str(example_dir / "resnet_q.pt"), *SLOW, "-o", str(out))
+    wait_for(lambda: scratch(out), "the run's scratch folder")
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted by SIGTERM: this run's partial files were removed"
+    assert not (tmp_path / "made").exists()
+
+
+def test_sigterm_ends_a_hanging_tensorrt_worker_and_removes_its_files(example_dir, tmp_path):
+    """The stand-in TensorRT hangs in its builder; SIGTERM to the convert ends the worker too, and no qdq-trt-*
+    folder is left in the temporary folder."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(FAKE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "FAKE_TRT_MODE": "hang", CUDA_ENV: "fake_cuda:Cuda", "TMPDIR": str(temp)}
+    run = start(str(example_dir / "resnet_q.pt"), "--engine", "require", "-o", str(tmp_path / "o"), env=env)
+    wait_for(lambda: list(temp.glob("qdq-trt-*")) and children(run.pid), "the TensorRT worker")
+    workers = children(run.pid)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143 and "Traceback" not in stderr
+    assert not any(alive(pid) for pid in workers)
+    assert list(temp.glob("qdq-trt-*")) == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_runs_started_together_into_one_folder_end_with_one_complete_set(example_dir, tmp_path, attempt):
+    """Each run either writes its whole set or is refused with one line; no crash, no lost or mixed files."""
+    shared = tmp_path / "shared"
+    runs = {name: start(str(example_dir / f"{name}.pt"), "--random-inputs", "0", "-o", str(shared))
+            for name in ("resnet_q", "resnet_qat_q")}
+    results = {name: (run.wait(timeout=300), run.stderr.read()) for name, run in runs.items()}
+    passed = [name for name, (code, _) in results.items() if code == 0]
+    assert passed and all(code == 2 and "is in use by another qdq_bridge convert" in stderr
+                          for name, (code, stderr) in results.items() if name not in passed)
+    assert not scratch(shared)
+    names = sorted(p.name for p in shared.iterdir())
+    assert all(f"{name}.qdq.onnx" in names for name in passed)
+    assert json.loads((shared / "report.json").read_text())["model"] in {f"{name}.pt" for name in passed}
