@@ -9,7 +9,7 @@ from torch import nn
 
 from .data import Dataset
 from .outputs import logits_output
-from .verify import SIGNIFICANCE, Comparison, compare, onnxruntime_runner, torch_runner
+from .verify import SIGNIFICANCE, Comparison, RunningComparison, onnxruntime_runner, torch_runner
 
 
 def assert_parity(module: nn.Module, onnx_model: onnx.ModelProto | str | Path, data: Dataset | np.ndarray, *,
@@ -23,11 +23,13 @@ def assert_parity(module: nn.Module, onnx_model: onnx.ModelProto | str | Path, d
     if isinstance(onnx_model, Path):
         onnx_model = str(onnx_model)
     reference, candidate = torch_runner(module), onnxruntime_runner(onnx_model)
-    outputs = [(reference(x), candidate(x)) for x in data.batches(batch_size)]
-    joined = [{name: np.concatenate([part[side][name] for part in outputs]) for name in outputs[0][side]}
-              for side in (0, 1)]
-    name = logits_output({k: v.shape for k, v in joined[0].items()}, logits)
-    result = compare(*joined, data, "pytorch", "onnxruntime", logits=name)
+    running = None
+    for x, labels in data.labelled_batches(batch_size):
+        outputs = reference(x)
+        running = running or RunningComparison(data.name, "pytorch", "onnxruntime",
+                                               logits_output({k: v.shape for k, v in outputs.items()}, logits))
+        running.add(outputs, candidate(x), labels)
+    result = running.result()
     failures = result.failures(min_agreement, max_accuracy_gap_points, significance)
     assert not failures, "; ".join(failures) + f" (max |diff| {result.max_abs_diff:.4g})"
     return result

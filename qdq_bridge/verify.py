@@ -258,8 +258,9 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
                   pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], Outputs]] | None
                   = None, progress: bool = True, logits: str = SINGLE_OUTPUT) -> StreamedParity:
     """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums (top-1
-    on the `logits` output), so no outputs are kept. `engines` (TensorRT engines, each in its worker process's session) run on every batch
-    too; one that raises a BridgeError is dropped from then on and reported in `failed`, with its comparisons."""
+    on the `logits` output), so no outputs are kept. `engines` (TensorRT engines, each in its worker process's
+    session) run on every batch too; one that raises a BridgeError is dropped from then on and reported in
+    `failed`, with its comparisons."""
     engines = dict(engines or {})
     ran = [*backends, *engines]
     running = {pair: RunningComparison(source.name, *pair, logits) for pair in pairs if set(pair) <= set(ran)}
