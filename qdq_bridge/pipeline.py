@@ -343,15 +343,18 @@ def _check_labels(checks: list, logits: np.ndarray) -> None:
                               "pass the dataset the model was trained on (labels are indices of its outputs)")
 
 
-def _check_batch_memory(input_shape: tuple[int, ...], batch_size: int) -> None:
-    """Refuses a --batch-size whose float32 inputs alone would take over a quarter of the memory available now:
-    each backend holds a batch's inputs and activations at once, several times the inputs."""
-    needed = batch_size * math.prod(input_shape[1:]) * 4
+def _check_memory(input_shape: tuple[int, ...], options: ConvertOptions) -> None:
+    """Refuses a --batch-size whose float32 inputs alone would take over a quarter of the memory available now
+    (each backend holds a batch's inputs and activations at once, several times the inputs), and --random-inputs
+    that would (they are made at once)."""
+    sample_bytes = math.prod(input_shape[1:]) * 4
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if needed > available / 4:
-        raise BridgeError(f"--batch-size {batch_size} needs {needed / 2 ** 30:.1f} GiB for one batch's inputs alone, "
-                          f"and {available / 2 ** 30:.1f} GiB of memory is available",
-                          f"pass --batch-size {max(1, int(available / 4 // (needed / batch_size)))} or smaller")
+    for option, count, what in (("--batch-size", options.batch_size, "one batch's inputs alone"),
+                                ("--random-inputs", options.random_inputs, "the random inputs")):
+        if count * sample_bytes > available / 4:
+            raise BridgeError(f"{option} {count} needs {count * sample_bytes / 2 ** 30:.1f} GiB for {what}, and "
+                              f"{available / 2 ** 30:.1f} GiB of memory is available",
+                              f"pass {option} {max(1, int(available / 4 // sample_bytes))} or smaller")
 
 
 def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
@@ -422,7 +425,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
         outputs = torch_runner(reference.module, reference.engine)(np.zeros((1, *input_shape[1:]), np.float32))
         logits = logits_output({name: value.shape for name, value in outputs.items()}, options.logits)
-    _check_batch_memory(input_shape, options.batch_size)
+    _check_memory(input_shape, options)
     checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
     with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)

@@ -378,8 +378,10 @@ def test_unreadable_model_files_say_permission_denied(tmp_path, example_dir):
     closed.chmod(0o700)
 
 
-def test_a_batch_that_would_exhaust_memory_is_refused_with_its_estimate(tmp_path, example_dir):
+@pytest.mark.parametrize("option, what", [("--batch-size", "one batch's inputs alone"),
+                                          ("--random-inputs", "the random inputs")])
+def test_a_batch_that_would_exhaust_memory_is_refused_with_its_estimate(tmp_path, example_dir, option, what):
     """32x32 digits: 2**26 of them take 256 GiB as float32, more than any machine here has."""
-    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--batch-size", str(2 ** 26))
-    assert message.startswith(f"error: --batch-size {2 ** 26} needs 256.0 GiB for one batch's inputs alone, and ")
-    assert " GiB of memory is available: pass --batch-size " in message
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), option, str(2 ** 26))
+    assert message.startswith(f"error: {option} {2 ** 26} needs 256.0 GiB for {what}, and ")
+    assert f" GiB of memory is available: pass {option} " in message
