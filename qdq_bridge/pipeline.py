@@ -34,9 +34,9 @@ from .quantize import ENGINE_ORDER, using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
 from .outputs import logits_output
-from .verify import (SIGNIFICANCE, Comparison, StreamedParity, first_divergences, markable_tensors,
-                     onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors, stream_parity,
-                     torch_runner)
+from .verify import (SIGNIFICANCE, Comparison, StreamedParity, first_divergences, interval_confidence,
+                     markable_tensors, onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors,
+                     stream_parity, torch_runner)
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
 
@@ -149,12 +149,15 @@ def _output_folder(output_dir: Path):
             raise BridgeError(f"output folder '{output_dir}' cannot be made: '{path}' is a file",
                               "pass --output-dir with a folder path, not a file's")
     created = [path for path in (output_dir, *output_dir.parents) if not path.exists()]  # deepest first
+
+    def unwritable(exc: OSError) -> BridgeError:
+        return BridgeError(f"output folder '{output_dir}' is not writable ({exc.strerror or exc})",
+                           "pass --output-dir with a folder you can write to")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         lock = os.open(output_dir, os.O_RDONLY)
     except OSError as exc:
-        raise BridgeError(f"output folder '{output_dir}' is not writable ({exc.strerror or exc})",
-                          "pass --output-dir with a folder you can write to") from None
+        raise unwritable(exc) from None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,8 +167,7 @@ def _output_folder(output_dir: Path):
         try:
             scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
         except OSError as exc:
-            raise BridgeError(f"output folder '{output_dir}' is not writable ({exc.strerror or exc})",
-                              "pass --output-dir with a folder you can write to") from None
+            raise unwritable(exc) from None
         try:
             yield scratch
         except BaseException:
@@ -485,7 +487,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()}, "logits": logits,
         "thresholds": {"min_agreement": options.min_agreement,
                        "max_accuracy_gap_points": options.max_accuracy_gap_points,
-                       "significance": options.significance},
+                       "significance": options.significance,
+                       "loss_interval_confidence": interval_confidence(options.significance)},
         "parity": [c.as_dict(options.max_accuracy_gap_points, options.significance)
                    | {"judged": any(c is j for j in judged)} for c in parity],
         "datasets": [_dataset_entry(data, run) for data, run in zip(checks, streamed)],

@@ -23,7 +23,8 @@ def render_markdown(report: dict) -> str:
     lines += [f"- note: {note}" for note in report["notes"]]
     lines += ["", "## Parity", "", TIES_RULE, "",
               "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
-              f"| lost / gained | loss, points [{(1 - 2 * report['thresholds']['significance']) * 100:g}% CI] | McNemar p | max abs diff | mean abs diff | judged |",
+              f"| lost / gained | loss, points [{report['thresholds']['loss_interval_confidence'] * 100:g}% CI] "
+              "| McNemar p | max abs diff | mean abs diff | judged |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in report["parity"]:
         lines.append(f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {c['samples']} | "

@@ -26,6 +26,11 @@ Outputs = dict[str, np.ndarray]  # a model's outputs on a batch, by name (qdq_br
 SIGNIFICANCE = 0.05  # an accuracy loss fails only where a one-sided exact McNemar test finds it at this level
 
 
+def interval_confidence(significance: float) -> float:
+    """The confidence of the loss's two-sided interval whose lower end is the one-sided bound at `significance`."""
+    return max(1 - 2 * significance, 0.0)
+
+
 @dataclass
 class Comparison:
     """How far a candidate backend's outputs are from the reference's on one dataset. Top-1 agreement and accuracy
@@ -65,7 +70,7 @@ class Comparison:
         if self.lost is None:
             return None
         discordant = self.lost + self.gained
-        confidence = max(1 - 2 * significance, 0.0)
+        confidence = interval_confidence(significance)
         if not discordant:
             return {"p_value": 1.0, "gap_ci_points": [0.0, 0.0], "confidence": confidence}
         test = binomtest(self.lost, discordant, 0.5, alternative="greater")

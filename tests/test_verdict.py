@@ -48,7 +48,7 @@ def test_a_model_with_tied_int8_logits_passes_at_full_agreement_in_the_fast_plac
     assert row["candidate_accuracy"] - argmax_accuracy >= 2 / len(test.y)
     markdown = (tmp_path / "o" / "report.md").read_text()
     assert "Ties: where the reference's largest logits tie exactly" in markdown
-    assert "| 0 / 0 | 0.00 [0.00, 0.00] | 1 |" in markdown
+    assert "| 0 / 0 | 0.00 [0.00, 0.00] | 1 |" in markdown and "| loss, points [90% CI] |" in markdown
 
 
 @pytest.fixture
