@@ -304,12 +304,50 @@ def float_network_outputs(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
+def _conv_weight(conv: gs.Node) -> np.ndarray | None:
+    """The constant weights of a Conv/ConvTranspose, read through their DequantizeLinear if they have one."""
+    dq = _producer(conv.inputs[1], "DequantizeLinear")
+    return constant_values(dq.inputs[0] if dq is not None else conv.inputs[1])
+
+
+def _float_source(tensor: gs.Tensor) -> gs.Tensor:
+    """The float tensor a DQ'd input was quantized from (the exporter quantizes it once per consumer)."""
+    dq = _producer(tensor, "DequantizeLinear")
+    q = _producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+    return q.inputs[0] if q is not None else tensor
+
+
+def _feeds_concat(tensor: gs.Tensor) -> bool:
+    """Whether the tensor reaches a Concat through activations and Q/DQ only."""
+    return any(c.op == "Concat" or (c.op in ("Relu", "Clip", *QDQ_OPS) and _feeds_concat(c.outputs[0]))
+               for c in tensor.outputs)
+
+
+def separate_sibling_pointwise_convs(graph: gs.Graph) -> gs.Graph:
+    """Give 1x1 Convs that read one tensor and feed a Concat distinct dilations, so TensorRT does not merge them.
+
+    A dilation does nothing to a 1x1 kernel (exact). TensorRT 8.6.0 merges such sibling convolutions (the
+    branches of an Inception block) horizontally and then fails on the Concat's Q/DQ with "Assertion dt1 ==
+    kFLOAT || dt1 == kHALF" in chooseHigherPrecision; measured on an H200 with a 3-branch block, GoogLeNet and
+    Inception v3 (benchmarks/results/h200_trt8.6.0_families_runs/concat_siblings.md). Siblings that feed no
+    Concat (ResNet's conv1 and downsample) are left to merge.
+    """
+    siblings: dict[str, list[gs.Node]] = {}
+    for conv in graph.nodes:
+        weight = _conv_weight(conv) if conv.op == "Conv" else None
+        if weight is not None and weight.shape[2:] == (1, 1) and all(d == 1 for d in conv.attrs.get("dilations", [1])):
+            siblings.setdefault(_float_source(conv.inputs[0]).name, []).append(conv)
+    for convs in siblings.values():
+        if len(convs) > 1 and any(_feeds_concat(c.outputs[0]) for c in convs):
+            for dilation, conv in enumerate(convs[1:], start=2):
+                conv.attrs["dilations"] = [dilation, dilation]
+    return _tidy(graph)
+
+
 def conv_kernel_shape(graph: gs.Graph) -> gs.Graph:
     """Set `kernel_shape` on Conv/ConvTranspose from their (DQ'd) constant weights; TensorRT 8.6's parser needs it."""
     for conv in [n for n in graph.nodes if n.op in ("Conv", "ConvTranspose") and "kernel_shape" not in n.attrs]:
-        weight = conv.inputs[1]
-        dq = _producer(weight, "DequantizeLinear")
-        values = constant_values(dq.inputs[0] if dq is not None else weight)
+        values = _conv_weight(conv)
         if values is not None:
             conv.attrs["kernel_shape"] = list(values.shape[2:])
     return _tidy(graph)
@@ -339,6 +377,7 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) f
     fuse_residual_add,
     skip_grid_preserving_requantize,
     float_network_outputs,
+    separate_sibling_pointwise_convs,
     conv_kernel_shape,
 ))
 PASS_NAMES = tuple(p.name for p in PASSES)

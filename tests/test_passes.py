@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from qdq_bridge import passes
 from qdq_bridge.errors import BridgeError
 
-from graphs import conv_graph, const, model, q_dq, run, sample_input, weight_dq
+from graphs import RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
 
 
 def apply_twice(graph_pass, graph: gs.Graph):
@@ -313,3 +313,42 @@ def test_float_network_outputs_keeps_the_output_name_and_drops_its_rounding():
 def test_run_passes_rejects_unknown_pass_names():
     with pytest.raises(BridgeError, match="unknown pass nope: choose from fold_constants"):
         passes.run_passes(model(conv_graph()), disabled=["nope"])
+
+
+def inception_like(join: str = "Concat") -> gs.Graph:
+    """x quantized once per consumer (as the exporter does) -> two 1x1 ConvReLUs and a 3x3 one -> Q/DQ each ->
+    Concat (or Add: a ResNet-like join) -> Q/DQ."""
+    x = gs.Variable("input", np.float32, (1, 4, 5, 5))
+    nodes: list = []
+    branches = []
+    for i, k in enumerate((1, 1, 3)):
+        a = q_dq(nodes, x, f"in{i}", 0.05, 0, np.int8)
+        w_node, w = weight_dq(f"conv{i}", RNG.integers(-127, 128, (6, 4, k, k)).astype(np.int8),
+                              RNG.uniform(0.01, 0.02, 6), 0)
+        y, r = gs.Variable(f"conv{i}_out", np.float32), gs.Variable(f"relu{i}_out", np.float32)
+        nodes += [w_node, gs.Node("Conv", f"/conv{i}/Conv", {"pads": [k // 2] * 4}, [a, w], [y]),
+                  gs.Node("Relu", f"/relu{i}/Relu", inputs=[y], outputs=[r])]
+        branches.append(q_dq(nodes, r, f"branch{i}", 0.1 + 0.01 * i, 0, np.int8))
+    joined = gs.Variable("joined", np.float32)
+    nodes.append(gs.Node(join, f"/{join}", {"axis": 1} if join == "Concat" else {},
+                         branches if join == "Concat" else branches[:2], [joined]))
+    out = q_dq(nodes, joined, "out", 0.2, 0, np.int8)
+    out.name = "output"
+    return gs.Graph(nodes, [x], [out], opset=13)
+
+
+def dilations(m) -> dict[str, list[int]]:
+    return {n.name: [list(a.ints) for a in n.attribute if a.name == "dilations"] for n in m.graph.node
+            if n.op_type == "Conv"}
+
+
+def test_separate_sibling_pointwise_convs_gives_concat_siblings_distinct_dilations_exactly():
+    before, after = apply_twice(passes.separate_sibling_pointwise_convs, inception_like())
+    assert dilations(after) == {"/conv0/Conv": [], "/conv1/Conv": [[2, 2]], "/conv2/Conv": []}
+    x = sample_input()
+    np.testing.assert_array_equal(run(before, x), run(after, x))
+
+
+def test_separate_sibling_pointwise_convs_leaves_siblings_that_feed_no_concat():
+    before, after = apply_twice(passes.separate_sibling_pointwise_convs, inception_like(join="Add"))
+    assert before.graph == after.graph
