@@ -16,7 +16,7 @@ from .images import PRESETS, Preprocessing, default_workers
 from .lint import errors, lint_file, to_json
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
 from .pipeline import ConvertOptions, convert
-from .quantize import ENGINE_ORDER, OBSERVERS
+from .quantize import ENGINE_ORDER, OBSERVERS, QCONFIGS
 from .verify import SIGNIFICANCE
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "as for --dataset)")
     conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
                       help="activation observer for --calibrate (default: histogram)")
+    conv.add_argument("--qconfig", choices=QCONFIGS, default="tensorrt",
+                      help="PTQ preset for --calibrate: tensorrt (symmetric, default) or PyTorch's default x86, "
+                           "fbgemm or qnnpack qconfig (affine activations)")
+    conv.add_argument("--requantize-activations", action="store_true",
+                      help="re-quantize activations PyTorch quantized over the full uint8 range (qnnpack-style), "
+                           "which int8 at their scale cannot hold, to symmetric int8 over the same range, instead "
+                           "of refusing the model; the report lists them and measures parity against PyTorch")
     conv.add_argument("--keep-float", type=lambda text: tuple(n for n in text.split(",") if n), default=(),
                       metavar="NAMES", help="with --calibrate: leave these submodules float, e.g. layer4,fc (names as "
                                             "model.named_modules() gives them); TensorRT runs them in fp16")
@@ -258,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         batches = _batch_range(args.batch_range)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
-            observer=args.observer, keep_float=args.keep_float, torch_engines=args.torch_engines,
+            observer=args.observer, qconfig=args.qconfig, requantize_activations=args.requantize_activations,
+            keep_float=args.keep_float, torch_engines=args.torch_engines,
             dataset=args.dataset, random_inputs=args.random_inputs,
             preprocess=Preprocessing(args.preprocess, args.resize, args.center_crop, args.mean, args.std, args.color),
             limit=args.limit, calibration_samples=args.calibration_samples, seed=args.seed, workers=args.workers,

@@ -165,7 +165,7 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
                calibration: Dataset | ImageSource | None = None, observer: str = "histogram",
                calibration_batch: int = 32, engines: tuple[str, ...] | None = None,
-               keep_float: tuple[str, ...] = ()) -> LoadedModel:
+               keep_float: tuple[str, ...] = (), qconfig: str = "tensorrt") -> LoadedModel:
     """Load any supported model file and return it quantized (converting QAT and quantizing float models, with
     the submodules named in `keep_float` left float), its weights packed for the engine chosen, before anything
     was read, from `engines` (an order of preference, default quantize.ENGINE_ORDER): `LoadedModel.engine`."""
@@ -197,7 +197,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
                               "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")
     if torchvision_arch(arch) and loaded.input_shape is None:
         loaded.input_shape = TORCHVISION_INPUT
-    return _quantized(loaded, calibration, observer, calibration_batch, keep_float)
+    return _quantized(loaded, calibration, observer, calibration_batch, keep_float, qconfig)
 
 
 def torchvision_arch(arch: str | None) -> bool:
@@ -239,12 +239,12 @@ def _refuse_dynamic(module: nn.Module) -> None:
 
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
-               batch: int, keep_float: tuple[str, ...]) -> LoadedModel:
+               batch: int, keep_float: tuple[str, ...], qconfig: str) -> LoadedModel:
     if keep_float and (loaded.kind == "torchscript" or module_kind(loaded.module) != "float"):
         raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
                           "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
     if loaded.kind != "torchscript":
-        _to_quantized_module(loaded, calibration, observer, batch, keep_float)
+        _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig)
     elif not quantize.activation_quantizers(loaded.module):
         raise BridgeError("the TorchScript model is a float model with no quantization, and TorchScript cannot be "
                           "quantized in eager mode", "save the float model's state_dict and pass it with --arch "
@@ -254,17 +254,12 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
         loaded.notes.append(f"qint8 symmetric activations rewritten at {count} quantizers as the same values in quint8 "
                             "with zero-point 128 (q + 128, same scale), which PyTorch's CPU kernels run; TensorRT "
                             "gets int8 with zero-point 0 either way")
-    quantize.check_symmetric_activations(loaded.module)
-    if any(int(sub.zero_point) == 64 for _, sub in quantize.activation_quantizers(loaded.module)):
-        loaded.notes.append("reduce_range activations (quint8 0..127, zero-point 64) become int8 with zero-point 0: "
-                            "exact for values from -64 to +127 steps (the calibrated range and twice it); TensorRT "
-                            "saturates at +127 steps where PyTorch would go on to +191")
     loaded.module.eval()
     return loaded
 
 
 def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
-                         batch: int, keep_float: tuple[str, ...]) -> None:
+                         batch: int, keep_float: tuple[str, ...], qconfig: str) -> None:
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
@@ -278,8 +273,9 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource
                               "first")
         n_batches = -(-len(calibration) // batch)
         quantize.quantize_ptq(loaded.module, (x for x, _ in calibration.labelled_batches(batch)), observer,
-                              total=n_batches, engine=loaded.engine, keep_float=keep_float)
+                              total=n_batches, engine=loaded.engine, keep_float=keep_float, qconfig=qconfig)
         loaded.kind += "+ptq"
-        loaded.notes.append(f"quantized by qdq_bridge: PTQ, {observer} observer, {len(calibration)} calibration "
+        how = f"{observer} observer" if qconfig == "tensorrt" else f"PyTorch's default {qconfig} qconfig"
+        loaded.notes.append(f"quantized by qdq_bridge: PTQ, {how}, {len(calibration)} calibration "
                             f"samples of {calibration.name}"
                             + (f"; kept float: {', '.join(keep_float)}" if keep_float else ""))

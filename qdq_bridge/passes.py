@@ -139,21 +139,41 @@ def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
-def int8_zero_point(graph: gs.Graph) -> gs.Graph:
-    """Turn uint8 Q/DQ with zero-point 128 (or reduce_range's 64) into int8 with zero-point 0: q_int8 = q_uint8 - zp.
+REQUANTIZE_FIX = ("pass --requantize-activations (each such tensor re-quantized to symmetric int8 over the same range, "
+                  "its parity measured), or quantize the float model again with --qconfig tensorrt")
 
-    Exact for 128; for 64, exact from -64 to +127 steps. Any other 8-bit zero-point is affine quantization,
-    which TensorRT's symmetric int8 cannot represent without clipping: refused with the node and module named.
+
+def full_range_error(tensor: str, module: str, zp: int, scale: float, reason: str) -> BridgeError:
+    return BridgeError(f"activation '{tensor}' (module {module}) is quantized affinely over the full uint8 range "
+                       f"(zero_point={zp}, scale={scale:.4g}, qnnpack-style): {reason}", REQUANTIZE_FIX)
+
+
+def below_int8(zp: int) -> str:
+    return f"int8 at that scale stops at -128 steps, above its lowest value (-{zp} steps)"
+
+
+def int8_zero_point(graph: gs.Graph) -> gs.Graph:
+    """Map uint8 Q/DQ with zero-point z <= 128 onto int8 with zero-point 0 at the same scale: q_int8 = q_uint8 - z.
+
+    128 (symmetric) is exact. A smaller z (PyTorch's x86/fbgemm default activations: reduce_range, 0..127 around z)
+    is exact from -z to +127 steps: a Clip at -z steps before the Q keeps PyTorch's lower saturation (none after a
+    ReLU); above +127 steps int8 saturates where PyTorch would go on to 255 - z (beyond the calibrated range;
+    `pipeline` counts such values on the data). z > 128 puts values below int8's -128 steps: refused, naming the
+    tensor and the ways out, as is any int8 zero-point but 0.
     """
     for node in [n for n in graph.nodes if n.op in QDQ_OPS]:
         zp = zero_point(node)
         if zp.dtype == np.int8 and not zp.any() or zp.dtype not in (np.uint8, np.int8):
             continue
-        if zp.dtype == np.int8 or zp.size != 1 or int(zp.ravel()[0]) not in (128, 64):
+        if zp.dtype == np.int8 or zp.size != 1:
             raise BridgeError(
                 f"node '{node.name}' (module {module_path(node)}) quantizes affinely ({zp.dtype.name}, "
                 f"zero_point={zp.ravel()[:4].tolist()}), which TensorRT's symmetric int8 cannot represent",
                 "re-quantize with per_tensor_symmetric activations (qdq_bridge.quantize.trt_qconfig())")
+        shift = int(zp.ravel()[0])
+        if shift > 128:
+            raise full_range_error(node.inputs[0].name, module_path(node), shift,
+                                   float(constant_values(node.inputs[1]).ravel()[0]), below_int8(shift))
         zero = gs.Constant(f"{node.name}_zero_point_int8", np.zeros(zp.shape, np.int8))
         if len(node.inputs) > 2:
             node.inputs[2] = zero
@@ -161,9 +181,47 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
             node.inputs.append(zero)
         if node.op == "QuantizeLinear":
             node.outputs[0].dtype = np.int8
+            if shift < 128 and constant_values(node.inputs[0]) is None and _producer(node.inputs[0], "Relu") is None:
+                _clamp_before(graph, node, -shift)
         elif (values := constant_values(node.inputs[0])) is not None:
-            shifted = values.astype(np.int16) - int(zp.ravel()[0])
+            shifted = values.astype(np.int16) - shift
             node.inputs[0] = gs.Constant(node.inputs[0].name + "_int8", np.clip(shifted, -128, 127).astype(np.int8))
+    return _tidy(graph)
+
+
+def _clamp_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
+    """x -> Clip(low_steps, +127 steps of q's scale) -> q: PyTorch's lower saturation, on q's grid."""
+    scale = float(constant_values(q.inputs[1]).ravel()[0])
+    bounds = [gs.Constant(f"{q.name}/clamp_{side}", np.array(steps * scale, np.float32))
+              for side, steps in (("min", low_steps), ("max", 127))]
+    clamped = gs.Variable(f"{q.name}/clamp_output", np.float32, q.inputs[0].shape)
+    graph.nodes.append(gs.Node("Clip", f"{q.name}/Clip", inputs=[q.inputs[0], *bounds], outputs=[clamped]))
+    q.inputs[0] = clamped
+
+
+def _is_grid_clamp(clip: gs.Node) -> bool:
+    """A Clip that only narrows int8's window on the grid of the Qs it feeds (what int8_zero_point adds)."""
+    bounds = [constant_values(t) if t is not None and t.name else None for t in clip.inputs[1:3]]
+    consumers = clip.outputs[0].outputs
+    if len(bounds) != 2 or any(b is None for b in bounds) or not consumers \
+            or any(c.op != "QuantizeLinear" or zero_point(c).any() for c in consumers):
+        return False
+    scales = {float(constant_values(c.inputs[1]).ravel()[0]) for c in consumers if constant_values(c.inputs[1]) is not None}
+    if len(scales) != 1:
+        return False
+    scale = scales.pop()
+    low, high = float(bounds[0]) / scale, float(bounds[1]) / scale
+    return -128 <= round(low) <= 0 and abs(low - round(low)) < 1e-3 and abs(high - 127) < 1e-3
+
+
+def drop_activation_clamps(graph: gs.Graph) -> gs.Graph:
+    """fast: drop the Clips that keep PyTorch's narrower saturation of affine activations (see int8_zero_point).
+
+    Not exact: TensorRT then saturates at int8's -128 steps where PyTorch stopped at -z, and the Q follows its
+    layer directly, as TensorRT fuses it.
+    """
+    for clip in [n for n in graph.nodes if n.op == "Clip" and _is_grid_clamp(n)]:
+        reroute(graph, clip.outputs[0], clip.inputs[0])
     return _tidy(graph)
 
 
@@ -364,7 +422,7 @@ class GraphPass:
         return (self.run.__doc__ or "").strip().splitlines()[0]
 
 
-FAST_ONLY = (fuse_residual_add, skip_grid_preserving_requantize, float_network_outputs)
+FAST_ONLY = (drop_activation_clamps, fuse_residual_add, skip_grid_preserving_requantize, float_network_outputs)
 PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) for f in (
     fold_constants,
     remove_cast_between_q_dq,
@@ -374,6 +432,7 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) f
     quantize_weight_constants,
     fold_weight_transpose,
     drop_redundant_dq_q,
+    drop_activation_clamps,
     fuse_residual_add,
     skip_grid_preserving_requantize,
     float_network_outputs,

@@ -24,6 +24,9 @@ import onnx
 from . import data as datasets
 from .engine import BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from .errors import BridgeError, readable_file
+from .activations import affine_activations, refuse_full_range, requantize, scheme_counts
+from .activations import as_report as activations_report
+from .activations import notes as activation_notes
 from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, errors, lint_model
 from .images import Preprocessing, default_workers
@@ -53,6 +56,10 @@ class ConvertOptions:
     trust_pickle: bool = False
     calibrate: str | None = None  # dataset spec to quantize a float model with (PTQ)
     observer: str = "histogram"
+    qconfig: str = "tensorrt"  # PTQ preset for --calibrate (quantize.QCONFIGS)
+    # re-quantize activations PyTorch quantized over the full uint8 range (which int8 at their scale cannot hold)
+    # to symmetric int8 over the same range, instead of refusing them (qdq_bridge.activations)
+    requantize_activations: bool = False
     keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
     torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (quantize.ENGINE_ORDER)
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
@@ -359,6 +366,10 @@ def _check_memory(input_shape: tuple[int, ...], options: ConvertOptions) -> None
                               f"pass {option} {max(1, int(available / 4 // sample_bytes))} or smaller")
 
 
+# samples the affine activations' reach is measured on (the head of the parity data)
+ACTIVATION_SAMPLES = 256
+
+
 def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
     """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.outputs), for parity to pair them."""
     exported = [output.name for output in model.graph.output]
@@ -416,7 +427,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
                                                                   else None))
         loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
                             calibration=calibration, observer=options.observer, engines=options.torch_engines,
-                            keep_float=options.keep_float)
+                            keep_float=options.keep_float, qconfig=options.qconfig)
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
         # shape precedence: --input-shape, the file's metadata, the labelled dataset, the first layer's weights
@@ -432,8 +443,16 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     _check_output_names(exported, outputs)
+    with timer("activations"):  # what int8 holds of PyTorch's affine activations, measured on the parity data
+        reach = (checks[0] if checks else datasets.random_inputs(input_shape, ACTIVATION_SAMPLES)).head(
+            ACTIVATION_SAMPLES)
+        affine = affine_activations(exported, reach.batches(options.batch_size))
+        full_range = [a for a in affine if a.full_range]
+        if full_range and not options.requantize_activations:
+            refuse_full_range(affine)
+        legalizable = requantize(exported, affine) if full_range else exported
     with timer("passes"):
-        model, applied = run_passes(exported, options.disabled_passes, options.placement)
+        model, applied = run_passes(legalizable, options.disabled_passes, options.placement)
     with timer("lint"):
         violations = lint_model(model)
     onnx_name = f"{model_path.stem}.qdq.onnx"
@@ -449,7 +468,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     if options.random_inputs:
         checks.append(datasets.random_inputs(input_shape, options.random_inputs))
         heads.append(checks[-1])
-    notes = [*loaded.notes, *reference.notes]
+    notes = [*loaded.notes, *reference.notes, *activation_notes(affine, reach.name, options.placement)]
     with timer("tensorrt"):
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
         tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
@@ -493,6 +512,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
                    | {"judged": any(c is j for j in judged)} for c in parity],
         "datasets": [_dataset_entry(data, run) for data, run in zip(checks, streamed)],
         "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
+        "activations": activations_report(affine, scheme_counts(exported), bool(full_range)),
         "placement": options.placement, "passes": applied, "passes_disabled": sorted(options.disabled_passes),
         "lint": [vars(v) for v in violations],
         "tensorrt": tensorrt,

@@ -118,6 +118,18 @@ def trt_qconfig(observer: str = "histogram") -> QConfig:
                    weight=PerChannelMinMaxObserver.with_args(**WEIGHT))
 
 
+# PTQ presets: qdq_bridge's TensorRT-legal one, or PyTorch's defaults (as users' eager models are made), which
+# quantize activations affinely: see qdq_bridge.activations for what int8 holds of them.
+QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack")
+
+
+def ptq_qconfig(preset: str = "tensorrt", observer: str = "histogram") -> QConfig:
+    """The PTQ qconfig of a preset; `observer` applies to the TensorRT one (PyTorch's defaults bring their own)."""
+    if preset not in QCONFIGS:
+        raise BridgeError(f"unknown qconfig '{preset}'", f"choose one of {', '.join(QCONFIGS)}")
+    return trt_qconfig(observer) if preset == "tensorrt" else torch.ao.quantization.get_default_qconfig(preset)
+
+
 def trt_qat_qconfig() -> QConfig:
     """QAT qconfig with the same quantization scheme as `trt_qconfig`, as fake-quant modules."""
     return QConfig(activation=FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, **ACTIVATION),
@@ -151,8 +163,6 @@ def _muted_stderr_fd():
 
 # Activation dtypes as eager modules hold them and as TorchScript stores them (ScalarType codes).
 QINT8_DTYPES, QUINT8_DTYPES = (torch.qint8, 12), (torch.quint8, 13)
-# uint8 zero-points that are int8 with zero-point 0 shifted: 128 (full range), 64 (reduce_range's 0..127)
-SYMMETRIC_UINT8_ZERO_POINTS = (128, 64)
 # what a quantizer the calibration never reached keeps (e.g. the skip_add of a MobileNetV2 block without skip)
 UNCALIBRATED = (1.0, 0)
 AFFINE_FIX = "re-quantize with qdq_bridge.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric activations)"
@@ -200,17 +210,6 @@ def qint8_to_quint8_activations(module: nn.Module) -> int:
     return len(quantizers)
 
 
-def check_symmetric_activations(module: nn.Module) -> None:
-    """Every activation quantizer must be quint8 symmetric (zero-point 128, or 64 with reduce_range), which maps
-    to TensorRT's int8 with zero-point 0; anything else is refused, naming the module and the qconfig to use."""
-    for name, sub in activation_quantizers(module):
-        zero_point = int(sub.zero_point)
-        if (float(sub.scale), zero_point) == UNCALIBRATED:
-            continue
-        if zero_point not in SYMMETRIC_UINT8_ZERO_POINTS:
-            raise _affine(name, sub, "quint8")
-
-
 def _affine(name: str, sub: nn.Module, dtype: str) -> BridgeError:
     return BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely ({dtype}, "
                        f"zero_point={int(sub.zero_point)}, scale={float(sub.scale):.4g}), which TensorRT's symmetric "
@@ -226,10 +225,11 @@ def _fuse(model: nn.Module, is_qat: bool) -> None:
             model.fuse_model()
 
 
-def prepare_ptq(model: nn.Module, observer: str = "histogram", keep_float: Iterable[str] = ()) -> nn.Module:
-    """Fuse and insert observers into a float model (in place); calibrate it, then call `convert`. Submodules
-    named in `keep_float` stay float (see `keep_float_modules`)."""
-    return _prepare(model, trt_qconfig(observer), qat=False, keep_float=keep_float)
+def prepare_ptq(model: nn.Module, observer: str = "histogram", keep_float: Iterable[str] = (),
+                qconfig: str = "tensorrt") -> nn.Module:
+    """Fuse and insert observers of a `QCONFIGS` preset into a float model (in place); calibrate it, then call
+    `convert`. Submodules named in `keep_float` stay float (see `keep_float_modules`)."""
+    return _prepare(model, ptq_qconfig(qconfig, observer), qat=False, keep_float=keep_float)
 
 
 def prepare_qat(model: nn.Module, keep_float: Iterable[str] = ()) -> nn.Module:
@@ -285,13 +285,14 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
 
 
 def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str = "histogram",
-                 total: int | None = None, engine: str | None = None, keep_float: Iterable[str] = ()) -> nn.Module:
-    """Post-training quantization of a float eager-mode model with the TensorRT-legal scheme; the submodules
-    named in `keep_float` stay float."""
+                 total: int | None = None, engine: str | None = None, keep_float: Iterable[str] = (),
+                 qconfig: str = "tensorrt") -> nn.Module:
+    """Post-training quantization of a float eager-mode model with a `QCONFIGS` preset (default: the
+    TensorRT-legal scheme); the submodules named in `keep_float` stay float."""
     if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
         raise BridgeError("the float model has no QuantStub, so eager-mode quantization cannot place its inputs",
                           "add QuantStub/DeQuantStub (and FloatFunctional for adds) or use a torchvision "
                           "quantizable model (torchvision.models.quantization)")
-    prepare_ptq(model, observer, keep_float)
+    prepare_ptq(model, observer, keep_float, qconfig)
     calibrate(model, batches, total)
     return convert(model, engine)

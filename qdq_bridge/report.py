@@ -45,6 +45,7 @@ def render_markdown(report: dict) -> str:
     lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
     lines += ["", f"Exported by {report['exporter']}. Placement: {report['placement']}. Passes applied: {', '.join(report['passes']) or 'none'}",
               f"{', '.join(report['passes_disabled'])} disabled." if report["passes_disabled"] else "",
+              *_activations_lines(report.get("activations")),
               "", "## Lint", ""]
     lines += [f"- {v['severity']} {v['rule']} `{v['node']}`: {v['message']}" for v in report["lint"]] or \
              ["No violations of TensorRT's explicit-quantization rules."]
@@ -137,3 +138,20 @@ def write_reports(report: dict, folder: Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(render_markdown(report))
     return json_path, md_path
+
+
+def _activations_lines(activations: dict | None) -> list[str]:
+    """The model's activation quantization, as PyTorch had it, and what became of each affine one."""
+    if not activations:
+        return []
+    schemes = activations["schemes"]
+    lines = ["", "## Activations", "",
+             f"As exported from PyTorch: {schemes['symmetric']} symmetric, {schemes['affine']} affine with zero-point "
+             f"<= 128, {schemes['full_range']} affine with zero-point > 128.", ""]
+    if activations["affine"]:
+        lines += ["| activation | module | zero-point | scale | values past +127 steps | became |", "|---|---|---:|---:|---:|---|"]
+        lines += [f"| `{a['tensor']}` | {a['module']} | {a['zero_point']} | {a['scale']:.4g} | "
+                  f"{a['values_above_int8']:,} of {a['values_measured']:,} | "
+                  + (f"symmetric int8, scale {a['requantized_scale']:.4g} (re-quantized)" if a["requantized_scale"]
+                     else "int8, same scale (exact up to +127 steps)") + " |" for a in activations["affine"]]
+    return lines

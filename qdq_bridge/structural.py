@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import BridgeError
 from .outputs import flatten_outputs, named_tuple_fields
-from .quantize import quiet_torch_warnings
+from .quantize import activation_dtype, quiet_torch_warnings
 
 INT8_ZERO = "int8_zero_point"
 UNSUPPORTED_FIX = ("use --exporter torch, or express it with the modules listed in the README (quantized conv, "
@@ -35,11 +35,29 @@ class Batch(int):
     """The batch dimension's size: kept symbolic (0 = 'copy from the input') when it lands in a Reshape."""
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A quantized activation's scale and its quint8 zero-point. 128 is symmetric: emitted as int8 with zero-point 0
+    at once. Any other is affine: emitted as PyTorch has it (uint8, zero-point z), for `passes.int8_zero_point`
+    to map onto int8 or refuse."""
+    scale: float
+    zero_point: int = 128
+
+
+def _grid(scale: float | Grid) -> Grid:
+    return scale if isinstance(scale, Grid) else Grid(float(scale))
+
+
 @dataclass
 class Value:
     name: str  # a float32 ONNX tensor
     scale: float | None = None  # the int8 grid its values lie on; None for plain float
     dequantized: bool = False  # it is a DequantizeLinear output (what TensorRT wants before a conv or GEMM)
+    zero_point: int = 128  # PyTorch's quint8 zero-point for it (see Grid)
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.scale, self.zero_point)
 
 
 def _is_quantized(module: nn.Module) -> bool:
@@ -84,11 +102,14 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [f"{name}_output_0"], name=name, **attrs))
         return f"{name}_output_0"
 
-    def quantized(self, where: str, tensor: str, scale: float) -> Value:
-        """tensor -> QuantizeLinear -> DequantizeLinear on the int8 grid of `scale` (zero-point 0)."""
-        s = self.constant(where, np.array(scale, np.float32))
-        q = self.node(where, "QuantizeLinear", [tensor, s, INT8_ZERO])
-        return Value(self.node(where, "DequantizeLinear", [q, s, INT8_ZERO]), scale, dequantized=True)
+    def quantized(self, where: str, tensor: str, scale: float | Grid) -> Value:
+        """tensor -> QuantizeLinear -> DequantizeLinear on the grid of `scale`: int8 with zero-point 0 where it is
+        symmetric, PyTorch's uint8 and zero-point where it is affine."""
+        grid = _grid(scale)
+        s = self.constant(where, np.array(grid.scale, np.float32))
+        zero = INT8_ZERO if grid.zero_point == 128 else self.constant(where, np.array(grid.zero_point, np.uint8))
+        q = self.node(where, "QuantizeLinear", [tensor, s, zero])
+        return Value(self.node(where, "DequantizeLinear", [q, s, zero]), grid.scale, True, grid.zero_point)
 
     def dequantized_input(self, where: str, value: Value) -> str:
         """The value as a DQ output (re-gridding at its own scale is exact); refuses plain floats."""
@@ -97,7 +118,7 @@ class _Builder:
         if value.scale is None:
             raise BridgeError(f"module '{where.strip('/').replace('/', '.')}' takes a float tensor where a quantized "
                               "one is expected", "add a QuantStub before it")
-        return self.quantized(where, value.name, value.scale).name
+        return self.quantized(where, value.name, value.grid).name
 
     def weight(self, where: str, qweight: torch.Tensor) -> tuple[str, np.ndarray]:
         """int8 initializer + DequantizeLinear (per channel along the tensor's own axis); returns the DQ output and
@@ -179,7 +200,14 @@ def _pair(value) -> list[int]:
 class _Ops(_Builder):
     """The ONNX of each quantized operation, whichever frontend found it."""
 
-    def weighted(self, where: str, x: Value, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float,
+    # qint8 activations (zero-point 0) hold the same values as quint8 with zero-point 128
+    zero_point_offset = 0
+
+    def grid(self, scale, zero_point) -> Grid:
+        """A quantized activation's grid from PyTorch's scale and zero-point, as quint8."""
+        return Grid(float(scale), int(zero_point) + self.zero_point_offset)
+
+    def weighted(self, where: str, x: Value, qweight: torch.Tensor, bias: torch.Tensor | None, scale: float | Grid,
                  relu: bool, conv: dict | None = None) -> Value:
         """Quantized conv (conv = its stride/padding/dilation/groups/transposed/output_padding) or linear."""
         x_name = self.dequantized_input(where, x)
@@ -200,14 +228,14 @@ class _Ops(_Builder):
                             [x_name, weight, self.bias(where, bias, x.scale, weight_scales, channels)], **attrs)
         return self.quantized(where, self.node(where, "Relu", [out]) if relu else out, scale)
 
-    def batch_norm(self, where: str, x: Value, params: list[torch.Tensor], eps: float, scale: float,
+    def batch_norm(self, where: str, x: Value, params: list[torch.Tensor], eps: float, scale: float | Grid,
                    relu: bool) -> Value:
         """params: weight, bias, running mean, running variance."""
         bn = self.node(where, "BatchNormalization", [self.dequantized_input(where, x), *(
             self.constant(where, t.detach().float().numpy()) for t in params)], epsilon=float(eps))
         return self.quantized(where, self.node(where, "Relu", [bn]) if relu else bn, scale)
 
-    def activation(self, where: str, kind: str, x: Value, scale: float | None, alpha: float = 0.0) -> Value:
+    def activation(self, where: str, kind: str, x: Value, scale: float | Grid | None, alpha: float = 0.0) -> Value:
         """Hardswish/ELU/LeakyReLU (requantized at `scale`), ReLU/ReLU6 (on the input's grid), Sigmoid/Hardsigmoid
         (float: eager mode gives them fixed uint8 qparams that int8 cannot hold, as float_fixed_range_outputs
         leaves the torch exporter's graph)."""
@@ -218,10 +246,10 @@ class _Ops(_Builder):
         elif kind == "LeakyReLU":
             out = self.node(where, "LeakyRelu", [x.name], alpha=float(alpha))
         elif kind == "ReLU":
-            return Value(self.node(where, "Relu", [x.name]), x.scale)  # relu of grid values are grid values
+            return Value(self.node(where, "Relu", [x.name]), x.scale, zero_point=x.zero_point)  # still grid values
         elif kind == "ReLU6":
             bounds = [self.constant(where, np.array(b, np.float32)) for b in (0.0, 6.0)]
-            return Value(self.node(where, "Clip", [x.name, *bounds]), x.scale)
+            return Value(self.node(where, "Clip", [x.name, *bounds]), x.scale, zero_point=x.zero_point)
         elif kind == "Hardsigmoid":
             return Value(self.node(where, "HardSigmoid", [x.name], alpha=1 / 6, beta=0.5))
         elif kind == "Sigmoid":
@@ -234,11 +262,11 @@ class _Ops(_Builder):
     def max_pool(self, where: str, x: Value, kernel, stride, padding, dilation, ceil_mode) -> Value:
         out = self.node(where, "MaxPool", [x.name], kernel_shape=_pair(kernel), strides=_pair(stride or kernel),
                         pads=_pair(padding) * 2, dilations=_pair(dilation), ceil_mode=int(ceil_mode))
-        return Value(out, x.scale)  # a selection of grid values
+        return Value(out, x.scale, zero_point=x.zero_point)  # a selection of grid values
 
     def requantized_like(self, where: str, x: Value, averaged: str) -> Value:
         """PyTorch's quantized averages round back onto their input's grid."""
-        return self.quantized(where, averaged, x.scale) if x.scale else Value(averaged)
+        return self.quantized(where, averaged, x.grid) if x.scale else Value(averaged)
 
     def avg_pool(self, where: str, x: Value, kernel, stride, padding, ceil_mode, count_include_pad) -> Value:
         return self.requantized_like(where, x, self.node(
@@ -267,17 +295,18 @@ class _Ops(_Builder):
             raise BridgeError(f"flatten at '{_module_name(where)}' ends at dim {end}", UNSUPPORTED_FIX)
         if start == 0:
             return self.reshape(where, x, [-1])
-        return Value(self.node(where, "Flatten", [x.name], axis=start), x.scale)
+        return Value(self.node(where, "Flatten", [x.name], axis=start), x.scale, zero_point=x.zero_point)
 
     def reshape(self, where: str, x: Value, sizes) -> Value:
         # the batch dim, where it stays first, is copied from the input (0) so the batch stays dynamic
         shape = [0 if i == 0 and isinstance(d, Batch) else int(d) for i, d in enumerate(sizes)]
-        return Value(self.node(where, "Reshape", [x.name, self.constant(where, np.array(shape, np.int64))]), x.scale)
+        return Value(self.node(where, "Reshape", [x.name, self.constant(where, np.array(shape, np.int64))]), x.scale,
+                     zero_point=x.zero_point)
 
     def transpose(self, where: str, x: Value, dim0: int, dim1: int) -> Value:
         perm = list(range(len(self.shape_of(x.name))))
         perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
-        return Value(self.node(where, "Transpose", [x.name], perm=perm), x.scale)
+        return Value(self.node(where, "Transpose", [x.name], perm=perm), x.scale, zero_point=x.zero_point)
 
     def chunk(self, where: str, x: Value, chunks: int, dim: int) -> list[Value]:
         total = self.shape_of(x.name)[dim]
@@ -285,9 +314,9 @@ class _Ops(_Builder):
         outputs = [f"{name}_output_{i}" for i in range(chunks)]
         split = self.constant(where, np.array([total // chunks] * chunks, np.int64))
         self.nodes.append(helper.make_node("Split", [x.name, split], outputs, name=name, axis=int(dim)))
-        return [Value(o, x.scale) for o in outputs]
+        return [Value(o, x.scale, zero_point=x.zero_point) for o in outputs]
 
-    def quantized_op(self, where: str, op: str, inputs: list[Value], scale: float, dim: int = 0) -> Value:
+    def quantized_op(self, where: str, op: str, inputs: list[Value], scale: float | Grid, dim: int = 0) -> Value:
         """QFunctional's add/add_relu/mul/mul_relu/cat: the float op on DQ'd inputs (TensorRT fuses a residual
         Add only with a DQ'd input), then requantization at `scale`."""
         names = [self.dequantized_input(where, v) if v.scale else v.name for v in inputs]
@@ -335,7 +364,7 @@ class _FxFrontend:
         kind, where = type(sub).__name__, _where(node.target)
         quantized = _is_quantized(sub)
         if kind == "Quantize":
-            return ops.quantized(where, x.name, float(sub.scale))
+            return ops.quantized(where, x.name, ops.grid(sub.scale, sub.zero_point))
         if kind == "DeQuantize":
             return Value(x.name)
         if kind in ("Identity", "Dropout"):
@@ -346,13 +375,14 @@ class _FxFrontend:
             conv = None if kind.startswith("Linear") else dict(
                 stride=sub.stride, padding=sub.padding, dilation=sub.dilation, groups=sub.groups,
                 transposed=kind.startswith("ConvTranspose"), output_padding=getattr(sub, "output_padding", ()))
-            return ops.weighted(where, x, sub.weight(), sub.bias(), float(sub.scale), "ReLU" in kind, conv)
+            return ops.weighted(where, x, sub.weight(), sub.bias(), ops.grid(sub.scale, sub.zero_point), "ReLU" in kind,
+                                conv)
         if quantized and kind.startswith(("BatchNorm", "BNReLU")):
             return ops.batch_norm(where, x, [sub.weight, sub.bias, sub.running_mean, sub.running_var], sub.eps,
-                                  float(sub.scale), "ReLU" in kind)
+                                  ops.grid(sub.scale, sub.zero_point), "ReLU" in kind)
         if kind in ("Hardswish", "ELU", "LeakyReLU", "ReLU", "ReLU6", "Hardsigmoid", "Sigmoid"):
             alpha = getattr(sub, "alpha", getattr(sub, "negative_slope", 0.0))
-            return ops.activation(where, kind, x, float(sub.scale) if quantized else None, alpha)
+            return ops.activation(where, kind, x, ops.grid(sub.scale, sub.zero_point) if quantized else None, alpha)
         if kind.startswith("MaxPool"):
             return ops.max_pool(where, x, sub.kernel_size, sub.stride, sub.padding, sub.dilation, sub.ceil_mode)
         if kind.startswith("AdaptiveAvgPool"):
@@ -369,10 +399,13 @@ class _FxFrontend:
         op_name = getattr(target, "_qualified_op_name", "")
         if op_name.startswith("quantized::"):
             op = op_name.split("::")[-1]
+            # quantized::cat(tensors, dim, scale, zero_point), quantized::add(a, b, scale, zero_point)
+            first_qparam = 2
+            grid = ops.grid(kwargs.get("scale", args[first_qparam] if len(args) > first_qparam else None),
+                            kwargs.get("zero_point", args[first_qparam + 1] if len(args) > first_qparam + 1 else 128))
             if op == "cat":
-                return ops.quantized_op(where, op, args[0], kwargs.get("scale", args[-2] if len(args) > 2 else None),
-                                        kwargs.get("dim", args[1] if len(args) > 1 else 0))
-            return ops.quantized_op(where, op, list(args[:2]), kwargs.get("scale", args[2] if len(args) > 2 else None))
+                return ops.quantized_op(where, op, args[0], grid, kwargs.get("dim", args[1] if len(args) > 1 else 0))
+            return ops.quantized_op(where, op, list(args[:2]), grid)
         if target is operator.getitem:
             return args[0][args[1]]
         if isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
@@ -463,7 +496,7 @@ class _TorchScriptFrontend:
     def _node(self, node: torch._C.Node, kind: str, args: list):
         ops, where = self.ops, self._where(node)
         if kind == "aten::quantize_per_tensor":
-            return ops.quantized(where, args[0].name, float(args[1]))
+            return ops.quantized(where, args[0].name, ops.grid(args[1], args[2]))
         if kind == "aten::dequantize":
             return Value(args[0].name)
         if kind in _TS_CONV or kind in _TS_CONV_TRANSPOSE:
@@ -472,23 +505,26 @@ class _TorchScriptFrontend:
             conv = dict(stride=packed.stride(), padding=packed.padding(), dilation=packed.dilation(),
                         groups=packed.groups(), transposed=bool(packed.transpose()),
                         output_padding=packed.output_padding())
-            return ops.weighted(where, args[0], weight, bias, float(args[2]), _TS_CONV.get(kind, False), conv)
+            return ops.weighted(where, args[0], weight, bias, ops.grid(args[2], args[3]), _TS_CONV.get(kind, False),
+                                conv)
         if kind in _TS_LINEAR:
             weight, bias = torch.ops.quantized.linear_unpack(args[1])
-            return ops.weighted(where, args[0], weight, bias, float(args[2]), _TS_LINEAR[kind])
+            return ops.weighted(where, args[0], weight, bias, ops.grid(args[2], args[3]), _TS_LINEAR[kind])
         if kind in _TS_ELEMENTWISE:
-            return ops.quantized_op(where, kind.split("::")[1], args[:2], float(args[2]))
+            return ops.quantized_op(where, kind.split("::")[1], args[:2], ops.grid(args[2], args[3]))
         if kind == "quantized::cat":
-            return ops.quantized_op(where, "cat", args[0], float(args[2]), args[1])
+            return ops.quantized_op(where, "cat", args[0], ops.grid(args[2], args[3]), args[1])
         if kind in ("quantized::batch_norm2d", "quantized::batch_norm3d", "quantized::batch_norm2d_relu",
                     "quantized::batch_norm3d_relu"):
-            return ops.batch_norm(where, args[0], args[1:5], args[5], float(args[6]), kind.endswith("_relu"))
+            return ops.batch_norm(where, args[0], args[1:5], args[5], ops.grid(args[6], args[7]),
+                                  kind.endswith("_relu"))
         if kind == "quantized::hardswish":
-            return ops.activation(where, "Hardswish", args[0], float(args[1]))
+            return ops.activation(where, "Hardswish", args[0], ops.grid(args[1], args[2]))
         if kind == "quantized::elu":
-            return ops.activation(where, "ELU", args[0], float(args[1]), args[3])
+            return ops.activation(where, "ELU", args[0], ops.grid(args[1], args[2]), args[3])
         if kind in ("quantized::leaky_relu", "aten::leaky_relu"):
-            return ops.activation(where, "LeakyReLU", args[0], float(args[3]) if len(args) > 3 else None, args[1])
+            return ops.activation(where, "LeakyReLU", args[0],
+                                  ops.grid(args[3], args[4]) if len(args) > 4 else None, args[1])
         if kind in ("aten::relu", "aten::relu_"):
             return ops.activation(where, "ReLU", args[0], None)
         if kind in ("aten::hardtanh", "aten::hardtanh_") and list(args[1:3]) == [0.0, 6.0]:
@@ -557,6 +593,8 @@ def export_structural(module: nn.Module, input_shape: tuple[int, ...], opset: in
     if bias_rounding not in BIAS_ROUNDINGS:
         raise BridgeError(f"unknown bias rounding '{bias_rounding}'", f"choose from {', '.join(BIAS_ROUNDINGS)}")
     ops = _Ops(input_shape, input_name, dynamic_batch, opset, bias_rounding)
+    if activation_dtype(module) == "qint8":
+        ops.zero_point_offset = 128
     try:
         with quiet_torch_warnings():
             if isinstance(module, torch.jit.ScriptModule):

@@ -1,6 +1,7 @@
 """Bad input: one line naming the problem and the fix, exit status 2, no half-written outputs."""
 import json
 import os
+import re
 import pickle
 import shutil
 from pathlib import Path
@@ -111,13 +112,14 @@ def _digits_model(qconfig) -> torch.nn.Module:
     return quantize_with(DigitsResNet(), qconfig, [digits_split()[0].x[:64]])
 
 
-def test_affine_uint8_activations_are_refused_naming_the_module(tmp_path):
-    path = tmp_path / "affine.pt"
-    save_torchscript(_digits_model(get_default_qconfig("x86")), path, (1, 1, 32, 32))
+def test_full_range_affine_activations_are_refused_naming_the_tensor_and_both_ways_out(tmp_path):
+    """qnnpack's default qconfig: quint8 over 0..255, which int8 at the same scale cannot hold."""
+    path = tmp_path / "qnnpack.pt"
+    save_torchscript(_digits_model(get_default_qconfig("qnnpack")), path, (1, 1, 32, 32), "digits")
     message = refused(tmp_path, str(path))
-    assert "module 'quant' (Quantize) quantizes activations affinely (quint8, zero_point=" in message
-    assert message.endswith("re-quantize with qdq_bridge.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric "
-                            "activations)")
+    assert re.fullmatch(r"error: activation '\S+' \(module \S+\) is quantized affinely over the full uint8 range "
+                        r"\(zero_point=\d+, scale=[\d.e-]+, qnnpack-style\): .*: pass --requantize-activations \(.*\), "
+                        r"or quantize the float model again with --qconfig tensorrt", message), message
 
 
 def test_affine_qint8_activations_are_refused_naming_the_module(tmp_path):

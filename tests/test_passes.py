@@ -94,12 +94,37 @@ def test_int8_zero_point_is_exact_for_zero_point_128():
     np.testing.assert_array_equal(run(before, x), run(after, x))
 
 
-@pytest.mark.parametrize("zp,dtype", [(57, np.uint8), (0, np.uint8), (3, np.int8)])
-def test_int8_zero_point_refuses_affine_quantization(zp, dtype):
-    graph = folded(conv_graph(cast=False, zp=zp, zp_dtype=dtype))
-    with pytest.raises(BridgeError, match=r"node '/in/QuantizeLinear' \(module in\) quantizes affinely .*"
-                                          r"per_tensor_symmetric"):
-        passes.int8_zero_point(graph)
+@pytest.mark.parametrize("zp", [57, 0])
+def test_int8_zero_point_maps_reduce_range_activations_exactly_keeping_pytorchs_clamp(zp):
+    """PyTorch's x86/fbgemm activations: uint8 around z <= 127. int8 at the same scale holds -z..127 steps; the
+    Clip keeps PyTorch's floor at -z steps. Equal to the uint8 graph wherever a value stays within 127 steps."""
+    before, after = apply_twice(passes.int8_zero_point, folded(conv_graph(cast=False, zp=zp)))
+    clips = [n for n in after.graph.node if n.op_type == "Clip"]
+    assert [c.output[0] for c in clips] == [n.input[0] for n in after.graph.node
+                                           if n.op_type == "QuantizeLinear" and n.input[0].endswith("clamp_output")]
+    assert len(clips) == 2  # the input's and the conv output's quantizers
+    x = sample_input(before) * 0.3
+    assert run(before, x).max() < 127 * 0.1  # within int8's reach at the output's scale
+    np.testing.assert_array_equal(run(before, x), run(after, x))
+    big = x * 100  # the input quantizer's uint8 goes on to 255 - z steps, int8 stops at 127
+    assert not np.array_equal(run(before, big), run(after, big))
+
+
+@pytest.mark.parametrize("zp,dtype,message", [
+    (200, np.uint8, r"activation 'input' \(module in\) is quantized affinely over the full uint8 range "
+                    r"\(zero_point=200.*--requantize-activations.*--qconfig tensorrt"),
+    (3, np.int8, r"node '/in/QuantizeLinear' \(module in\) quantizes affinely .*per_tensor_symmetric")])
+def test_int8_zero_point_refuses_what_int8_cannot_hold(zp, dtype, message):
+    with pytest.raises(BridgeError, match=message):
+        passes.int8_zero_point(folded(conv_graph(cast=False, zp=zp, zp_dtype=dtype)))
+
+
+def test_drop_activation_clamps_leaves_the_q_after_its_layer():
+    mapped = passes.int8_zero_point(folded(conv_graph(cast=False, zp=57)))
+    before, after = apply_twice(passes.drop_activation_clamps, mapped)
+    assert ops(before).count("Clip") == 2 and "Clip" not in ops(after)
+    low = -np.abs(sample_input(before)) * 3  # below -57 steps of the input's 0.05: PyTorch's floor, not int8's
+    assert not np.array_equal(run(before, low), run(after, low))
 
 
 def test_float_fixed_range_outputs_drops_sigmoid_qdq():
