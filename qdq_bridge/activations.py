@@ -21,7 +21,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from .passes import below_int8, constant_values, export_like, full_range_error, module_path, zero_point
+from .passes import (below_int8, constant_values, export_like, full_range_error, module_path, scale_of,
+                     zero_point)
 
 INT8_MAX = 127
 # A reduce_range calibration puts an activation's largest value at 127 - z steps, so values past +127 steps are
@@ -77,8 +78,7 @@ def affine_activations(model: onnx.ModelProto, batches: Iterable[np.ndarray]) ->
     for q in _activation_qs(graph):
         zp = zero_point(q)
         if zp.dtype == np.uint8 and zp.size == 1 and int(zp.ravel()[0]) != 128:
-            found.append(AffineActivation(q.name, q.inputs[0].name, module_path(q),
-                                          float(constant_values(q.inputs[1]).ravel()[0]), int(zp.ravel()[0])))
+            found.append(AffineActivation(q.name, q.inputs[0].name, module_path(q), scale_of(q), int(zp.ravel()[0])))
     measured = [a for a in found if a.zero_point <= 128]
     if measured:
         _count_values_above_int8(model, measured, batches)

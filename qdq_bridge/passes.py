@@ -47,6 +47,11 @@ def zero_point(node: gs.Node) -> np.ndarray:
     return np.zeros((), np.uint8)
 
 
+def scale_of(node: gs.Node) -> float:
+    """A per-tensor Q/DQ's constant scale."""
+    return float(constant_values(node.inputs[1]).ravel()[0])
+
+
 def axis_of(node: gs.Node, rank: int) -> int:
     axis = node.attrs.get("axis", 1)
     return axis + rank if axis < 0 else axis
@@ -172,8 +177,7 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
                 "re-quantize with per_tensor_symmetric activations (qdq_bridge.quantize.trt_qconfig())")
         shift = int(zp.ravel()[0])
         if shift > 128:
-            raise full_range_error(node.inputs[0].name, module_path(node), shift,
-                                   float(constant_values(node.inputs[1]).ravel()[0]), below_int8(shift))
+            raise full_range_error(node.inputs[0].name, module_path(node), shift, scale_of(node), below_int8(shift))
         zero = gs.Constant(f"{node.name}_zero_point_int8", np.zeros(zp.shape, np.int8))
         if len(node.inputs) > 2:
             node.inputs[2] = zero
@@ -191,7 +195,7 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
 
 def _clamp_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
     """x -> Clip(low_steps, +127 steps of q's scale) -> q: PyTorch's lower saturation, on q's grid."""
-    scale = float(constant_values(q.inputs[1]).ravel()[0])
+    scale = scale_of(q)
     bounds = [gs.Constant(f"{q.name}/clamp_{side}", np.array(steps * scale, np.float32))
               for side, steps in (("min", low_steps), ("max", 127))]
     clamped = gs.Variable(f"{q.name}/clamp_output", np.float32, q.inputs[0].shape)
@@ -206,7 +210,7 @@ def _is_grid_clamp(clip: gs.Node) -> bool:
     if len(bounds) != 2 or any(b is None for b in bounds) or not consumers \
             or any(c.op != "QuantizeLinear" or zero_point(c).any() for c in consumers):
         return False
-    scales = {float(constant_values(c.inputs[1]).ravel()[0]) for c in consumers if constant_values(c.inputs[1]) is not None}
+    scales = {scale_of(c) for c in consumers if constant_values(c.inputs[1]) is not None}
     if len(scales) != 1:
         return False
     scale = scales.pop()

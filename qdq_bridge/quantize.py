@@ -163,8 +163,6 @@ def _muted_stderr_fd():
 
 # Activation dtypes as eager modules hold them and as TorchScript stores them (ScalarType codes).
 QINT8_DTYPES, QUINT8_DTYPES = (torch.qint8, 12), (torch.quint8, 13)
-# what a quantizer the calibration never reached keeps (e.g. the skip_add of a MobileNetV2 block without skip)
-UNCALIBRATED = (1.0, 0)
 AFFINE_FIX = "re-quantize with qdq_bridge.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric activations)"
 
 
