@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="optimization profile for the batch dimension (default: 1,32,256)")
     trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
     trt.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
+    trt.add_argument("--builder-optimization-level", type=int, choices=range(6), metavar="0-5",
+                     help="TensorRT's builder optimization level: lower builds sooner and may choose slower kernels "
+                          "(default: TensorRT's own, 3)")
     trt.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto",
                      help="strong: precisions from the ONNX alone, no precision flags (TensorRT 9.1+, the only way "
                           "from 11.x); weak: INT8/FP16 builder flags (8.6 to 10.x); auto (default): strong where the "
@@ -280,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             compare_precisions=_precisions(args.compare_precisions),
             trt=BuildSettings(fp16_fallback=args.float_precision == "fp16", typing=args.typing,
                               min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
-                              workspace_mib=args.workspace_mib,
-                              timing_cache=args.timing_cache))
+                              workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
+                              optimization_level=args.builder_optimization_level))
         logging.basicConfig(level=logging.INFO, format="qdq_bridge: %(message)s", stream=sys.stderr)
         result = convert(args.model, args.output_dir, options)
         _print_convert(console, result)

@@ -45,6 +45,9 @@ class BuildSettings:
     max_batch: int = 256
     workspace_mib: int = 4096
     timing_cache: str | None = None
+    # TensorRT's builder optimization level (0-5, 8.6+): lower builds sooner and may pick slower kernels;
+    # None keeps TensorRT's default (3)
+    optimization_level: int | None = None
     mark_outputs: list[str] = field(default_factory=list)  # extra network outputs, for divergence analysis
     # implicit INT8 of a float ONNX (TensorRT 8.6-10.x, precision int8, weak typing): a .npy of inputs for
     # TensorRT's entropy calibrator, its batch, and a calibration cache file (read if present, then written)
@@ -96,7 +99,7 @@ class TensorRTWorker:
               layers_path: Path | None = None) -> dict:
         """Builds the engine; says how it was typed: {"typing": "strong" | "weak", "flags": the precision builder
         flags set, "precision_source": "onnx" | "builder flags", "network_flags", "build_seconds",
-        "engine_bytes", "features"} (see trt_worker.build)."""
+        "optimization_level", "engine_bytes", "features"} (see trt_worker.build)."""
         return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 

@@ -291,7 +291,7 @@ def build(request: dict) -> dict:
         with open(request["layers"], "w") as f:
             json.dump(_layer_report(engine), f, indent=1)
     response = {"build_seconds": seconds, "engine_bytes": int(serialized.nbytes), "features": feats,
-                "network_flags": network_flags, **route}
+                "network_flags": network_flags, "optimization_level": config.builder_optimization_level, **route}
     if calibrator is not None:
         response["calibration"] = {"batches": calibrator.batches, "batch_size": calibrator.batch_size,
                                    "from_cache": calibrator.from_cache}
@@ -299,10 +299,12 @@ def build(request: dict) -> dict:
 
 
 def _builder_config(builder, network, feats: dict, flags: list, request: dict):
-    """Workspace, the route's precision flags (a weak route only, which exists only where they do), detailed
-    layer information, the batch profile and the timing cache."""
+    """Workspace, the optimization level, the route's precision flags (a weak route only, which exists only where
+    they do), detailed layer information, the batch profile and the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(request.get("workspace_mib", 4096)) << 20)
+    if request.get("optimization_level") is not None:
+        config.builder_optimization_level = int(request["optimization_level"])
     for name in flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     if feats["engine_inspector"]:

@@ -214,8 +214,11 @@ def test_implicit_int8_is_refused_without_the_int8_flag_and_calibrator(fake_trt,
 def test_build_infer_benchmark_end_to_end(fake_trt, tmp_path, api):
     fake = fake_trt(api=api)
     engine, layers = tmp_path / "m.engine", tmp_path / "m.layers.json"
-    settings = BuildSettings(min_batch=1, opt_batch=4, max_batch=8, timing_cache=str(tmp_path / "timing.cache"))
-    fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), engine, settings, layers)
+    settings = BuildSettings(min_batch=1, opt_batch=4, max_batch=8, timing_cache=str(tmp_path / "timing.cache"),
+                             optimization_level=1)
+    built = fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), engine, settings, layers)
+    assert fake.calls("builder_optimization_level") == [{"call": "builder_optimization_level", "level": 1}]
+    assert built["optimization_level"] == 1
     assert fake.calls("set_shape") == [{"call": "set_shape", "input": "x",
                                         "shapes": [[1, 1, 4, 4], [4, 1, 4, 4], [8, 1, 4, 4]]}]
     assert (tmp_path / "timing.cache").exists()

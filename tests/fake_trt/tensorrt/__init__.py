@@ -206,7 +206,13 @@ if "IInt8EntropyCalibrator2" in _NAMES:  # gone in 11.x
 class IBuilderConfig:
     def __init__(self):
         self._verbosity, self._cache, self._flags, self._calibrator = ProfilingVerbosity.LAYER_NAMES_ONLY, None, [], None
-        self._profiles = []
+        self._profiles, self._level = [], 3
+
+    def _set_level(self, level: int) -> None:
+        _record("builder_optimization_level", level=level)
+        self._level = level
+
+    builder_optimization_level = property(lambda self: self._level, _set_level)
 
     if "IBuilderConfig.int8_calibrator" in _NAMES:  # gone in 11.x
         int8_calibrator = property(lambda self: self._calibrator,
