@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
                       help="activation observer for --calibrate (default: histogram)")
     conv.add_argument("--qconfig", choices=QCONFIGS, default="tensorrt",
-                      help="PTQ preset for --calibrate: tensorrt (symmetric, default) or PyTorch's default x86, "
-                           "fbgemm or qnnpack qconfig (affine activations)")
+                      help="PTQ preset for --calibrate: tensorrt (symmetric, default), PyTorch's default x86, "
+                           "fbgemm or qnnpack qconfig, or torchvision's recipe for its quantized models (affine "
+                           "activations)")
     conv.add_argument("--requantize-activations", action="store_true",
                       help="re-quantize activations PyTorch quantized over the full uint8 range (qnnpack-style), "
                            "which int8 at their scale cannot hold, to symmetric int8 over the same range, instead "

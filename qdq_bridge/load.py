@@ -111,8 +111,9 @@ def _restore_module_internals(module: nn.Module) -> None:
             _restore_module_internals(child)
 
 
-def resolve_arch(spec: str) -> Callable[[], nn.Module]:
-    """`torchvision:resnet18` (a quantizable torchvision model) or `package.module:factory`."""
+def resolve_arch(spec: str, state: dict | None = None) -> Callable[[], nn.Module]:
+    """`torchvision:resnet18` (a quantizable torchvision model, its class count and auxiliary heads read from the
+    `state` it is to load, when given) or `package.module:factory`."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not attr:
         raise BridgeError(f"architecture '{spec}' is not of the form 'module:factory'",
@@ -124,13 +125,30 @@ def resolve_arch(spec: str) -> Callable[[], nn.Module]:
             raise BridgeError(f"torchvision has no quantizable model '{attr}'",
                               "use one of resnet18, resnet50, mobilenet_v2, mobilenet_v3_large, googlenet, "
                               "shufflenet_v2_x1_0, inception_v3, resnext101_32x8d")
-        return lambda: factory(weights=None, quantize=False)
+        kwargs = torchvision_kwargs(attr, state or {})
+        return lambda: factory(weights=None, quantize=False, **kwargs)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise BridgeError(f"cannot import architecture '{spec}' ({exc})",
                           "check the module is on PYTHONPATH and defines that factory") from None
     return factory
+
+
+def torchvision_kwargs(name: str, state: dict) -> dict:
+    """The constructor arguments a torchvision model needs to take `state`: num_classes from the classifier (the
+    last 2-D weight: a float/QAT `weight`, or a quantized Linear's packed (weight, bias)), and for GoogLeNet and
+    Inception v3 whether the auxiliary classifiers are there (torchvision builds them by default)."""
+    kwargs: dict = {}
+    weights = [v[0] if isinstance(v, tuple) else v for k, v in state.items()
+               if k.endswith(("weight", "_packed_params._packed_params"))]
+    classifier = [w for w in weights if isinstance(w, torch.Tensor) and w.dim() == 2]
+    if classifier:
+        kwargs["num_classes"] = int(classifier[-1].shape[0])
+    if name in ("googlenet", "inception_v3") and state:
+        kwargs["aux_logits"] = any(k.startswith(("aux1.", "AuxLogits.")) for k in state)
+        kwargs["init_weights"] = False  # the state replaces them; torchvision's init is slow and seeds nothing
+    return kwargs
 
 
 def state_dict_kind(state: dict) -> str:
@@ -195,8 +213,6 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         else:
             raise BridgeError(f"'{path}' holds a {type(obj).__name__}, not a model",
                               "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")
-    if torchvision_arch(arch) and loaded.input_shape is None:
-        loaded.input_shape = TORCHVISION_INPUT
     return _quantized(loaded, calibration, observer, calibration_batch, keep_float, qconfig)
 
 
@@ -208,7 +224,7 @@ def _from_state_dict(state: dict, arch: str | None, engines: tuple[str, ...] | N
     if arch is None:
         raise BridgeError("the file is a state_dict, which holds weights but no architecture",
                           "pass --arch torchvision:resnet18 or --arch package.module:factory")
-    model = resolve_arch(arch)()
+    model = resolve_arch(arch, state)()
     engine = quantize.engine_for(model, engines)
     kind = state_dict_kind(state)
     if kind == "quantized":  # build the quantized module structure; scales and weights come from the state
@@ -219,6 +235,10 @@ def _from_state_dict(state: dict, arch: str | None, engines: tuple[str, ...] | N
     with quantize.using_engine(engine):  # loading quantized weights packs them
         _load_state_dict(model, state, arch)
     loaded = LoadedModel(model.eval(), "state_dict", engine)
+    if kind == "qat":
+        schemes = quantize.adopt_stored_activation_schemes(model)
+        loaded.notes.append("QAT activation schemes read from the state_dict's scales and observed ranges: "
+                            + ", ".join(f"{scheme} x{count}" for scheme, count in sorted(schemes.items())))
     quantizers = quantize.activation_quantizers(model)
     if kind == "quantized" and quantizers and all(int(sub.zero_point) == 0 for _, sub in quantizers):
         # a state_dict does not record the activation dtype; all-zero zero-points are symmetric qint8 (quint8

@@ -430,10 +430,12 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
                             keep_float=options.keep_float, qconfig=options.qconfig)
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
-        # shape precedence: --input-shape, the file's metadata, the labelled dataset, the first layer's weights
+        # shape precedence: --input-shape, the file's metadata, the labelled dataset, torchvision's 224x224 for
+        # --arch torchvision:NAME, the first layer's weights
         from_data = (1, *checks[0].sample_shape) if checks and checks[0].sample_shape and \
             loaded.input_shape is None else None
-        input_shape = resolve_input_shape(loaded, options.input_shape or from_data)
+        default = TORCHVISION_INPUT if torchvision_arch(options.arch) and loaded.input_shape is None else None
+        input_shape = resolve_input_shape(loaded, options.input_shape or from_data or default)
     with timer("reference"):  # shape errors and engine limits surface here, before any export
         reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
         outputs = torch_runner(reference.module, reference.engine)(np.zeros((1, *input_shape[1:]), np.float32))

@@ -118,16 +118,23 @@ def trt_qconfig(observer: str = "histogram") -> QConfig:
                    weight=PerChannelMinMaxObserver.with_args(**WEIGHT))
 
 
-# PTQ presets: qdq_bridge's TensorRT-legal one, or PyTorch's defaults (as users' eager models are made), which
-# quantize activations affinely: see qdq_bridge.activations for what int8 holds of them.
-QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack")
+# PTQ presets: qdq_bridge's TensorRT-legal one, PyTorch's defaults (as users' eager models are made), or the
+# recipe of torchvision's quantized models (torchvision.models.quantization.utils.quantize_model for fbgemm:
+# MinMax activations on quint8 0..127, per-channel weights). All but the first quantize activations affinely:
+# see qdq_bridge.activations for what int8 holds of them.
+QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack", "torchvision")
 
 
 def ptq_qconfig(preset: str = "tensorrt", observer: str = "histogram") -> QConfig:
-    """The PTQ qconfig of a preset; `observer` applies to the TensorRT one (PyTorch's defaults bring their own)."""
+    """The PTQ qconfig of a preset; `observer` applies to the TensorRT one (the others bring their own)."""
     if preset not in QCONFIGS:
         raise BridgeError(f"unknown qconfig '{preset}'", f"choose one of {', '.join(QCONFIGS)}")
-    return trt_qconfig(observer) if preset == "tensorrt" else torch.ao.quantization.get_default_qconfig(preset)
+    if preset == "tensorrt":
+        return trt_qconfig(observer)
+    if preset == "torchvision":
+        return QConfig(activation=torch.ao.quantization.default_observer,
+                       weight=torch.ao.quantization.default_per_channel_weight_observer)
+    return torch.ao.quantization.get_default_qconfig(preset)
 
 
 def trt_qat_qconfig() -> QConfig:
@@ -212,6 +219,42 @@ def _affine(name: str, sub: nn.Module, dtype: str) -> BridgeError:
     return BridgeError(f"module '{name}' ({_module_type(sub)}) quantizes activations affinely ({dtype}, "
                        f"zero_point={int(sub.zero_point)}, scale={float(sub.scale):.4g}), which TensorRT's symmetric "
                        "int8 cannot represent", AFFINE_FIX)
+
+
+# The activation schemes a QAT state_dict may have been trained with, as (qscheme, quant_min, quant_max): qdq_bridge's
+# (symmetric), PyTorch's x86/fbgemm default (affine, reduce_range) and its qnnpack default (affine, full range).
+QAT_ACTIVATION_SCHEMES = ((torch.per_tensor_symmetric, 0, 255), (torch.per_tensor_affine, 0, 127),
+                          (torch.per_tensor_affine, 0, 255))
+
+
+def adopt_stored_activation_schemes(model: nn.Module) -> dict[str, int]:
+    """A QAT state_dict loaded into qdq_bridge's QAT structure brings each fake-quant's scale, zero-point and
+    observed range, but not the scheme its observer computes them with, and `convert` recomputes them from the
+    observer: give each activation observer the scheme (QAT_ACTIVATION_SCHEMES) that reproduces what the state
+    stored, so the model converts as its own qconfig would have converted it. Returns how many activations took
+    each scheme; refuses an activation no scheme reproduces. (Weights: every default qconfig's per-channel
+    symmetric -128..127 is already qdq_bridge's.)"""
+    adopted: dict[str, int] = {}
+    for name, fake_quant in model.named_modules():
+        if not isinstance(fake_quant, torch.ao.quantization.FakeQuantizeBase) or name.endswith("weight_fake_quant"):
+            continue
+        observer = fake_quant.activation_post_process
+        stored = float(fake_quant.scale.flatten()[0]), int(fake_quant.zero_point.flatten()[0])
+        for qscheme, quant_min, quant_max in QAT_ACTIVATION_SCHEMES:
+            observer.qscheme, observer.quant_min, observer.quant_max = qscheme, quant_min, quant_max
+            observer.has_customized_qrange = qscheme != torch.per_tensor_symmetric  # symmetric quint8: zero-point 128
+            with quiet_torch_warnings():  # an observer that never ran warns and gives (1, 0)
+                scale, zero_point = observer.calculate_qparams()
+            if int(zero_point.flatten()[0]) == stored[1] and abs(float(scale.flatten()[0]) - stored[0]) <= 1e-6 * stored[0]:
+                fake_quant.qscheme, fake_quant.quant_min, fake_quant.quant_max = qscheme, quant_min, quant_max
+                key = "symmetric" if qscheme == torch.per_tensor_symmetric else f"affine {quant_min}..{quant_max}"
+                adopted[key] = adopted.get(key, 0) + 1
+                break
+        else:
+            raise BridgeError(f"QAT activation '{name}' stores scale {stored[0]:.6g} and zero-point {stored[1]}, which no "
+                              "symmetric or affine 8-bit scheme computes from its observed range",
+                              "convert the QAT model in PyTorch and pass the quantized model (TorchScript or state_dict)")
+    return adopted
 
 
 def _fuse(model: nn.Module, is_qat: bool) -> None:
