@@ -23,7 +23,7 @@ def check_report(out_dir, name: str) -> dict:
     digits = next(c for c in report["parity"] if c["dataset"] == "digits-test")
     assert digits["samples"] == 450
     assert digits["top1_agreement"] >= 0.995
-    assert digits["accuracy_gap_points"] <= 0.2
+    assert abs(digits["accuracy_gap_points"]) * digits["samples"] / 100 <= 1 + 1e-9  # one digit's difference at most
     assert digits["reference_accuracy"] >= 0.95  # a really trained model, not noise
     assert digits["judged"] and not any(c["judged"] for c in report["parity"] if c["dataset"] != "digits-test")
     onnx_model = onnx.load(str(out_dir / f"{name}.qdq.onnx"))
