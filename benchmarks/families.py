@@ -6,16 +6,20 @@ smaller), until it is decisive (its float test accuracy is printed; the issue as
 qdq_bridge's TensorRT-legal PTQ preset on --calibration-samples training digits, saved with
 `torch.jit.save(torch.jit.script(model))` as a user would (qdq_bridge.save_torchscript, which adds the input shape),
 with the test split as an .npz; then `python -m qdq_bridge convert NAME.pt --dataset NAME-test.npz --placement P
---engine E` runs for both placements, --jobs conversions at a time, each a process of its own with --threads
-threads.
+--engine E` runs for both placements, one conversion at a time (--convert-jobs), each a process of its own with
+--threads threads. FAMILY@RECIPE quantizes with another qdq_bridge preset instead: one of PyTorch's default qconfigs
+(x86, fbgemm, qnnpack), or torchvision's recipe for its quantized models, saved as a state_dict (as
+`torchvision.models.quantization.FAMILY(quantize=True)` holds one) and converted with --arch torchvision:FAMILY.
 
 Table (printed, and families.md / families.json in --out): exit status, verdict, top-1 agreement and accuracy per
 backend, the discordant counts lost / gained (samples PyTorch gets right and the candidate wrong, and the converse)
 with the exact McNemar p, the engine's layers, INT8 convolutions, standalone Adds, each stage's seconds and the
 conversion's wall time, and the reasons of a FAIL.
 
-Usage: python benchmarks/families.py [--families resnet18,googlenet] [--engine require|auto|off] [--out DIR]
-                                     [--size 64] [--epochs 40] [--jobs 8] [--threads 2] [--stage prepare|convert]
+Usage: python benchmarks/families.py [--families resnet18,googlenet,resnet18@x86,resnet50@torchvision]
+                                     [--engine require|auto|off] [--out DIR] [--size 64] [--epochs 40] [--jobs 8]
+                                     [--convert-jobs 1] [--threads 2] [--stage prepare|convert|all]
+                                     [--convert-args '--builder-optimization-level 1']
        python benchmarks/families.py --table DIR/families.json   (print the table of a finished run)
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -39,8 +44,25 @@ PLACEMENTS = ("fast", "faithful")
 PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
 
 
-def prepare(name: str, size: int, epochs: int, calibration_samples: int, threads: int, out: Path) -> dict:
+# how a family is quantized: a qdq_bridge PTQ preset (quantize.QCONFIGS) on training digits, saved as TorchScript;
+# the torchvision preset (the recipe of torchvision's quantized models) saved as a state_dict, as
+# `torchvision.models.quantization.NAME(quantize=True)` holds it, and converted with --arch torchvision:NAME
+RECIPES = quantize.QCONFIGS
+
+
+def parse_entry(entry: str) -> tuple[str, str, str]:
+    """`resnet18` or `resnet18@x86` -> (family, recipe, label); the label names files and table rows."""
+    name, _, recipe = entry.partition("@")
+    recipe = recipe or "tensorrt"
+    if name not in zoo.ALL_TORCHVISION_FAMILIES or recipe not in RECIPES:
+        raise SystemExit(f"error: '{entry}' is not FAMILY[@RECIPE] with a family of "
+                         f"{', '.join(zoo.ALL_TORCHVISION_FAMILIES)} and a recipe of {', '.join(RECIPES)}")
+    return name, recipe, name if recipe == "tensorrt" else f"{name}-{recipe}"
+
+
+def prepare(entry: str, size: int, epochs: int, calibration_samples: int, threads: int, out: Path) -> dict:
     """Train, quantize and save one family; its float accuracy and the seconds each step took."""
+    name, recipe, label = parse_entry(entry)
     torch.set_num_threads(threads)
     size = max(size, zoo.MIN_INPUT_SIZE.get(name, 0))
     started = time.perf_counter()
@@ -49,25 +71,31 @@ def prepare(name: str, size: int, epochs: int, calibration_samples: int, threads
     with torch.no_grad():
         logits = torch.cat([model(torch.from_numpy(b)) for b in test.batches(128)])
     float_accuracy = float((logits.argmax(1).numpy() == test.y).mean())
-    quantized = quantize.quantize_ptq(model, train.head(calibration_samples).batches(32), "histogram")
-    save_torchscript(quantized, out / f"{name}.pt", (1, 3, size, size))
-    np.savez(out / f"{name}-test.npz", x=test.x, y=test.y)
-    info = {"family": name, "size": size, "float_accuracy": float_accuracy,
+    quantized = quantize.quantize_ptq(model, train.head(calibration_samples).batches(32), "histogram",
+                                      qconfig=recipe)
+    if recipe == "torchvision":
+        torch.save(quantized.state_dict(), out / f"{label}.pth")
+    else:
+        save_torchscript(quantized, out / f"{label}.pt", (1, 3, size, size))
+    np.savez(out / f"{label}-test.npz", x=test.x, y=test.y)
+    info = {"family": label, "recipe": recipe, "size": size, "float_accuracy": float_accuracy,
             "train_seconds": trained - started, "quantize_seconds": time.perf_counter() - trained}
-    (out / f"{name}.json").write_text(json.dumps(info) + "\n")
+    (out / f"{label}.json").write_text(json.dumps(info) + "\n")
     return info
 
 
-def convert(name: str, placement: str, engine: str, threads: int, out: Path) -> dict:
-    """One conversion through the CLI, as a user runs it; its report's figures."""
-    folder = out / f"{name}-{placement}"
-    command = [sys.executable, "-m", "qdq_bridge", "convert", str(out / f"{name}.pt"), "--dataset",
-               str(out / f"{name}-test.npz"), "--placement", placement, "--engine", engine, "--no-progress",
-               "-o", str(folder)]
+def convert(entry: str, placement: str, engine: str, threads: int, out: Path, extra: list[str]) -> dict:
+    """One conversion through the CLI, as a user runs it (with the `extra` convert options); its report's figures."""
+    name, recipe, label = parse_entry(entry)
+    folder = out / f"{label}-{placement}"
+    model = [f"{label}.pth", "--arch", f"torchvision:{name}"] if recipe == "torchvision" else [f"{label}.pt"]
+    command = [sys.executable, "-m", "qdq_bridge", "convert", str(out / model[0]), *model[1:], "--dataset",
+               str(out / f"{label}-test.npz"), "--placement", placement, "--engine", engine, "--no-progress",
+               "-o", str(folder), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env)
-    row = {"family": name, "placement": placement, "exit": result.returncode,
+    row = {"family": label, "placement": placement, "exit": result.returncode,
            "wall_seconds": time.perf_counter() - started}
     report_path = folder / "report.json"
     if not report_path.exists():
@@ -86,9 +114,14 @@ def convert(name: str, placement: str, engine: str, threads: int, out: Path) -> 
         row["engine"] = {"layers": summary["layers"], "convolutions": summary["conv_gemm_layers"],
                          "int8_convolutions": summary["conv_gemm_layers"] - len(summary["conv_gemm_not_int8"]),
                          "standalone_adds": len(summary["standalone_add_layers"]),
-                         "build_seconds": report["tensorrt"]["build"]["build_seconds"]}
+                         "build_seconds": report["tensorrt"]["build"]["build_seconds"],
+                         "build_call_seconds": report["tensorrt"]["build"].get("call_seconds"),
+                         "probe_call_seconds": report["tensorrt"]["probe"].get("call_seconds"),
+                         "optimization_level": report["tensorrt"]["build"].get("optimization_level")}
     elif report["tensorrt"].get("failed"):
         row["engine"] = {"failed": report["tensorrt"]["failed"]}
+    if report["tensorrt"].get("divergence"):  # the locator's finding: where the engine first leaves ONNX Runtime
+        row["divergence"] = {k: v for k, v in report["tensorrt"]["divergence"].items() if k != "log"}
     return row
 
 
@@ -117,6 +150,7 @@ def table(results: dict) -> str:
             f"{engine.get('convolutions', '–')} | {engine.get('standalone_adds', '–')} | {row['wall_seconds']:.0f} | "
             + ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in stages) + " |")
     failures = [f"- {row['family']} {row['placement']}: " + "; ".join(row.get("failed") or [row.get("error", "")])
+                + (f"; first divergence: {row['divergence']['first']}" if row.get("divergence") else "")
                 for row in results["conversions"] if row.get("verdict") != "PASS"]
     return "\n".join(lines + ([""] + failures if failures else []))
 
@@ -127,47 +161,67 @@ def _pct(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(zoo.ALL_TORCHVISION_FAMILIES))
+    parser.add_argument("--families", default=",".join(zoo.ALL_TORCHVISION_FAMILIES),
+                        help=f"FAMILY[@RECIPE],... with RECIPE one of {', '.join(RECIPES)} (default: tensorrt)")
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
     parser.add_argument("--engine", choices=("require", "auto", "off"), default="require")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--calibration-samples", type=int, default=128)
-    parser.add_argument("--jobs", type=int, default=8, help="conversions (and preparations) at a time")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of each conversion")
+    parser.add_argument("--jobs", type=int, default=8, help="preparations (training on the GPU) at a time")
+    parser.add_argument("--convert-jobs", type=int, default=1,
+                        help="conversions at a time (default 1: engine builds that share a GPU time their tactics "
+                             "against each other, several times slower each)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of each preparation and conversion")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/families"))
+    parser.add_argument("--convert-args", default="", metavar="ARGS",
+                        help="more options for every convert, e.g. '--builder-optimization-level 1 --timing-cache "
+                             "benchmarks/out/families/timing.cache'")
     parser.add_argument("--stage", choices=("prepare", "convert", "all"), default="all",
-                        help="prepare: train, quantize and save the models; convert: convert those saved in --out")
+                        help="prepare: train, quantize and save the models; convert: convert those saved in --out "
+                             "that its families.json does not hold yet (a run cut short goes on)")
     parser.add_argument("--table", type=Path, help="print the table of this families.json and stop")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    families = args.families.split(",")
-    results = {"engine": args.engine, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-               "jobs": args.jobs, "threads": args.threads, "prepared": [], "conversions": []}
-    # spawn: each child starts its own CUDA context for training
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        if args.stage in ("prepare", "all"):
-            for info in pool.map(prepare, families, *zip(*[(args.size, args.epochs, args.calibration_samples,
-                                                            args.threads, args.out)] * len(families))):
+    entries = args.families.split(",")
+    labels = [parse_entry(entry)[2] for entry in entries]
+    if args.stage in ("prepare", "all"):
+        # spawn: each child starts its own CUDA context for training
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for info in pool.map(prepare, entries, *zip(*[(args.size, args.epochs, args.calibration_samples,
+                                                           args.threads, args.out)] * len(entries))):
                 print(f"{info['family']}: {info['size']}x{info['size']}, float accuracy "
                       f"{info['float_accuracy'] * 100:.2f}%, trained in {info['train_seconds']:.0f} s, quantized in "
                       f"{info['quantize_seconds']:.0f} s", flush=True)
-        if args.stage == "prepare":
-            return
-        results["prepared"] = [json.loads((args.out / f"{name}.json").read_text()) for name in families]
-        jobs = {pool.submit(convert, name, placement, args.engine, args.threads, args.out): (name, placement)
-                for name in families for placement in args.placements.split(",")}
-        for done in as_completed(jobs):  # saved after each, so a run cut short keeps what it finished
-            results["conversions"].append(done.result())
-            print(f"{' '.join(jobs[done])}: exit {results['conversions'][-1]['exit']}", flush=True)
-            (args.out / "families.json").write_text(json.dumps(results, indent=2) + "\n")
-    results["conversions"].sort(key=lambda row: (families.index(row["family"]), row["placement"]))
-    (args.out / "families.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.stage == "prepare":
+        return
+    saved = args.out / "families.json"
+    results = json.loads(saved.read_text()) if args.stage == "convert" and saved.exists() else {
+        "engine": args.engine, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "convert_jobs": args.convert_jobs, "threads": args.threads, "convert_args": args.convert_args,
+        "conversions": []}
+    results["prepared"] = [json.loads((args.out / f"{label}.json").read_text()) for label in labels]
+    done = {(row["family"], row["placement"]) for row in results["conversions"]}
+    todo = [(entry, label, placement) for entry, label in zip(entries, labels)
+            for placement in args.placements.split(",") if (label, placement) not in done]
+    with ProcessPoolExecutor(args.convert_jobs) as pool:
+        jobs = {pool.submit(convert, entry, placement, args.engine, args.threads, args.out,
+                            shlex.split(args.convert_args)): (label, placement)
+                for entry, label, placement in todo}
+        for finished in as_completed(jobs):  # saved after each, so a run cut short keeps what it finished
+            row = finished.result()
+            results["conversions"].append(row)
+            print(f"{' '.join(jobs[finished])}: exit {row['exit']} in {row['wall_seconds']:.0f} s", flush=True)
+            saved.write_text(json.dumps(results, indent=2) + "\n")
+    results["conversions"].sort(key=lambda row: (labels.index(row["family"]) if row["family"] in labels
+                                                 else len(labels), row["placement"]))
+    saved.write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "families.md").write_text(table(results) + "\n")
     print(table(results))
+
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from qdq_bridge import export_onnx, lint_model, load_model, run_passes, zoo

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class TensorRTWorker:
         self.python = self.python or os.environ.get(PYTHON_ENV) or sys.executable
 
     def call(self, command: str, **params) -> dict:
+        """Run one worker command in a process of its own; the response, with "call_seconds": the whole call's
+        wall time (interpreter start, TensorRT's import and CUDA's start included)."""
+        started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="qdq-trt-") as work:
             request = Path(work) / "request.json"
             response = Path(work) / "response.json"
@@ -88,6 +92,7 @@ class TensorRTWorker:
         if "error" in result:
             raise BridgeError(f"TensorRT {command} failed: {result['error']} (log: {_tail(done.stdout)})",
                               "see the TensorRT log; `python -m qdq_bridge lint` checks the ONNX file")
+        result["call_seconds"] = time.perf_counter() - started
         return result
 
     def probe(self) -> dict:

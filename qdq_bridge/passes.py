@@ -203,7 +203,7 @@ def _clamp_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
     q.inputs[0] = clamped
 
 
-def _is_grid_clamp(clip: gs.Node) -> bool:
+def is_grid_clamp(clip: gs.Node) -> bool:
     """A Clip that only narrows int8's window on the grid of the Qs it feeds (what int8_zero_point adds)."""
     bounds = [constant_values(t) if t is not None and t.name else None for t in clip.inputs[1:3]]
     consumers = clip.outputs[0].outputs
@@ -224,7 +224,7 @@ def drop_activation_clamps(graph: gs.Graph) -> gs.Graph:
     Not exact: TensorRT then saturates at int8's -128 steps where PyTorch stopped at -z, and the Q follows its
     layer directly, as TensorRT fuses it.
     """
-    for clip in [n for n in graph.nodes if n.op == "Clip" and _is_grid_clamp(n)]:
+    for clip in [n for n in graph.nodes if n.op == "Clip" and is_grid_clamp(n)]:
         reroute(graph, clip.outputs[0], clip.inputs[0])
     return _tidy(graph)
 

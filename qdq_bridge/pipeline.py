@@ -495,8 +495,9 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         failed.append(f"TensorRT: the {tensorrt['failed']['step']} failed ({tensorrt['failed']['message']})")
     elif tensorrt.get("engine") and not parity_ok:
         try:
-            tensorrt["divergence"] = _locate_divergence(worker, model, scratch / tensorrt["engine_onnx"], heads[0],
-                                                        options)
+            with timer("divergence"):  # a diagnosis: builds of its own, so its own line in stage_seconds
+                tensorrt["divergence"] = _locate_divergence(worker, model, scratch / tensorrt["engine_onnx"],
+                                                            heads[0], options)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
     report = {

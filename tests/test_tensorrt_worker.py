@@ -444,6 +444,7 @@ def test_convert_on_11_4_takes_precision_from_the_onnx_with_no_precision_flag(fa
     assert not (tmp_path / "o" / "resnet_q.qdq.fp16.onnx").exists()
     parsed = [onnx.load(call["onnx"]) for call in fake.calls("parse")]
     assert len(parsed) == 2 + trt["divergence"]["builds"]  # INT8, FP16 twin, then the divergence locator's builds
+    assert {"tensorrt", "divergence"} <= report["stage_seconds"].keys()  # the locator's time apart from the build's
     assert parsed[0].SerializeToString() == onnx.load(str(tmp_path / "o" / "resnet_q.qdq.onnx")).SerializeToString()
     twin = parsed[1]
     assert twin.SerializeToString() == onnx.load(str(tmp_path / "o" / "resnet_q.float.fp16.onnx")).SerializeToString()

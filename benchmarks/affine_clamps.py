@@ -1,0 +1,100 @@
+"""Which form of PyTorch's affine-activation floor TensorRT computes right (issue 21's faithful placement).
+
+Seen on an H200 with TensorRT 8.6.0 (benchmarks/results/h200_trt8.6.0_families_runs/run3.json): models quantized
+with PyTorch's x86 default or torchvision's recipe convert exactly on ONNX Runtime in both placements, and their
+fast engines match PyTorch, but their faithful engines agree with it on about 10 % of the test digits (chance):
+the faithful graph differs from the fast one by the Clips `int8_zero_point` puts before each affine Q (PyTorch's
+floor at -z steps, int8's ceiling at +127). This builds one engine per form of that floor from the same faithful
+ONNX and compares each with ONNX Runtime running the same graph:
+
+  clip            Clip(-z steps, +127 steps) -> Q, as exported today
+  clip-min-only   Clip(-z steps) -> Q, no upper bound
+  max             Max(x, -z steps) -> Q
+  no-input-clip   every Clip but the one on the network input
+  no-clip         no Clip at all (the fast placement's drop_activation_clamps on the faithful graph)
+
+Usage: python benchmarks/affine_clamps.py MODEL.pt TEST.npz [--level 1] [--out DIR]
+(needs TensorRT through QDQ_BRIDGE_TRT_PYTHON, as `convert` does)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qdq_bridge import export_onnx, load_model, run_passes
+from qdq_bridge.data import Dataset
+from qdq_bridge.engine import BuildSettings, TensorRTWorker, summarize_layers
+from qdq_bridge.passes import is_grid_clamp, drop_activation_clamps, export_like
+from qdq_bridge.verify import run_onnxruntime
+
+
+def _floor_clips(graph: gs.Graph) -> list[gs.Node]:
+    return [n for n in graph.nodes if n.op == "Clip" and is_grid_clamp(n)]
+
+
+def clip_min_only(graph: gs.Graph) -> gs.Graph:
+    for clip in _floor_clips(graph):
+        clip.inputs = clip.inputs[:2]
+    return graph
+
+
+def max_floor(graph: gs.Graph) -> gs.Graph:
+    for clip in _floor_clips(graph):
+        clip.op, clip.inputs = "Max", clip.inputs[:2]
+    return graph
+
+
+def no_input_clip(graph: gs.Graph) -> gs.Graph:
+    for clip in _floor_clips(graph):
+        if clip.inputs[0] in graph.inputs:
+            clip.outputs[0].outputs[0].inputs[0] = clip.inputs[0]
+            clip.outputs.clear()
+    return graph.cleanup()
+
+
+VARIANTS: dict[str, Callable[[gs.Graph], gs.Graph]] = {
+    "clip": lambda graph: graph, "clip-min-only": clip_min_only, "max": max_floor, "no-input-clip": no_input_clip,
+    "no-clip": drop_activation_clamps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--level", type=int, default=1, help="builder optimization level")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/affine_clamps"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    arrays = np.load(args.dataset)
+    data = Dataset(args.dataset.stem, arrays["x"].astype(np.float32), arrays["y"])
+    loaded = load_model(args.model)
+    faithful, _ = run_passes(export_onnx(loaded.module, (1, *data.x.shape[1:])), placement="faithful")
+    worker, rows = TensorRTWorker(), {}
+    for name, variant in VARIANTS.items():
+        graph = variant(gs.import_onnx(faithful))
+        model = export_like(graph.cleanup().toposort(), faithful)
+        onnx_path, engine = args.out / f"{name}.onnx", args.out / f"{name}.engine"
+        onnx.save(model, onnx_path)
+        expected = run_onnxruntime(model, data)
+        built = worker.build(onnx_path, engine, BuildSettings(optimization_level=args.level),
+                             args.out / f"{name}.layers.json")
+        got = next(iter(worker.infer(engine, data.x).values()))
+        summary = summarize_layers(json.loads((args.out / f"{name}.layers.json").read_text(), strict=False))
+        rows[name] = {"clips": sum(n.op in ("Clip", "Max") for n in graph.nodes),
+                      "agreement_with_onnxruntime": float((got.argmax(1) == expected.argmax(1)).mean()),
+                      "max_abs_diff": float(np.abs(got - expected).max()),
+                      "accuracy_onnxruntime": float((expected.argmax(1) == data.y).mean()),
+                      "accuracy_tensorrt": float((got.argmax(1) == data.y).mean()),
+                      "layers": summary["layers"], "build_seconds": built["build_seconds"]}
+        print(name, rows[name], flush=True)
+    (args.out / "affine_clamps.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
