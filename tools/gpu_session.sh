@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One step of a GPU session on the lent machine (see ../shared/trt-device/README.md), run from the project root
+# there, after the TensorRT kit's parts were carried to /opt/trtkit-parts and the onnx-graphsurgeon wheel to .whl/
+# (`pip download onnx-graphsurgeon --no-deps -d .whl` here). The machine keeps /opt and benchmarks/out only while
+# it stays warm: run the steps back to back.
+#
+#   bash tools/gpu_session.sh prepare                  train, quantize and save the family matrix's models
+#   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
+#   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
+#   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/test_gpu_tensorrt.py
+#
+# FAMILIES (the matrix's entries), EPOCHS and CONVERT_ARGS (options for every convert) change the defaults.
+set -u
+step=$1; shift
+if [ ! -x /opt/trtkit/bin/trt-python ]; then
+  cat /opt/trtkit-parts/kit.tar.xz.* | xz -dc | tar -x -C / && rm -rf /opt/trtkit-parts
+fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD QDQ_BRIDGE_TRT_PYTHON=/opt/trtkit/bin/trt-python PYTHONUNBUFFERED=1
+FAMILIES=${FAMILIES:-resnet18@x86,resnet50@torchvision,resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,shufflenet_v2_x1_0,googlenet,inception_v3,resnext101_32x8d}
+CONVERT_ARGS=${CONVERT_ARGS:---builder-optimization-level 1 --timing-cache benchmarks/out/families/timing.cache}
+out=benchmarks/out/families
+nvidia-smi --query-gpu=name,uuid --format=csv,noheader
+case $step in
+prepare)
+  python3 benchmarks/families.py --stage prepare --families "$FAMILIES" --epochs "${EPOCHS:-30}" --jobs 10 --threads 1 \
+    --out $out 2>&1 | grep -v Warning | grep -v "^  " ;;
+clamps)
+  python3 benchmarks/affine_clamps.py $out/resnet18-x86.pt $out/resnet18-x86-test.npz --out benchmarks/out/affine_clamps \
+    2>&1 | grep -v Warning | grep -v "^  "
+  cp benchmarks/out/affine_clamps/affine_clamps.json "$OUT/" ;;
+convert)
+  timeout "$1" python3 benchmarks/families.py --stage convert --families "$FAMILIES" --threads 16 --out $out \
+    --convert-args "$CONVERT_ARGS" 2>&1 | grep -v Warning | grep -v "^  " ;;
+gputests)
+  timeout "$1" python3 -m pytest -q -rs -s tests/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep -v Warning | tail -80 ;;
+esac
+cp $out/families.json $out/families.md "$OUT/" 2>/dev/null
+exit 0
