@@ -9,15 +9,11 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from .choices import ENGINE_ORDER, EXPORTERS, OBSERVER_NAMES, PRESETS, QCONFIGS, SIGNIFICANCE, default_workers
 from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError, Interrupted
-from .export import EXPORTERS
-from .images import PRESETS, Preprocessing, default_workers
-from .lint import errors, lint_file, to_json
+from .lint import error_violations, lint_file, to_json
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
-from .pipeline import ConvertOptions, convert
-from .quantize import ENGINE_ORDER, OBSERVERS, QCONFIGS
-from .verify import SIGNIFICANCE
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -107,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allow loading a pickled module (unpickling runs code from the file)")
     conv.add_argument("--calibrate", metavar="DATA", help="quantize a float model by PTQ on this data (a DATA spec "
                                                           "as for --dataset)")
-    conv.add_argument("--observer", choices=sorted(OBSERVERS), default="histogram",
+    conv.add_argument("--observer", choices=sorted(OBSERVER_NAMES), default="histogram",
                       help="activation observer for --calibrate (default: histogram)")
     conv.add_argument("--qconfig", choices=QCONFIGS, default="tensorrt",
                       help="PTQ preset for --calibrate: tensorrt (symmetric, default), PyTorch's default x86, "
@@ -237,7 +233,7 @@ def _print_convert(console: Console, result) -> None:
                       f"{summary['conv_gemm_layers']} conv/GEMM ({len(summary['conv_gemm_not_int8'])} not INT8), "
                       f"{len(summary['pointwise_layers'])} standalone pointwise, "
                       f"{len(summary['reformat_layers'])} reformat", highlight=False)
-    n_errors = len(errors(result.lint))
+    n_errors = len(error_violations(result.lint))
     console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
                   f"reports: {result.report_md}, {result.report_json}")
     reference = result.report["pytorch_reference"]
@@ -259,13 +255,17 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "lint":
             violations = lint_file(args.onnx)
+            found = error_violations(violations)
             if args.json:
                 print(to_json(violations))
             else:
                 for violation in violations:
                     print(violation)
-                print(f"{len(errors(violations))} errors, {len(violations) - len(errors(violations))} warnings")
-            return EXIT_FAILED_CHECKS if errors(violations) else EXIT_OK
+                print(f"{len(found)} errors, {len(violations) - len(found)} warnings")
+            return EXIT_FAILED_CHECKS if found else EXIT_OK
+        from .images import Preprocessing  # the conversion's side: torch, onnxruntime, scipy
+        from .pipeline import ConvertOptions, convert
+
         batches = _batch_range(args.batch_range)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,

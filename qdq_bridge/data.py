@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BridgeError, readable_file
-from .images import IMAGE_SPECS, Preprocessing, default_workers, open_images, random_subset
+from .choices import default_workers
+from .images import IMAGE_SPECS, Preprocessing, open_images, random_subset
 
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled so the example CNN has room for two stride-2 stages
 

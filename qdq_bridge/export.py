@@ -15,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from .choices import EXPORTERS
 from .errors import BridgeError, first_line
 from .load import LoadedModel
 from .outputs import flatten_outputs
@@ -23,7 +24,6 @@ from .structural import export_structural
 
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 INPUT_NAME = "input"
-EXPORTERS = ("auto", "structural", "torch")
 EXPORTER_KEY = "qdq_bridge.exporter"
 
 

@@ -24,16 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .choices import PRESETS
 from .errors import BridgeError
 
 IMAGE_SPECS = ("imagefolder", "cifar10", "cifar10-train", "mnist", "mnist-train")
 COLORS = {"rgb": "RGB", "gray": "L"}  # --color: PIL modes
-PRESETS = {  # what torchvision's reference training scripts and tutorials use
-    "imagenet": {"resize_ratio": 256 / 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                 "color": "rgb"},
-    "cifar10": {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616), "color": "rgb"},
-    "mnist": {"mean": (0.1307,), "std": (0.3081,), "color": "gray"},
-}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: unidentified or truncated files, broken chunks
 CIFAR_BATCHES = {"cifar10": ["test_batch"], "cifar10-train": [f"data_batch_{i}" for i in range(1, 6)]}
 
@@ -351,8 +346,3 @@ def _mnist(root: Path, kind: str) -> _Images:
     pixels = mnist.data.numpy()
     return _Images(kind, mnist.targets.numpy().astype(np.int64), len(mnist.classes), "L", tuple(pixels.shape[1:]),
                    pixels=pixels)
-
-
-def default_workers() -> int:
-    """DataLoader worker processes: one per core, up to 4 (decoding keeps up with a CPU backend at that)."""
-    return max(1, min(4, os.cpu_count() or 1))

@@ -163,7 +163,7 @@ def lint_file(path: str | Path) -> list[Violation]:
     return lint_model(model)
 
 
-def errors(violations: list[Violation]) -> list[Violation]:
+def error_violations(violations: list[Violation]) -> list[Violation]:
     return [v for v in violations if v.severity == "error"]
 
 

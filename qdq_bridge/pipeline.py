@@ -23,21 +23,22 @@ import onnx
 
 from . import data as datasets
 from .engine import BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .choices import ENGINE_ORDER, SIGNIFICANCE, default_workers
 from .errors import BridgeError, readable_file
 from .activations import affine_activations, refuse_full_range, requantize, scheme_counts
 from .activations import as_report as activations_report
 from .activations import notes as activation_notes
 from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
-from .lint import Violation, errors, lint_model
-from .images import Preprocessing, default_workers
+from .lint import Violation, error_violations, lint_model
+from .images import Preprocessing
 from .load import TORCHVISION_INPUT, load_model, torchvision_arch
 from .passes import run_passes
 from .precision import mixed_precision
-from .quantize import ENGINE_ORDER, using_engine
+from .quantize import using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
 from .outputs import logits_output
-from .verify import (SIGNIFICANCE, Comparison, StreamedParity, first_divergences, interval_confidence,
+from .verify import (Comparison, StreamedParity, first_divergences, interval_confidence,
                      markable_tensors, onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors,
                      stream_parity, torch_runner)
 
@@ -488,9 +489,9 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         failed.append(f"only {compared} samples were compared; a verdict needs at least {MIN_VERDICT_SAMPLES} "
                       "(pass a larger --dataset, or --random-inputs N)")
     parity_ok = not failed
-    if errors(violations):
-        failed.append(f"lint: {len(errors(violations))} errors "
-                      f"({', '.join(sorted({v.rule for v in errors(violations)}))})")
+    if error_violations(violations):
+        failed.append(f"lint: {len(error_violations(violations))} errors "
+                      f"({', '.join(sorted({v.rule for v in error_violations(violations)}))})")
     if tensorrt.get("failed"):
         failed.append(f"TensorRT: the {tensorrt['failed']['step']} failed ({tensorrt['failed']['message']})")
     elif tensorrt.get("engine") and not parity_ok:

@@ -22,21 +22,13 @@ from torch.ao.quantization import (FakeQuantize, HistogramObserver, MinMaxObserv
                                    PerChannelMinMaxObserver, QConfig)
 from tqdm import tqdm
 
+from .choices import ENGINE_ORDER, OBSERVER_NAMES, QCONFIGS
 from .errors import BridgeError
 
 # quint8 symmetric activations: torch picks zero-point 128 over the full 0..255 range (= int8 -128..127).
 # quant_min/quant_max stay unset on purpose: with an explicit 0..255 range torch picks zero-point 127.
 ACTIVATION = dict(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric)
 WEIGHT = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-128, quant_max=127, ch_axis=0)
-# The quantized CPU engines in order of preference. A model's weights are packed for the engine in force when
-# it is converted or loaded, and that engine's kernels run it afterwards (qdq_bridge.reference checks it).
-# qnnpack first: x86/fbgemm's u8*s8 kernels sum pairs of products in int16 and saturate with full-range 8-bit
-# activations on CPUs without AVX-512 VNNI (why torch's own default qconfig reduces activations to 7 bits;
-# measured here, a depthwise conv of torchvision's mobilenet_v2 came out 82 quantization steps off, the
-# examples' model 10 % accurate); onednn's quantized ConvTranspose2d (as x86's) is up to 46 steps off float
-# emulation where qnnpack is exact, and on mobilenet_v2 its logits sit 16 output steps from the Q/DQ graph's
-# against qnnpack's 5 (torch 2.14).
-ENGINE_ORDER = ("qnnpack", "onednn", "x86", "fbgemm")
 # qnnpack packs 3-d convolution weights but cannot unpack them, which both exporters need
 THREE_D_CONV = re.compile(rb"Conv(?:Transpose|ReLU|Bn|BnReLU)?3d")
 
@@ -103,11 +95,7 @@ class PercentileObserver(HistogramObserver):
         return self._calculate_qparams(-amax, amax)
 
 
-OBSERVERS = {
-    "minmax": MinMaxObserver,
-    "histogram": HistogramObserver,
-    "percentile": PercentileObserver,
-}
+OBSERVERS = dict(zip(OBSERVER_NAMES, (MinMaxObserver, HistogramObserver, PercentileObserver)))
 
 
 def trt_qconfig(observer: str = "histogram") -> QConfig:
@@ -118,11 +106,6 @@ def trt_qconfig(observer: str = "histogram") -> QConfig:
                    weight=PerChannelMinMaxObserver.with_args(**WEIGHT))
 
 
-# PTQ presets: qdq_bridge's TensorRT-legal one, PyTorch's defaults (as users' eager models are made), or the
-# recipe of torchvision's quantized models (torchvision.models.quantization.utils.quantize_model for fbgemm:
-# MinMax activations on quint8 0..127, per-channel weights). All but the first quantize activations affinely:
-# see qdq_bridge.activations for what int8 holds of them.
-QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack", "torchvision")
 
 
 def ptq_qconfig(preset: str = "tensorrt", observer: str = "histogram") -> QConfig:
@@ -242,18 +225,21 @@ def adopt_stored_activation_schemes(model: nn.Module) -> dict[str, int]:
         stored = float(fake_quant.scale.flatten()[0]), int(fake_quant.zero_point.flatten()[0])
         for qscheme, quant_min, quant_max in QAT_ACTIVATION_SCHEMES:
             observer.qscheme, observer.quant_min, observer.quant_max = qscheme, quant_min, quant_max
-            observer.has_customized_qrange = qscheme != torch.per_tensor_symmetric  # symmetric quint8: zero-point 128
+            # symmetric quint8 takes zero-point 128 only without a customized range
+            observer.has_customized_qrange = qscheme != torch.per_tensor_symmetric
             with quiet_torch_warnings():  # an observer that never ran warns and gives (1, 0)
                 scale, zero_point = observer.calculate_qparams()
-            if int(zero_point.flatten()[0]) == stored[1] and abs(float(scale.flatten()[0]) - stored[0]) <= 1e-6 * stored[0]:
+            computed = float(scale.flatten()[0]), int(zero_point.flatten()[0])
+            if computed[1] == stored[1] and abs(computed[0] - stored[0]) <= 1e-6 * stored[0]:
                 fake_quant.qscheme, fake_quant.quant_min, fake_quant.quant_max = qscheme, quant_min, quant_max
                 key = "symmetric" if qscheme == torch.per_tensor_symmetric else f"affine {quant_min}..{quant_max}"
                 adopted[key] = adopted.get(key, 0) + 1
                 break
         else:
-            raise BridgeError(f"QAT activation '{name}' stores scale {stored[0]:.6g} and zero-point {stored[1]}, which no "
-                              "symmetric or affine 8-bit scheme computes from its observed range",
-                              "convert the QAT model in PyTorch and pass the quantized model (TorchScript or state_dict)")
+            raise BridgeError(f"QAT activation '{name}' stores scale {stored[0]:.6g} and zero-point {stored[1]}, "
+                              "which no symmetric or affine 8-bit scheme computes from its observed range",
+                              "convert the QAT model in PyTorch and pass the quantized model (TorchScript or "
+                              "state_dict)")
     return adopted
 
 

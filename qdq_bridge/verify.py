@@ -16,6 +16,7 @@ from scipy.stats import binomtest
 from torch import nn
 from tqdm import tqdm
 
+from .choices import SIGNIFICANCE
 from .data import Dataset
 from .errors import BridgeError
 from .outputs import SINGLE_OUTPUT, flatten_outputs, logits_output
@@ -23,7 +24,6 @@ from .quantize import available_engines, quiet_torch_warnings, using_engine
 
 
 Outputs = dict[str, np.ndarray]  # a model's outputs on a batch, by name (qdq_bridge.outputs)
-SIGNIFICANCE = 0.05  # an accuracy loss fails only where a one-sided exact McNemar test finds it at this level
 
 
 def interval_confidence(significance: float) -> float:

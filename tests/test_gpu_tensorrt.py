@@ -31,11 +31,14 @@ def tensorrt() -> dict:
 
 @pytest.fixture(scope="module")
 def options(tmp_path_factory):
-    """ConvertOptions with the engine required and one timing cache for every build of the module."""
+    """ConvertOptions with the engine required, one timing cache for every build of the module, and TensorRT's
+    builder optimization level 1: these tests check what the engines compute and which layers TensorRT fuses, not
+    kernel speed, and level 1 built GoogLeNet's engine 6 times sooner than the default level 3 (40 s against 238 s
+    on an H200, TensorRT 8.6) with the same INT8 convolutions (README, family matrix run 3)."""
     cache = str(tmp_path_factory.mktemp("trt") / "timing.cache")
 
     def make(**kwargs) -> ConvertOptions:
-        return ConvertOptions(engine="require", trt=BuildSettings(timing_cache=cache), **kwargs)
+        return ConvertOptions(engine="require", trt=BuildSettings(timing_cache=cache, optimization_level=1), **kwargs)
     return make
 
 
@@ -94,7 +97,8 @@ def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, opti
     layer_names = {layer["Name"] for layer in json.loads(
         (tmp_path / "fast" / "resnet_q.int8.layers.json").read_text())["Layers"]}
     assert profile["batch"] == 16 and sum(layer["name"] in layer_names for layer in profile["layers"]) >= 10
-    assert all(layer["mean_ms"] >= 0 for layer in profile["layers"])
+    layer_ms = [layer["mean_ms"] for layer in profile["layers"]]
+    assert min(layer_ms) >= 0 and sum(layer_ms) > 0
     for t in timings:
         for mode in (t["enqueue"], t["cuda_graph"]):  # TensorRT 8.6+ enqueues capturably
             assert 0 < mode["p10_ms"] <= mode["median_ms"] <= mode["p90_ms"] < 1000

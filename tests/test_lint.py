@@ -1,12 +1,14 @@
 """The linter names each violating node, by rule, and `lint` exits non-zero on errors."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from qdq_bridge import passes
-from qdq_bridge.lint import errors, lint_model
+from qdq_bridge.lint import error_violations, lint_model
 
 from conftest import run_cli
 from graphs import conv_graph, model, q_dq
@@ -69,7 +71,7 @@ def test_unquantized_model_and_float_only_op_warning():
     nodes.append(gs.Node("Softmax", "sm", inputs=[a], outputs=[y]))
     found = lint_model(model(gs.Graph(nodes, [x], [y], opset=13)))
     assert [(v.rule, v.severity, v.node) for v in found] == [("QDQ011", "warning", "sm")]
-    assert errors(found) == []
+    assert error_violations(found) == []
 
 
 def test_lint_cli_exit_codes_and_json(tmp_path):
@@ -84,3 +86,13 @@ def test_lint_cli_exit_codes_and_json(tmp_path):
     assert {"rule", "severity", "node", "message"} == set(as_json[0])
     missing = run_cli("lint", str(tmp_path / "nope.onnx"))
     assert missing.returncode == 2 and "error: ONNX file" in missing.stderr and "not found" in missing.stderr
+
+
+def test_lint_and_passes_start_without_torch(tmp_path):
+    """The ONNX side of the command line imports neither torch, nor ONNX Runtime, nor scipy."""
+    onnx.save(passes.run_passes(model(conv_graph()))[0], tmp_path / "good.onnx")
+    code = ("import sys; from qdq_bridge.cli import main; "
+            f"codes = main(['passes']), main(['lint', {str(tmp_path / 'good.onnx')!r}]); "
+            "print(codes, [m for m in ('torch', 'onnxruntime', 'scipy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "(0, 0) []"

@@ -11,7 +11,7 @@ import pytest
 from qdq_bridge import lint_model, quantize, run_passes, zoo
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export import export_onnx, float_twin
-from qdq_bridge.lint import errors
+from qdq_bridge.lint import error_violations
 from qdq_bridge.precision import DEFAULT_MAX_ABS, mixed_precision
 
 import graphs
@@ -117,7 +117,7 @@ def test_a_float_island_between_int8_ops_runs_fp16_with_casts_at_its_borders_onl
     assert all(producers[name].op_type == "DequantizeLinear" for n in mixed.graph.node if n.op_type == "Conv"
                and n.name.startswith("int8") for name in n.input[:2])
     assert quantization_constants(mixed) == quantization_constants(model)
-    assert tensor_types(mixed)["output"] == FLOAT32 and errors(lint_model(mixed)) == []
+    assert tensor_types(mixed)["output"] == FLOAT32 and error_violations(lint_model(mixed)) == []
     np.testing.assert_allclose(graphs.run(mixed, sample[:1]), graphs.run(model, sample[:1]), atol=2e-3)
 
 
@@ -133,7 +133,8 @@ def test_layers_kept_float_by_ptq_become_an_fp16_island():
     fp16_convs = sorted(n.name for n in mixed.graph.node if n.op_type == "Conv" and types[n.output[0]] == FLOAT16)
     assert len(fp16_convs) == 5 and all(name.startswith("/layer4/") for name in fp16_convs)
     assert (report["kept_fp32"], report["casts_added"]) == ({}, 2)
-    assert quantization_constants(mixed) == quantization_constants(exported) and errors(lint_model(mixed)) == []
+    assert quantization_constants(mixed) == quantization_constants(exported)
+    assert error_violations(lint_model(mixed)) == []
     expected = graphs.run(exported, calibration.x[:4])
     np.testing.assert_allclose(graphs.run(mixed, calibration.x[:4]), expected, atol=0.02 * np.abs(expected).max())
 
@@ -208,7 +209,7 @@ def test_a_quantized_model_keeps_int8_compute_as_it_was_and_runs_elu_fp16(module
     assert (report["int8_nodes"], report["fp16_nodes"], report["casts_added"]) == (compute_ops - 1, 1, 2)
     assert op_output_types(mixed) == op_output_types(model) - collections.Counter({("Elu", FLOAT32): 1}) \
         + collections.Counter({("Elu", FLOAT16): 1})
-    assert quantization_constants(mixed) == quantization_constants(model) and errors(lint_model(mixed)) == []
+    assert quantization_constants(mixed) == quantization_constants(model) and error_violations(lint_model(mixed)) == []
     step = np.abs(graphs.run(model, sample)).max() / 127  # about the last quantizer's step
     assert np.abs(graphs.run(mixed, sample) - graphs.run(model, sample)).max() <= 2 * step
 

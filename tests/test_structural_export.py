@@ -12,7 +12,7 @@ from qdq_bridge import export_onnx, lint_model, load_model, quantize, run_passes
 from qdq_bridge.data import Dataset, digits_split
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export import exported_by
-from qdq_bridge.lint import errors
+from qdq_bridge.lint import error_violations
 from qdq_bridge.models import DigitsResNet
 from qdq_bridge.structural import export_structural
 from qdq_bridge.verify import run_onnxruntime, run_torch
@@ -117,7 +117,7 @@ def test_the_rest_of_the_quantized_module_set(name):
     scripted, _ = run_passes(export_structural(torch.jit.script(model), shape, bias_rounding="toward_zero"))
     # TensorRT has no int8 ELU: only the linter's note that it runs in float
     assert {(v.rule, v.node) for v in lint_model(fx_graph)} <= {("QDQ011", "/elu/Elu")}
-    assert not errors(lint_model(scripted))
+    assert not error_violations(lint_model(scripted))
     outputs = run_onnxruntime(fx_graph, data, 32)
     np.testing.assert_array_equal(run_onnxruntime(scripted, data, 32), outputs)
     output_step = float(next(m for n, m in quantize.activation_quantizers(model) if n == "fc2" or n == "conv1").scale)

@@ -73,8 +73,8 @@ def fake_engine(monkeypatch, example_dir, tmp_path):
 
 
 @pytest.mark.parametrize("lost, code, verdict", [
-    (5, 1, "accuracy loss 1.11 points > 0.2 (pytorch 98.89%, tensorrt 97.78%; 5 right in pytorch and wrong in "
-           "tensorrt, 0 the other way; exact McNemar p = 0.0312 < 0.05)"),
+    (5, 1, "accuracy loss 1.11 points > 0.2 (pytorch {reference}, tensorrt {candidate}; 5 right in pytorch and wrong "
+           "in tensorrt, 0 the other way; exact McNemar p = 0.0312 < 0.05)"),
     (1, 0, "loss 0.22 points > 0.2 but not significant (1 right in pytorch and wrong in tensorrt, 0 the other way; "
            "exact McNemar p = 0.5 >= 0.05)")])
 def test_an_engine_that_loses_digits_fails_only_when_the_loss_is_beyond_chance(fake_engine, example_dir, tmp_path,
@@ -86,6 +86,9 @@ def test_an_engine_that_loses_digits_fails_only_when_the_loss_is_beyond_chance(f
     assert result.returncode == code, result.stdout + result.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     row = next(r for r in report["parity"] if r["candidate"] == "tensorrt")
+    # the example's accuracy varies a little with the CPU it was trained on
+    verdict = verdict.format(reference=f"{row['reference_accuracy'] * 100:.2f}%",
+                             candidate=f"{row['candidate_accuracy'] * 100:.2f}%")
     assert (row["lost"], row["gained"]) == (lost, 0) and row["accuracy_verdict"].endswith(verdict)
     if code:
         assert report["failed"] == [f"pytorch vs tensorrt on digits-test: {verdict}"]
