@@ -24,6 +24,11 @@ OBSERVER_NAMES = ("minmax", "histogram", "percentile")  # activation observers f
 # see qdq_bridge.activations for what int8 holds of them.
 QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack", "torchvision")
 
+ENGINE_MODES = ("auto", "off", "require")  # when to build the TensorRT engine
+TYPINGS = ("auto", "strong", "weak")  # how the engine's precisions are set (engine.BuildSettings.typing)
+FLOAT_PRECISIONS = ("fp16", "fp32")  # float compute outside the Q/DQ pairs in engines
+OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels (8.6+)
+
 SIGNIFICANCE = 0.05  # an accuracy loss fails only where a one-sided exact McNemar test finds it at this level
 
 PRESETS = {  # what torchvision's reference training scripts and tutorials use

@@ -9,7 +9,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from .choices import ENGINE_ORDER, EXPORTERS, OBSERVER_NAMES, PRESETS, QCONFIGS, SIGNIFICANCE, default_workers
+from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
+                      PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError, Interrupted
 from .lint import error_violations, lint_file, to_json
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no progress bar (it shows only where stderr is a terminal)")
 
     trt = conv.add_argument_group("TensorRT engine (built by a worker process; see the README)")
-    trt.add_argument("--engine", choices=("auto", "off", "require"), default="auto",
+    trt.add_argument("--engine", choices=ENGINE_MODES, default="auto",
                      help="auto: build the INT8 engine when TensorRT is found (default); require: fail without it")
     trt.add_argument("--trt-python", metavar="PYTHON", help=f"interpreter that has tensorrt (default: ${PYTHON_ENV} "
                                                             "or this Python)")
@@ -182,14 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="optimization profile for the batch dimension (default: 1,32,256)")
     trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
     trt.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
-    trt.add_argument("--builder-optimization-level", type=int, choices=range(6), metavar="0-5",
+    trt.add_argument("--builder-optimization-level", type=int, choices=OPTIMIZATION_LEVELS, metavar="0-5",
                      help="TensorRT's builder optimization level: lower builds sooner and may choose slower kernels "
                           "(default: TensorRT's own, 3)")
-    trt.add_argument("--typing", choices=("auto", "strong", "weak"), default="auto",
+    trt.add_argument("--typing", choices=TYPINGS, default="auto",
                      help="strong: precisions from the ONNX alone, no precision flags (TensorRT 9.1+, the only way "
                           "from 11.x); weak: INT8/FP16 builder flags (8.6 to 10.x); auto (default): strong where the "
                           "TensorRT has it")
-    trt.add_argument("--float-precision", choices=("fp16", "fp32"), default="fp16",
+    trt.add_argument("--float-precision", choices=FLOAT_PRECISIONS, default="fp16",
                      help="float compute outside the Q/DQ pairs in the engine (default: fp16): strongly typed builds "
                           "take it from a mixed-precision copy of the ONNX (<name>.qdq.fp16.onnx), weakly typed ones "
                           "from the FP16 flag")

@@ -23,7 +23,8 @@ import onnx
 
 from . import data as datasets
 from .engine import BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
-from .choices import ENGINE_ORDER, SIGNIFICANCE, default_workers
+from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
+                      QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .errors import BridgeError, readable_file
 from .activations import affine_activations, refuse_full_range, requantize, scheme_counts
 from .activations import as_report as activations_report
@@ -32,7 +33,7 @@ from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve
 from .lint import Violation, error_violations, lint_model
 from .images import Preprocessing
 from .load import TORCHVISION_INPUT, load_model, torchvision_arch
-from .passes import run_passes
+from .passes import PLACEMENTS, run_passes
 from .precision import mixed_precision
 from .quantize import using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
@@ -117,6 +118,17 @@ class ConvertOptions:
         if self.input_shape is not None:
             for size in self.input_shape:
                 bounded("--input-shape", size, 1, whole=True)
+        if self.trt.optimization_level is not None:
+            bounded("--builder-optimization-level", self.trt.optimization_level, OPTIMIZATION_LEVELS.start,
+                    OPTIMIZATION_LEVELS.stop - 1, whole=True)
+        for option, value, allowed in (
+                ("--placement", self.placement, PLACEMENTS), ("--exporter", self.exporter, EXPORTERS),
+                ("--observer", self.observer, OBSERVER_NAMES), ("--qconfig", self.qconfig, QCONFIGS),
+                ("--engine", self.engine, ENGINE_MODES), ("--float-precision", self.float_precision, FLOAT_PRECISIONS),
+                ("--typing", self.trt.typing, TYPINGS)):
+            if value not in allowed:
+                raise BridgeError(f"{option} {value!r} is not one of {', '.join(map(str, allowed))}",
+                                  f"pass {option} with one of them")
 
 
 @dataclass

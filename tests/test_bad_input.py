@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torch.ao.quantization import get_default_qconfig
 
-from qdq_bridge import quantize
+from qdq_bridge import BridgeError, ConvertOptions, quantize
+from qdq_bridge.engine import BuildSettings
 from qdq_bridge.data import digits_split
 from qdq_bridge.load import save_torchscript
 from qdq_bridge.models import DigitsResNet
@@ -387,3 +388,17 @@ def test_a_batch_that_would_exhaust_memory_is_refused_with_its_estimate(tmp_path
     message = refused(tmp_path, str(example_dir / "resnet_q.pt"), option, str(2 ** 26))
     assert message.startswith(f"error: {option} {2 ** 26} needs 256.0 GiB for {what}, and ")
     assert f" GiB of memory is available: pass {option} " in message
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"placement": "fsat"}, "--placement 'fsat' is not one of faithful, fast"),
+    ({"qconfig": "x68"}, "--qconfig 'x68' is not one of tensorrt, x86, fbgemm, qnnpack, torchvision"),
+    ({"engine": "yes"}, "--engine 'yes' is not one of auto, off, require"),
+    ({"trt": BuildSettings(optimization_level=7)}, "--builder-optimization-level 7 is not a whole number at least 0 "
+                                                    "and at most 5"),
+])
+def test_library_options_out_of_their_choices_are_refused_on_construction(options, message):
+    """ConvertOptions, as a library user builds it, names the option and its choices (the CLI's argparse does)."""
+    with pytest.raises(BridgeError) as refused:
+        ConvertOptions(**options)
+    assert str(refused.value).startswith(message)
