@@ -155,7 +155,6 @@ def features() -> dict:
         "strongly_typed": hasattr(creation, "STRONGLY_TYPED"),  # 9.1+ (deprecated in 11.x: always on there)
         "int8_flag": hasattr(trt.BuilderFlag, "INT8"),  # precision flags: deprecated in 10.12, gone in 11.x
         "fp16_flag": hasattr(trt.BuilderFlag, "FP16"),
-        "execute_v3": hasattr(trt.IExecutionContext, "execute_async_v3"),
         "engine_inspector": hasattr(trt.ICudaEngine, "create_engine_inspector"),
         # implicit INT8 of a float network, scales from a calibrator: deprecated in 10.1, gone in 11.x
         "int8_calibrator": hasattr(trt, "IInt8EntropyCalibrator2") and hasattr(trt.IBuilderConfig, "int8_calibrator"),

@@ -108,7 +108,7 @@ def test_fake_defines_only_names_the_real_tensorrt_has(api):
 def test_probe_reports_features_typings_and_fast_precisions_where_tensorrt_says(fake_trt, api, version, expected,
                                                                                 typings, fast):
     result = fake_trt(api=api).worker.probe()
-    assert result["features"] == {"version": version, **expected, "execute_v3": True, "engine_inspector": True,
+    assert result["features"] == {"version": version, **expected, "engine_inspector": True,
                                   "int8_calibrator": api != "11.4"}
     assert result["typings"] == typings
     assert result["fast_int8"] is fast and result["fast_fp16"] is fast
