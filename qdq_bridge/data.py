@@ -4,65 +4,20 @@ an image folder, CIFAR-10 or MNIST on disk (streamed, `qdq_bridge.images`).
 Every dataset is a source the pipeline streams: `name`, `len`, `classes` (how many classes its labels span),
 `sample_shape`, `subset(count, seed)`, `fit(input_shape)` (checked, or preprocessed, for the model), `head(n)`
 (the first rows in memory, for the checks that need only a few), `labelled_batches(batch_size)` and
-`decode_seconds` (None for arrays in memory)."""
+`decode_seconds` (None for arrays in memory). The arrays are `qdq_bridge.arrays.Dataset`, the streamed images
+`qdq_bridge.images.ImageSource`; this module opens a spec as one of them (neither imports it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BridgeError, readable_file
+from .arrays import Dataset
 from .choices import default_workers
-from .images import IMAGE_SPECS, Preprocessing, open_images, random_subset
+from .errors import BridgeError, readable_file
+from .images import IMAGE_SPECS, Preprocessing, open_images
 
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled so the example CNN has room for two stride-2 stages
-
-
-@dataclass
-class Dataset:
-    """Inputs (N, ...) float32 and optional integer labels (N,)."""
-
-    name: str
-    x: np.ndarray
-    y: np.ndarray | None = None
-    decode_seconds = None  # in memory: nothing to decode (an ImageSource counts its decoding time)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, batch_size: int):
-        for start in range(0, len(self.x), batch_size):
-            yield self.x[start:start + batch_size]
-
-    def labelled_batches(self, batch_size: int):
-        for start in range(0, len(self.x), batch_size):
-            yield self.x[start:start + batch_size], None if self.y is None else self.y[start:start + batch_size]
-
-    @property
-    def classes(self) -> int | None:
-        return int(self.y.max()) + 1 if self.y is not None and len(self.y) else None
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-    def head(self, count: int) -> Dataset:
-        return Dataset(self.name, self.x[:count], None if self.y is None else self.y[:count])
-
-    def subset(self, count: int | None, seed: int) -> Dataset:
-        """A seeded random subset of `count` rows, in their order here (all rows when count is None or larger)."""
-        if count is None or count >= len(self):
-            return self
-        rows = random_subset(len(self), count, seed)
-        return Dataset(f"{self.name}[{count} of {len(self)}]", self.x[rows], None if self.y is None else self.y[rows])
-
-    def fit(self, input_shape: tuple[int, ...] | None) -> Dataset:
-        """Arrays are already preprocessed: they must have the model's per-sample shape."""
-        if input_shape is not None and self.sample_shape != tuple(input_shape[1:]):
-            raise BridgeError(f"dataset {self.name} has samples of shape {self.sample_shape}, the model takes "
-                              f"{tuple(input_shape[1:])}", "pass a dataset that matches --input-shape")
-        return self
 
 
 def digits_split(size: int = DIGITS_SIZE, seed: int = 0) -> tuple[Dataset, Dataset]:

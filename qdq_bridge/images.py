@@ -13,7 +13,6 @@ a silently different set of images is not the one asked for.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .arrays import Dataset, random_subset
 from .choices import PRESETS
 from .errors import BridgeError
 
@@ -205,8 +205,6 @@ class ImageSource:
 
     def head(self, count: int):
         """The first `count` samples, decoded here (no workers), as an in-memory Dataset."""
-        from .data import Dataset  # here: qdq_bridge.data imports this module
-
         decoded = self._decoded()
         rows = [decoded[i] for i in range(min(count, len(decoded)))]
         _refuse_unreadable([row[2] for row in rows])
@@ -260,14 +258,6 @@ def _refuse_unreadable(problems) -> None:
         if problem:
             raise BridgeError(problem, "remove or replace the file (unreadable images are refused, "
                                                   "not skipped, so the figures cover the whole dataset)")
-
-
-def random_subset(total: int, count: int | None, seed: int) -> np.ndarray:
-    """Positions of a seeded random subset of `count` of `total` samples, in dataset order; all when count is None
-    or not smaller."""
-    if count is None or count >= total:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
 
 
 def open_images(spec: str, preprocessing: Preprocessing, workers: int) -> ImageSource:

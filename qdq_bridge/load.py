@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import quantize
-from .data import Dataset
+from .arrays import Dataset
 from .errors import BridgeError, first_line, readable_file
 from .images import ImageSource
 

@@ -28,7 +28,8 @@ import onnx
 import torch
 from torch import nn
 
-from .data import Dataset, random_inputs
+from .arrays import Dataset
+from .data import random_inputs
 from .errors import BridgeError, first_line
 from .quantize import available_engines, quiet_torch_warnings, using_engine
 from .verify import run_torch

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from .data import Dataset
+from .arrays import Dataset
 from .outputs import logits_output
 from .verify import SIGNIFICANCE, Comparison, RunningComparison, onnxruntime_runner, torch_runner
 

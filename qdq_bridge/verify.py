@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .choices import SIGNIFICANCE
-from .data import Dataset
+from .arrays import Dataset
 from .errors import BridgeError
 from .outputs import SINGLE_OUTPUT, flatten_outputs, logits_output
 from .quantize import available_engines, quiet_torch_warnings, using_engine
