@@ -67,7 +67,7 @@ def prepare_model(path: Path, folder: Path, size: int) -> None:
     TorchScript with the input shape and preprocessing in its metadata."""
     from qdq_bridge import quantize, save_torchscript, zoo
     from qdq_bridge.data import open_dataset
-    from qdq_bridge.images import Preprocessing
+    from qdq_bridge.preprocessing import Preprocessing
 
     shape = (1, 3, size, size)
     calibration = open_dataset(f"imagefolder:{folder}", Preprocessing(preset="imagenet")).subset(32, 0).fit(shape)

@@ -13,8 +13,8 @@ import importlib
 
 from .errors import BridgeError
 
-_HOMES = {"ConvertOptions": "pipeline", "ConvertResult": "pipeline", "convert": "pipeline", "PASSES": "passes",
-          "run_passes": "passes", "Preprocessing": "images", "export_onnx": "export", "lint_model": "lint",
+_HOMES = {"ConvertOptions": "options", "ConvertResult": "pipeline", "convert": "pipeline", "PASSES": "passes",
+          "run_passes": "passes", "Preprocessing": "preprocessing", "export_onnx": "export", "lint_model": "lint",
           "load_model": "load", "save_torchscript": "load"}
 
 __all__ = ["BridgeError", *sorted(_HOMES)]

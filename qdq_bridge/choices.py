@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 EXPORTERS = ("auto", "structural", "torch")
+DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 
 # The quantized CPU engines in order of preference. A model's weights are packed for the engine in force when
 # it is converted or loaded, and that engine's kernels run it afterwards (qdq_bridge.reference checks it).

@@ -14,7 +14,9 @@ from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, O
 from .engine import PYTHON_ENV, BuildSettings
 from .errors import BridgeError, Interrupted
 from .lint import error_violations, lint_file, to_json
+from .options import ConvertOptions
 from .passes import PASS_NAMES, PASSES, PLACEMENTS
+from .preprocessing import Preprocessing
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -264,9 +266,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(violation)
                 print(f"{len(found)} errors, {len(violations) - len(found)} warnings")
             return EXIT_FAILED_CHECKS if found else EXIT_OK
-        from .images import Preprocessing  # the conversion's side: torch, onnxruntime, scipy
-        from .pipeline import ConvertOptions, convert
-
         batches = _batch_range(args.batch_range)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
@@ -288,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                               workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
                               optimization_level=args.builder_optimization_level))
         logging.basicConfig(level=logging.INFO, format="qdq_bridge: %(message)s", stream=sys.stderr)
+        from .pipeline import convert  # the conversion's side (torch, ONNX Runtime, scipy), once the options hold
+
         result = convert(args.model, args.output_dir, options)
         _print_convert(console, result)
         return EXIT_OK if result.ok else EXIT_FAILED_CHECKS

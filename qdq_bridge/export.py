@@ -15,14 +15,13 @@ import onnx
 import torch
 from torch import nn
 
-from .choices import EXPORTERS
+from .choices import DEFAULT_OPSET, EXPORTERS
 from .errors import BridgeError, first_line
 from .load import LoadedModel
 from .outputs import flatten_outputs
 from .quantize import quiet_torch_warnings
 from .structural import export_structural
 
-DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 INPUT_NAME = "input"
 EXPORTER_KEY = "qdq_bridge.exporter"
 

@@ -22,19 +22,18 @@ import numpy as np
 import onnx
 
 from . import data as datasets
-from .engine import BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
-from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
-                      QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
+from .engine import TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
 from .errors import BridgeError, readable_file
+from .options import ConvertOptions
 from .activations import affine_activations, refuse_full_range, requantize, scheme_counts
 from .activations import as_report as activations_report
 from .activations import notes as activation_notes
-from .export import DEFAULT_OPSET, export_onnx, exported_by, float_twin, resolve_input_shape
+from .export import export_onnx, exported_by, float_twin, resolve_input_shape
 from .lint import Violation, error_violations, lint_model
-from .images import Preprocessing
 from .load import TORCHVISION_INPUT, load_model, torchvision_arch
-from .passes import PLACEMENTS, run_passes
+from .passes import run_passes
 from .precision import mixed_precision
+from .preprocessing import Preprocessing
 from .quantize import using_engine
 from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
@@ -49,86 +48,6 @@ MIN_VERDICT_SAMPLES = 32  # fewer compared samples make no verdict: one differin
 # (reference, candidate) pairs compared wherever both ran; the verdict is taken on the INT8 ones
 JUDGED_PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
 BACKEND_PAIRS = (*JUDGED_PAIRS, ("onnxruntime", "tensorrt"), ("pytorch", "tensorrt-fp16"), ("pytorch", "tensorrt-fp32"))
-
-
-@dataclass
-class ConvertOptions:
-    input_shape: tuple[int, ...] | None = None
-    arch: str | None = None  # architecture for state_dict files: torchvision:NAME or package.module:factory
-    trust_pickle: bool = False
-    calibrate: str | None = None  # dataset spec to quantize a float model with (PTQ)
-    observer: str = "histogram"
-    qconfig: str = "tensorrt"  # PTQ preset for --calibrate (quantize.QCONFIGS)
-    # re-quantize activations PyTorch quantized over the full uint8 range (which int8 at their scale cannot hold)
-    # to symmetric int8 over the same range, instead of refusing them (qdq_bridge.activations)
-    requantize_activations: bool = False
-    keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
-    torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (quantize.ENGINE_ORDER)
-    dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
-    # how image datasets become inputs; unset fields come from the model file's metadata (parity data only)
-    preprocess: Preprocessing = field(default_factory=Preprocessing)
-    limit: int | None = None  # parity on a seeded random subset of this many samples of the dataset
-    calibration_samples: int | None = None  # calibrate on a seeded random subset of this many samples
-    seed: int = 0  # for both subsets
-    workers: int = field(default_factory=default_workers)  # DataLoader processes decoding image datasets
-    progress: bool = True  # a progress bar on stderr (only where stderr is a terminal)
-    random_inputs: int = 64
-    exporter: str = "auto"  # auto: structural, torch.onnx where it cannot | structural | torch
-    disabled_passes: tuple[str, ...] = ()
-    placement: str = "faithful"  # faithful: every PyTorch quantization point | fast: TensorRT's fusion-friendly Q/DQ
-    opset: int = DEFAULT_OPSET
-    dynamic_batch: bool = True
-    batch_size: int = 64
-    min_agreement: float = 0.995
-    max_accuracy_gap_points: float = 0.2  # an accuracy loss beyond this fails where it is significant:
-    significance: float = SIGNIFICANCE  # the exact McNemar test's level (verify.Comparison.accuracy_verdict)
-    logits: str | None = None  # the output judged for top-1: a name or index (default: outputs.logits_output)
-    engine: str = "auto"  # auto: build when TensorRT is found | off | require: fail without TensorRT
-    trt_python: str | None = None  # interpreter with tensorrt (default: $QDQ_BRIDGE_TRT_PYTHON or this one)
-    trt_timeout_s: float = 900.0
-    trt: BuildSettings = field(default_factory=BuildSettings)
-    compare_precisions: tuple[str, ...] = ()  # also build fp16 / fp32 engines of the float twin
-    # the float compute outside Q/DQ in engines: fp16 from a mixed-precision copy of the ONNX (the way strongly
-    # typed TensorRT takes it; ONNX Runtime's parity keeps the float32 file), or fp32
-    float_precision: str = "fp16"
-
-    def __post_init__(self):
-        """Every number in range, so that no verdict rests on a nonsensical option (a negative batch compared
-        nothing and passed); the message names the CLI option."""
-        def bounded(option: str, value, low, high=math.inf, *, whole: bool = False, open_low: bool = False):
-            kind = "a whole number" if whole else "a number"
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if open_low else
-                                                                                 value >= low) and value <= high
-            if not ok or whole and value != int(value):
-                span = f"{'above' if open_low else 'at least'} {low:g}" + (f" and at most {high:g}" if high < math.inf
-                                                                            else "")
-                raise BridgeError(f"{option} {value} is not {kind} {span}", f"pass {option} with such a value")
-        bounded("--min-agreement", self.min_agreement, 0, 1)
-        bounded("--max-accuracy-gap", self.max_accuracy_gap_points, 0, 100)
-        bounded("--significance", self.significance, 0, 1, open_low=True)
-        bounded("--batch-size", self.batch_size, 1, whole=True)
-        bounded("--random-inputs", self.random_inputs, 0, whole=True)
-        bounded("--seed", self.seed, 0, whole=True)
-        bounded("--workers", self.workers, 0, whole=True)
-        bounded("--trt-timeout", self.trt_timeout_s, 0, open_low=True)
-        bounded("--opset", self.opset, DEFAULT_OPSET, onnx.defs.onnx_opset_version(), whole=True)
-        for option, count in (("--limit", self.limit), ("--calibration-samples", self.calibration_samples)):
-            if count is not None:
-                bounded(option, count, 1, whole=True)
-        if self.input_shape is not None:
-            for size in self.input_shape:
-                bounded("--input-shape", size, 1, whole=True)
-        if self.trt.optimization_level is not None:
-            bounded("--builder-optimization-level", self.trt.optimization_level, OPTIMIZATION_LEVELS.start,
-                    OPTIMIZATION_LEVELS.stop - 1, whole=True)
-        for option, value, allowed in (
-                ("--placement", self.placement, PLACEMENTS), ("--exporter", self.exporter, EXPORTERS),
-                ("--observer", self.observer, OBSERVER_NAMES), ("--qconfig", self.qconfig, QCONFIGS),
-                ("--engine", self.engine, ENGINE_MODES), ("--float-precision", self.float_precision, FLOAT_PRECISIONS),
-                ("--typing", self.trt.typing, TYPINGS)):
-            if value not in allowed:
-                raise BridgeError(f"{option} {value!r} is not one of {', '.join(map(str, allowed))}",
-                                  f"pass {option} with one of them")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from PIL import Image
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript
 from qdq_bridge.data import digits_split, open_dataset
-from qdq_bridge.images import Preprocessing
+from qdq_bridge.preprocessing import Preprocessing
 from qdq_bridge.load import load_model
 
 from conftest import run_cli

@@ -88,11 +88,13 @@ def test_lint_cli_exit_codes_and_json(tmp_path):
     assert missing.returncode == 2 and "error: ONNX file" in missing.stderr and "not found" in missing.stderr
 
 
-def test_lint_and_passes_start_without_torch(tmp_path):
-    """The ONNX side of the command line imports neither torch, nor ONNX Runtime, nor scipy."""
+def test_lint_passes_and_option_checks_start_without_torch(tmp_path):
+    """The ONNX side of the command line, and the checks of a conversion's options, import neither torch, nor ONNX
+    Runtime, nor scipy: a mistyped option is refused at once."""
     onnx.save(passes.run_passes(model(conv_graph()))[0], tmp_path / "good.onnx")
     code = ("import sys; from qdq_bridge.cli import main; "
-            f"codes = main(['passes']), main(['lint', {str(tmp_path / 'good.onnx')!r}]); "
+            f"codes = main(['passes']), main(['lint', {str(tmp_path / 'good.onnx')!r}]), "
+            "main(['convert', 'm.pt', '--batch-size', '0']); "
             "print(codes, [m for m in ('torch', 'onnxruntime', 'scipy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.splitlines()[-1] == "(0, 0) []"
+    assert done.stdout.splitlines()[-1] == "(0, 0, 2) []"
