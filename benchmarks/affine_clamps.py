@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 from qdq_bridge import export_onnx, load_model, run_passes
 from qdq_bridge.data import Dataset
 from qdq_bridge.engine import BuildSettings, TensorRTWorker, summarize_layers
-from qdq_bridge.passes import is_grid_clamp, drop_activation_clamps, export_like
+from qdq_bridge.passes import drop_activation_clamps, export_like, is_grid_clamp, reroute
 from qdq_bridge.verify import run_onnxruntime
 
 
@@ -81,8 +81,7 @@ def clip_after_dequantize(graph: gs.Graph) -> gs.Graph:
 def no_input_clip(graph: gs.Graph) -> gs.Graph:
     for clip in _floor_clips(graph):
         if clip.inputs[0] in graph.inputs:
-            clip.outputs[0].outputs[0].inputs[0] = clip.inputs[0]
-            clip.outputs.clear()
+            reroute(graph, clip.outputs[0], clip.inputs[0])
     return graph.cleanup()
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from qdq_bridge import quantize, save_torchscript, zoo
+from qdq_bridge.choices import ENGINE_MODES
 
 PLACEMENTS = ("fast", "faithful")
 PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(zoo.ALL_TORCHVISION_FAMILIES),
                         help=f"FAMILY[@RECIPE],... with RECIPE one of {', '.join(RECIPES)} (default: tensorrt)")
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
-    parser.add_argument("--engine", choices=("require", "auto", "off"), default="require")
+    parser.add_argument("--engine", choices=ENGINE_MODES, default="require")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--calibration-samples", type=int, default=128)

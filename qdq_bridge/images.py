@@ -25,8 +25,8 @@ from PIL import Image
 
 from .arrays import Dataset, random_subset
 from .choices import PRESETS
-from .preprocessing import COLORS, Preprocessing
 from .errors import BridgeError
+from .preprocessing import COLORS, Preprocessing
 
 IMAGE_SPECS = ("imagefolder", "cifar10", "cifar10-train", "mnist", "mnist-train")
 DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: unidentified or truncated files, broken chunks

@@ -23,12 +23,12 @@ class ConvertOptions:
     trust_pickle: bool = False
     calibrate: str | None = None  # dataset spec to quantize a float model with (PTQ)
     observer: str = "histogram"
-    qconfig: str = "tensorrt"  # PTQ preset for --calibrate (quantize.QCONFIGS)
+    qconfig: str = "tensorrt"  # PTQ preset for --calibrate (choices.QCONFIGS)
     # re-quantize activations PyTorch quantized over the full uint8 range (which int8 at their scale cannot hold)
     # to symmetric int8 over the same range, instead of refusing them (qdq_bridge.activations)
     requantize_activations: bool = False
     keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
-    torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (quantize.ENGINE_ORDER)
+    torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (choices.ENGINE_ORDER)
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     # how image datasets become inputs; unset fields come from the model file's metadata (parity data only)
     preprocess: Preprocessing = field(default_factory=Preprocessing)

@@ -106,8 +106,6 @@ def trt_qconfig(observer: str = "histogram") -> QConfig:
                    weight=PerChannelMinMaxObserver.with_args(**WEIGHT))
 
 
-
-
 def ptq_qconfig(preset: str = "tensorrt", observer: str = "histogram") -> QConfig:
     """The PTQ qconfig of a preset; `observer` applies to the TensorRT one (the others bring their own)."""
     if preset not in QCONFIGS:
