@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
+
+from qdq_bridge.verify import onnxruntime_runner
 
 RNG = np.random.default_rng(0)
 
@@ -22,8 +23,7 @@ def model(graph: gs.Graph) -> onnx.ModelProto:
 
 
 def run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return next(iter(onnxruntime_runner(m)(x).values()))
 
 
 def q_dq(graph_nodes: list, x: gs.Tensor, name: str, scale=0.05, zp=128, zp_dtype=np.uint8, cast: bool = False):
