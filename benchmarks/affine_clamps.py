@@ -1,19 +1,18 @@
 """Which form of PyTorch's affine-activation floor TensorRT computes right (issue 21's faithful placement).
 
 Seen on an H200 with TensorRT 8.6.0 (benchmarks/results/h200_trt8.6.0_families_runs/run3.json): models quantized
-with PyTorch's x86 default or torchvision's recipe convert exactly on ONNX Runtime in both placements, and their
-fast engines match PyTorch, but their faithful engines agree with it on about 10 % of the test digits (chance):
-the faithful graph differs from the fast one by the Clips `int8_zero_point` puts before each affine Q (PyTorch's
-floor at -z steps, int8's ceiling at +127). This builds one engine per form of that floor from the same faithful
-ONNX and compares each with ONNX Runtime running the same graph:
+with PyTorch's x86 default or torchvision's recipe converted exactly on ONNX Runtime in both placements, and their
+fast engines matched PyTorch, but their faithful engines agreed with it on about 10 % of the test digits (chance)
+while the floor before each affine Q (PyTorch's saturation at -z steps) was a Clip(-z steps, +127 steps). This builds
+one engine per form of that floor from the same faithful ONNX and compares each with ONNX Runtime running it:
 
-  clip            Clip(-z steps, +127 steps) -> Q, as exported today
-  clip-min-only   Clip(-z steps) -> Q, no upper bound
-  max             Max(x, -z steps) -> Q
-  relu-where-zero Relu -> Q where the floor is 0 (z = 0), Clips elsewhere
-  clip-after-dequantize  Q -> DQ -> Clip: the same values (the bounds lie on the grid), clamped on the float side
-  no-input-clip   every Clip but the one on the network input
-  no-clip         no Clip at all (the fast placement's drop_activation_clamps on the faithful graph)
+  max             Max(x, -z steps) -> Q, as `int8_zero_point` exports it (the Q saturates at +127 steps itself)
+  clip            Clip(-z steps, +127 steps) -> Q, as exported before
+  clip-min-only   Clip(-z steps) -> Q
+  relu-where-zero Relu -> Q where the floor is 0 (z = 0), Maxes elsewhere
+  clip-after-dequantize  Q -> DQ -> Clip(-z steps, +127 steps): the same values (the bounds lie on the grid)
+  no-input-floor  every floor but the one on the network input
+  no-floor        none (the fast placement's drop_activation_clamps on the faithful graph)
 
 Usage: python benchmarks/affine_clamps.py MODEL.pt TEST.npz [--level 1] [--out DIR]
 (needs TensorRT through QDQ_BRIDGE_TRT_PYTHON, as `convert` does)
@@ -32,62 +31,65 @@ import onnx_graphsurgeon as gs
 from qdq_bridge import export_onnx, load_model, run_passes
 from qdq_bridge.data import Dataset
 from qdq_bridge.engine import BuildSettings, TensorRTWorker, summarize_layers
-from qdq_bridge.passes import drop_activation_clamps, export_like, is_grid_clamp, reroute
+from qdq_bridge.passes import drop_activation_clamps, export_like, is_grid_floor, reroute, scale_of
 from qdq_bridge.verify import run_onnxruntime
 
 
-def _floor_clips(graph: gs.Graph) -> list[gs.Node]:
-    return [n for n in graph.nodes if n.op == "Clip" and is_grid_clamp(n)]
+def _floors(graph: gs.Graph) -> list[gs.Node]:
+    return [n for n in graph.nodes if is_grid_floor(n)]
 
 
-def clip_min_only(graph: gs.Graph) -> gs.Graph:
-    for clip in _floor_clips(graph):
-        clip.inputs = clip.inputs[:2]
+def _ceiling(floor: gs.Node) -> gs.Constant:
+    """+127 steps of the scale of the Qs the floor feeds."""
+    return gs.Constant(f"{floor.name}/ceiling", np.array(127 * scale_of(floor.outputs[0].outputs[0]), np.float32))
+
+
+def clip(graph: gs.Graph) -> gs.Graph:
+    for floor in _floors(graph):
+        floor.op, floor.inputs = "Clip", [*floor.inputs, _ceiling(floor)]
     return graph
 
 
-def max_floor(graph: gs.Graph) -> gs.Graph:
-    for clip in _floor_clips(graph):
-        clip.op, clip.inputs = "Max", clip.inputs[:2]
+def clip_min_only(graph: gs.Graph) -> gs.Graph:
+    for floor in _floors(graph):
+        floor.op = "Clip"
     return graph
 
 
 def relu_where_zero(graph: gs.Graph) -> gs.Graph:
-    """Clip(0, +127 steps) -> Relu (Q saturates at +127 anyway); other floors stay Clips."""
-    for clip in _floor_clips(graph):
-        if float(clip.inputs[1].values) == 0.0:
-            clip.op, clip.inputs = "Relu", clip.inputs[:1]
+    for floor in _floors(graph):
+        if float(floor.inputs[1].values) == 0.0:
+            floor.op, floor.inputs = "Relu", floor.inputs[:1]
     return graph
 
 
 def clip_after_dequantize(graph: gs.Graph) -> gs.Graph:
-    """x -> Q -> DQ -> Clip: the same values (the bounds lie on the grid), the Clip on the float side."""
-    for clip in _floor_clips(graph):
-        q = clip.outputs[0].outputs[0]
-        q.inputs[0] = clip.inputs[0]
+    for floor in _floors(graph):
+        q = floor.outputs[0].outputs[0]
+        bounds = [floor.inputs[1], _ceiling(floor)]
+        q.inputs[0] = floor.inputs[0]
         for i, dq in enumerate(list(q.outputs[0].outputs)):
             readers, out = list(dq.outputs[0].outputs), dq.outputs[0]
             clamped = gs.Variable(f"{out.name}/clamped", np.float32, out.shape)
-            graph.nodes.append(gs.Node("Clip", f"{clip.name}/after_dq{i}", inputs=[out, *clip.inputs[1:]],
-                                       outputs=[clamped]))
+            graph.nodes.append(gs.Node("Clip", f"{floor.name}/after_dq{i}", inputs=[out, *bounds], outputs=[clamped]))
             for reader in readers:
                 reader.inputs = [clamped if t is out else t for t in reader.inputs]
             if out in graph.outputs:
                 graph.outputs = [clamped if t is out else t for t in graph.outputs]
-        clip.outputs.clear()
+        floor.outputs.clear()
     return graph.cleanup()
 
 
-def no_input_clip(graph: gs.Graph) -> gs.Graph:
-    for clip in _floor_clips(graph):
-        if clip.inputs[0] in graph.inputs:
-            reroute(graph, clip.outputs[0], clip.inputs[0])
+def no_input_floor(graph: gs.Graph) -> gs.Graph:
+    for floor in _floors(graph):
+        if floor.inputs[0] in graph.inputs:
+            reroute(graph, floor.outputs[0], floor.inputs[0])
     return graph.cleanup()
 
 
 VARIANTS: dict[str, Callable[[gs.Graph], gs.Graph]] = {
-    "clip": lambda graph: graph, "clip-min-only": clip_min_only, "max": max_floor, "relu-where-zero": relu_where_zero,
-    "clip-after-dequantize": clip_after_dequantize, "no-input-clip": no_input_clip, "no-clip": drop_activation_clamps}
+    "max": lambda graph: graph, "clip": clip, "clip-min-only": clip_min_only, "relu-where-zero": relu_where_zero,
+    "clip-after-dequantize": clip_after_dequantize, "no-input-floor": no_input_floor, "no-floor": drop_activation_clamps}
 
 
 def main() -> None:
@@ -114,11 +116,11 @@ def main() -> None:
                              args.out / f"{name}.layers.json")
         got = next(iter(worker.infer(engine, data.x).values()))
         summary = summarize_layers(json.loads((args.out / f"{name}.layers.json").read_text(), strict=False))
-        rows[name] = {"clips": sum(n.op in ("Clip", "Max") for n in graph.nodes),
+        rows[name] = {"floors": sum(n.op in ("Clip", "Max") for n in graph.nodes),
                       "agreement_with_onnxruntime": float((got.argmax(1) == expected.argmax(1)).mean()),
                       "max_abs_diff": float(np.abs(got - expected).max()),
                       # how far this form is from the exported one, on ONNX Runtime (0: the same function)
-                      "onnxruntime_vs_clip_max_abs_diff": float(np.abs(expected - faithful_logits).max()),
+                      "onnxruntime_vs_max_abs_diff": float(np.abs(expected - faithful_logits).max()),
                       "accuracy_onnxruntime": float((expected.argmax(1) == data.y).mean()),
                       "accuracy_tensorrt": float((got.argmax(1) == data.y).mean()),
                       "layers": summary["layers"], "build_seconds": built["build_seconds"]}

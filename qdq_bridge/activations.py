@@ -7,7 +7,7 @@ them (symmetric ones, z = 128, come out as int8 with zero-point 0). Per quantize
 - symmetric (z = 128, or int8 with zero-point 0): int8 at the same scale, exact;
 - affine within int8 (z <= 127, and few values on the data above +127 steps: FULL_RANGE_SHARE): int8 at the same
   scale, exact up to those outliers (`passes.int8_zero_point` maps it and keeps PyTorch's floor at -z steps with
-  a Clip);
+  a Max);
 - full range (z > 128, or many values on the data above +127 steps, where PyTorch's uint8 goes on to 255 - z):
   int8 at that scale would clip what PyTorch keeps. Refused, unless re-quantized (`requantize`) to symmetric int8 over
   the same range: scale x max(z, 255 - z) / 127, a grid about twice as coarse.
@@ -173,7 +173,7 @@ def notes(activations: list[AffineActivation], data: str, placement: str) -> lis
                      f"255 - zero-point: {sum(a.values_above_int8 for a in held):,} of "
                      f"{sum(a.values_measured for a in held):,} values on {data}; "
                      + ("the fast placement drops their floor at -zero-point steps (TensorRT saturates at -128)"
-                        if placement == "fast" else "a Clip keeps PyTorch's floor at -zero-point steps"))
+                        if placement == "fast" else "a Max keeps PyTorch's floor at -zero-point steps"))
     for a in full:
         lines.append(f"activation '{a.tensor}' (module {a.module}) re-quantized: full-range uint8 (zero_point="
                      f"{a.zero_point}, scale {a.scale:.4g}) -> symmetric int8, scale {a.symmetric_scale:.4g}; parity "

@@ -161,7 +161,7 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
     """Map uint8 Q/DQ with zero-point z <= 128 onto int8 with zero-point 0 at the same scale: q_int8 = q_uint8 - z.
 
     128 (symmetric) is exact. A smaller z (PyTorch's x86/fbgemm default activations: reduce_range, 0..127 around z)
-    is exact from -z to +127 steps: a Clip at -z steps before the Q keeps PyTorch's lower saturation (none after a
+    is exact from -z to +127 steps: a Max at -z steps before the Q keeps PyTorch's lower saturation (none after a
     ReLU); above +127 steps int8 saturates where PyTorch would go on to 255 - z (beyond the calibrated range;
     `pipeline` counts such values on the data). z > 128 puts values below int8's -128 steps: refused, naming the
     tensor and the ways out, as is any int8 zero-point but 0.
@@ -186,46 +186,44 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
         if node.op == "QuantizeLinear":
             node.outputs[0].dtype = np.int8
             if shift < 128 and constant_values(node.inputs[0]) is None and _producer(node.inputs[0], "Relu") is None:
-                _clamp_before(graph, node, -shift)
+                _floor_before(graph, node, -shift)
         elif (values := constant_values(node.inputs[0])) is not None:
             shifted = values.astype(np.int16) - shift
             node.inputs[0] = gs.Constant(node.inputs[0].name + "_int8", np.clip(shifted, -128, 127).astype(np.int8))
     return _tidy(graph)
 
 
-def _clamp_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
-    """x -> Clip(low_steps, +127 steps of q's scale) -> q: PyTorch's lower saturation, on q's grid."""
-    scale = scale_of(q)
-    bounds = [gs.Constant(f"{q.name}/clamp_{side}", np.array(steps * scale, np.float32))
-              for side, steps in (("min", low_steps), ("max", 127))]
-    clamped = gs.Variable(f"{q.name}/clamp_output", np.float32, q.inputs[0].shape)
-    graph.nodes.append(gs.Node("Clip", f"{q.name}/Clip", inputs=[q.inputs[0], *bounds], outputs=[clamped]))
-    q.inputs[0] = clamped
+def _floor_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
+    """x -> Max(x, low_steps of q's scale) -> q: PyTorch's lower saturation on q's grid (q saturates at +127 steps
+    itself). A Max, not a Clip: benchmarks/affine_clamps.py measures what TensorRT makes of each form."""
+    floor = gs.Constant(f"{q.name}/floor", np.array(low_steps * scale_of(q), np.float32))
+    floored = gs.Variable(f"{q.name}/floor_output", np.float32, q.inputs[0].shape)
+    graph.nodes.append(gs.Node("Max", f"{q.name}/Max", inputs=[q.inputs[0], floor], outputs=[floored]))
+    q.inputs[0] = floored
 
 
-def is_grid_clamp(clip: gs.Node) -> bool:
-    """A Clip that only narrows int8's window on the grid of the Qs it feeds (what int8_zero_point adds)."""
-    bounds = [constant_values(t) if t is not None and t.name else None for t in clip.inputs[1:3]]
-    consumers = clip.outputs[0].outputs
-    if len(bounds) != 2 or any(b is None for b in bounds) or not consumers \
+def is_grid_floor(node: gs.Node) -> bool:
+    """A Max that only raises int8's floor on the grid of the Qs it feeds (what int8_zero_point adds)."""
+    consumers = node.outputs[0].outputs if node.outputs else []
+    if node.op != "Max" or len(node.inputs) != 2 or not consumers \
             or any(c.op != "QuantizeLinear" or zero_point(c).any() for c in consumers):
         return False
+    bound = constant_values(node.inputs[1]) if node.inputs[1].name else None
     scales = {scale_of(c) for c in consumers if constant_values(c.inputs[1]) is not None}
-    if len(scales) != 1:
+    if bound is None or bound.size != 1 or len(scales) != 1:
         return False
-    scale = scales.pop()
-    low, high = float(bounds[0]) / scale, float(bounds[1]) / scale
-    return -128 <= round(low) <= 0 and abs(low - round(low)) < 1e-3 and abs(high - 127) < 1e-3
+    steps = float(bound) / scales.pop()
+    return -128 <= round(steps) <= 0 and abs(steps - round(steps)) < 1e-3
 
 
 def drop_activation_clamps(graph: gs.Graph) -> gs.Graph:
-    """fast: drop the Clips that keep PyTorch's narrower saturation of affine activations (see int8_zero_point).
+    """fast: drop the Maxes that keep PyTorch's floor of affine activations (see int8_zero_point).
 
     Not exact: TensorRT then saturates at int8's -128 steps where PyTorch stopped at -z, and the Q follows its
     layer directly, as TensorRT fuses it.
     """
-    for clip in [n for n in graph.nodes if n.op == "Clip" and is_grid_clamp(n)]:
-        reroute(graph, clip.outputs[0], clip.inputs[0])
+    for floor in [n for n in graph.nodes if is_grid_floor(n)]:
+        reroute(graph, floor.outputs[0], floor.inputs[0])
     return _tidy(graph)
 
 
@@ -381,7 +379,7 @@ def _float_source(tensor: gs.Tensor) -> gs.Tensor:
 
 def _feeds_concat(tensor: gs.Tensor) -> bool:
     """Whether the tensor reaches a Concat through activations and Q/DQ only."""
-    return any(c.op == "Concat" or (c.op in ("Relu", "Clip", *QDQ_OPS) and _feeds_concat(c.outputs[0]))
+    return any(c.op == "Concat" or (c.op in ("Relu", "Clip", "Max", *QDQ_OPS) and _feeds_concat(c.outputs[0]))
                for c in tensor.outputs)
 
 

@@ -41,9 +41,9 @@ def test_reduce_range_model_maps_exactly_onto_int8(example_dir, tmp_path, qconfi
     assert not activations["requantized"]
     row = digits_row(report)
     assert row["top1_agreement"] >= 0.995 and row["lost"] == 0
-    clips = report["op_counts"].get("Clip", 0)
+    floors = report["op_counts"].get("Max", 0)
     # faithful keeps PyTorch's floor before each affine Q not fed by a ReLU; fast drops them all
-    assert (clips > 0) == (placement == "faithful")
+    assert (floors > 0) == (placement == "faithful") and "Clip" not in report["op_counts"]
 
 
 def test_qnnpack_model_converts_with_requantized_activations_listed(example_dir, tmp_path):

@@ -97,12 +97,12 @@ def test_int8_zero_point_is_exact_for_zero_point_128():
 @pytest.mark.parametrize("zp", [57, 0])
 def test_int8_zero_point_maps_reduce_range_activations_exactly_keeping_pytorchs_clamp(zp):
     """PyTorch's x86/fbgemm activations: uint8 around z <= 127. int8 at the same scale holds -z..127 steps; the
-    Clip keeps PyTorch's floor at -z steps. Equal to the uint8 graph wherever a value stays within 127 steps."""
+    Max keeps PyTorch's floor at -z steps. Equal to the uint8 graph wherever a value stays within 127 steps."""
     before, after = apply_twice(passes.int8_zero_point, folded(conv_graph(cast=False, zp=zp)))
-    clips = [n for n in after.graph.node if n.op_type == "Clip"]
-    assert [c.output[0] for c in clips] == [n.input[0] for n in after.graph.node
-                                           if n.op_type == "QuantizeLinear" and n.input[0].endswith("clamp_output")]
-    assert len(clips) == 2  # the input's and the conv output's quantizers
+    floors = [n for n in after.graph.node if n.op_type == "Max"]
+    assert [f.output[0] for f in floors] == [n.input[0] for n in after.graph.node
+                                            if n.op_type == "QuantizeLinear" and n.input[0].endswith("floor_output")]
+    assert len(floors) == 2 and "Clip" not in ops(after)  # the input's and the conv output's quantizers
     x = sample_input(before) * 0.3
     assert run(before, x).max() < 127 * 0.1  # within int8's reach at the output's scale
     np.testing.assert_array_equal(run(before, x), run(after, x))
@@ -122,9 +122,19 @@ def test_int8_zero_point_refuses_what_int8_cannot_hold(zp, dtype, message):
 def test_drop_activation_clamps_leaves_the_q_after_its_layer():
     mapped = passes.int8_zero_point(folded(conv_graph(cast=False, zp=57)))
     before, after = apply_twice(passes.drop_activation_clamps, mapped)
-    assert ops(before).count("Clip") == 2 and "Clip" not in ops(after)
+    assert ops(before).count("Max") == 2 and "Max" not in ops(after)
     low = -np.abs(sample_input(before)) * 3  # below -57 steps of the input's 0.05: PyTorch's floor, not int8's
     assert not np.array_equal(run(before, low), run(after, low))
+
+
+@pytest.mark.parametrize("bound", [0.37, -0.05 * 129])  # off the Q's 0.05 grid; below int8's -128 steps
+def test_drop_activation_clamps_keeps_a_models_own_max(bound):
+    x = gs.Variable("x", np.float32, (1, 4, 5, 5))
+    floored = gs.Variable("floored", np.float32, (1, 4, 5, 5))
+    nodes = [gs.Node("Max", "own_max", inputs=[x, const("bound", np.array(bound, np.float32))], outputs=[floored])]
+    y = q_dq(nodes, floored, "out", zp=0, zp_dtype=np.int8)
+    before, after = apply_twice(passes.drop_activation_clamps, gs.Graph(nodes=nodes, inputs=[x], outputs=[y]))
+    assert ops(after) == ops(before) == ["Max", "QuantizeLinear", "DequantizeLinear"]
 
 
 def test_float_fixed_range_outputs_drops_sigmoid_qdq():
