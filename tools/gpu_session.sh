@@ -4,6 +4,8 @@
 # (`pip download onnx-graphsurgeon --no-deps -d .whl` here). The machine keeps /opt and benchmarks/out only while
 # it stays warm: run the steps back to back.
 #
+#   bash tools/gpu_session.sh setup                    install the kit and onnx-graphsurgeon only (before steps run
+#                                                      side by side)
 #   bash tools/gpu_session.sh prepare                  train, quantize and save the family matrix's models
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
@@ -15,13 +17,16 @@ step=$1; shift
 if [ ! -x /opt/trtkit/bin/trt-python ]; then
   cat /opt/trtkit-parts/kit.tar.xz.* | xz -dc | tar -x -C / && rm -rf /opt/trtkit-parts
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if [ ! -d /tmp/site/onnx_graphsurgeon ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
 export PYTHONPATH=/tmp/site:$PWD QDQ_BRIDGE_TRT_PYTHON=/opt/trtkit/bin/trt-python PYTHONUNBUFFERED=1
 FAMILIES=${FAMILIES:-resnet18@x86,resnet50@torchvision,resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,shufflenet_v2_x1_0,googlenet,inception_v3,resnext101_32x8d}
 CONVERT_ARGS=${CONVERT_ARGS:---builder-optimization-level 1 --timing-cache benchmarks/out/families/timing.cache}
 out=benchmarks/out/families
 nvidia-smi --query-gpu=name,uuid --format=csv,noheader
 case $step in
+setup) exit 0 ;;
 prepare)
   python3 benchmarks/families.py --stage prepare --families "$FAMILIES" --epochs "${EPOCHS:-30}" --jobs 10 --threads 1 \
     --out $out 2>&1 | grep -v Warning | grep -v "^  " ;;
