@@ -125,7 +125,7 @@ def main() -> None:
                       "accuracy_tensorrt": float((got.argmax(1) == data.y).mean()),
                       "layers": summary["layers"], "build_seconds": built["build_seconds"]}
         print(name, rows[name], flush=True)
-    (args.out / "affine_clamps.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (args.out / "affine_clamps.json").write_text(json.dumps(rows, indent=1) + "\n")  # a cut run keeps its rows
 
 
 if __name__ == "__main__":

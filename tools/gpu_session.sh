@@ -38,7 +38,8 @@ convert)
   timeout "$1" python3 benchmarks/families.py --stage convert --families "$FAMILIES" --threads 16 --out $out \
     --convert-args "$CONVERT_ARGS" 2>&1 | grep -v Warning | grep -v "^  " ;;
 gputests)
-  timeout "$1" python3 -m pytest -q -rs -s tests/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep -v Warning | tail -80 ;;
+  # line by line, so that a run cut short still shows what it finished
+  timeout "$1" python3 -m pytest -q -rs -s tests/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep --line-buffered -v Warning ;;
 esac
 cp $out/families.json $out/families.md "$OUT/" 2>/dev/null
 exit 0
