@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qdq_bridge import quantize, save_torchscript, zoo
+from qdq_bridge import save_torchscript
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.testing import zoo
 from qdq_bridge.choices import ENGINE_MODES
 
 PLACEMENTS = ("fast", "faithful")

@@ -1,5 +1,5 @@
 """INT8 engines with FP16 float compute two ways: FP16 from builder flags (fp32 Q/DQ ONNX, INT8 + FP16 flags,
-how TensorRT 8.6-10 were driven) against FP16 carried by the ONNX (qdq_bridge.precision's mixed-precision copy,
+how TensorRT 8.6-10 were driven) against FP16 carried by the ONNX (qdq_bridge.graph.precision's mixed-precision copy,
 the only way TensorRT 11 takes it, built here by the installed TensorRT's own route).
 
 Needs a GPU and TensorRT (QDQ_BRIDGE_TRT_PYTHON or --trt-python). For each network it builds both engines
@@ -23,8 +23,8 @@ from pathlib import Path
 import onnx
 
 from qdq_bridge import export_onnx, run_passes
-from qdq_bridge.engine import BuildSettings, TensorRTWorker, summarize_layers
-from qdq_bridge.precision import mixed_precision
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
+from qdq_bridge.graph.precision import mixed_precision
 from qdq_bridge.verify import compare, run_torch
 from trt_engines import network, throughput
 

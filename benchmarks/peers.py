@@ -29,7 +29,7 @@ float model. Tables and the ratios qdq_bridge fast / each peer (with the lowest 
 printed; peers.json and peers.png are written into --out.
 
 Networks:
-  resnet50-224     torchvision's ResNet-50 at 224x224, trained briefly (--train-steps) on qdq_bridge.zoo's template
+  resnet50-224     torchvision's ResNet-50 at 224x224, trained briefly (--train-steps) on qdq_bridge.testing.zoo's template
                    task; calibration: template-task inputs (seed 1); test: --test-samples template-task inputs
                    (seed 99), labelled
   digits-resnet18  the ResNet-18 of zoo.torchvision_on_digits at 32x32, float; calibration: its training split's
@@ -59,12 +59,13 @@ import numpy as np
 import onnx
 import torch
 
-from qdq_bridge import export_onnx, run_passes, zoo
-from qdq_bridge.data import Dataset
-from qdq_bridge.engine import BuildSettings, TensorRTWorker, summarize_layers
+from qdq_bridge import export_onnx, run_passes
+from qdq_bridge.testing import zoo
+from qdq_bridge.data.arrays import Dataset
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.export import INPUT_NAME, _export_torch
-from qdq_bridge.quantize import quantize_ptq
+from qdq_bridge.export.exporter import INPUT_NAME, _export_torch
+from qdq_bridge.pytorch.quantize import quantize_ptq
 from qdq_bridge.verify import compare, run_onnxruntime, run_torch
 from trt_engines import MODES, latency_ms, throughput, timing
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from qdq_bridge import ConvertOptions, convert
-from qdq_bridge.engine import TensorRTWorker, as_torch_module
+from qdq_bridge.trt.engine import TensorRTWorker, as_torch_module
 from qdq_bridge.report import parity_lines
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "out" / "resnet_q.pt"

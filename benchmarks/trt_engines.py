@@ -16,7 +16,7 @@ throughput.png into --out.
 Networks:
   resnet18-32   torchvision's quantizable ResNet-18 trained on the examples' digits at 32x32 (CIFAR's size, the
                 reference workflow's setup); test set: the examples' 450 test digits
-  resnet50-224  torchvision's quantizable ResNet-50 at 224x224, trained briefly on qdq_bridge.zoo's template
+  resnet50-224  torchvision's quantizable ResNet-50 at 224x224, trained briefly on qdq_bridge.testing.zoo's template
                 task; test set: 256 template-task inputs
   resnet50-224-float-layer4  the same with its last stage kept float by PTQ (keep_float=("layer4",)): a float
                 island between Q/DQ, as when a user leaves sensitive layers unquantized
@@ -34,10 +34,11 @@ from pathlib import Path
 
 import onnx
 
-from qdq_bridge import export_onnx, lint_model, load_model, run_passes, zoo
-from qdq_bridge.data import load_dataset
-from qdq_bridge.engine import BuildSettings, TensorRTWorker, summarize_layers
-from qdq_bridge.export import float_twin
+from qdq_bridge import export_onnx, lint_model, load_model, run_passes
+from qdq_bridge.testing import zoo
+from qdq_bridge.data.sources import load_dataset
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
+from qdq_bridge.export.exporter import float_twin
 from qdq_bridge.verify import compare, run_onnxruntime, run_torch
 
 ENGINES = ("fp32", "fp16", "int8-faithful", "int8-fast")

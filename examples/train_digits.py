@@ -1,7 +1,7 @@
 """Train the example CNN on scikit-learn's digits and quantize it for TensorRT, both ways (PTQ and QAT).
 
 Writes into --out (default examples/out):
-  digits_float.pth      float state_dict            (convert it with --arch qdq_bridge.models:digits_resnet --calibrate digits)
+  digits_float.pth      float state_dict            (convert it with --arch qdq_bridge.pytorch.models:digits_resnet --calibrate digits)
   resnet_q.pt           PTQ model, TorchScript      (the reference workflow's file; `convert` needs no options)
   resnet_qat_q.pt       QAT model, TorchScript
   digits_qat_state.pth  QAT state_dict, fake-quant modules still in (convert with --arch ...)
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdq_bridge import quantize, save_torchscript
-from qdq_bridge.data import digits_split
-from qdq_bridge.models import DigitsResNet
+from qdq_bridge import save_torchscript
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch.models import DigitsResNet
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0,

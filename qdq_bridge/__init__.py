@@ -5,7 +5,7 @@ Library API (the CLI is a thin layer over it):
     load_model, export_onnx, run_passes, lint_model        the stages one by one
 
 Each name is imported on first use (PEP 562), so that `python -m qdq_bridge lint` and `passes`, and the ONNX side
-(`qdq_bridge.passes`, `qdq_bridge.lint`), start without importing torch.
+(`qdq_bridge.graph.passes`, `qdq_bridge.graph.lint`), start without importing torch.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import importlib
 
 from .errors import BridgeError
 
-_HOMES = {"ConvertOptions": "options", "ConvertResult": "pipeline", "convert": "pipeline", "PASSES": "passes",
-          "run_passes": "passes", "Preprocessing": "preprocessing", "export_onnx": "export", "lint_model": "lint",
-          "load_model": "load", "save_torchscript": "load"}
+_HOMES = {"ConvertOptions": "options", "ConvertResult": "pipeline", "convert": "pipeline", "PASSES": "graph.passes",
+          "run_passes": "graph.passes", "Preprocessing": "data.preprocessing", "export_onnx": "export.exporter",
+          "lint_model": "graph.lint", "load_model": "pytorch.load", "save_torchscript": "pytorch.load",
+          "as_torch_module": "trt.engine", "assert_parity": "testing.parity"}
 
 __all__ = ["BridgeError", *sorted(_HOMES)]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ EXPORTERS = ("auto", "structural", "torch")
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 
 # The quantized CPU engines in order of preference. A model's weights are packed for the engine in force when
-# it is converted or loaded, and that engine's kernels run it afterwards (qdq_bridge.reference checks it).
+# it is converted or loaded, and that engine's kernels run it afterwards (qdq_bridge.pytorch.reference checks it).
 # qnnpack first: x86/fbgemm's u8*s8 kernels sum pairs of products in int16 and saturate with full-range 8-bit
 # activations on CPUs without AVX-512 VNNI (why torch's own default qconfig reduces activations to 7 bits;
 # measured here, a depthwise conv of torchvision's mobilenet_v2 came out 82 quantization steps off, the
@@ -22,7 +22,7 @@ OBSERVER_NAMES = ("minmax", "histogram", "percentile")  # activation observers f
 # PTQ presets: qdq_bridge's TensorRT-legal one, PyTorch's defaults (as users' eager models are made), or the
 # recipe of torchvision's quantized models (torchvision.models.quantization.utils.quantize_model for fbgemm:
 # MinMax activations on quint8 0..127, per-channel weights). All but the first quantize activations affinely:
-# see qdq_bridge.activations for what int8 holds of them.
+# see qdq_bridge.graph.activations for what int8 holds of them.
 QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack", "torchvision")
 
 ENGINE_MODES = ("auto", "off", "require")  # when to build the TensorRT engine

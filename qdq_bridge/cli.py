@@ -1,4 +1,4 @@
-"""Command line: a thin layer over `qdq_bridge.pipeline.convert`, `qdq_bridge.lint` and the pass registry."""
+"""Command line: a thin layer over `qdq_bridge.pipeline.convert`, `qdq_bridge.graph.lint` and the pass registry."""
 from __future__ import annotations
 
 import argparse
@@ -11,12 +11,12 @@ from rich.table import Table
 
 from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
                       PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
-from .engine import PYTHON_ENV, BuildSettings
+from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted
-from .lint import error_violations, lint_file, to_json
+from .graph.lint import error_violations, lint_file, to_json
+from .graph.passes import PASS_NAMES, PASSES, PLACEMENTS
 from .options import ConvertOptions
-from .passes import PASS_NAMES, PASSES, PLACEMENTS
-from .preprocessing import Preprocessing
+from .trt.engine import PYTHON_ENV, BuildSettings
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
 

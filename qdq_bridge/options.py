@@ -10,10 +10,10 @@ import onnx
 
 from .choices import (DEFAULT_OPSET, ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
                       OPTIMIZATION_LEVELS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
-from .engine import BuildSettings
+from .data.preprocessing import Preprocessing
 from .errors import BridgeError
-from .passes import PLACEMENTS
-from .preprocessing import Preprocessing
+from .graph.passes import PLACEMENTS
+from .trt.engine import BuildSettings
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ConvertOptions:
     observer: str = "histogram"
     qconfig: str = "tensorrt"  # PTQ preset for --calibrate (choices.QCONFIGS)
     # re-quantize activations PyTorch quantized over the full uint8 range (which int8 at their scale cannot hold)
-    # to symmetric int8 over the same range, instead of refusing them (qdq_bridge.activations)
+    # to symmetric int8 over the same range, instead of refusing them (qdq_bridge.graph.activations)
     requantize_activations: bool = False
     keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
     torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (choices.ENGINE_ORDER)

@@ -21,26 +21,26 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import data as datasets
-from .engine import TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .data import sources as datasets
+from .data.preprocessing import Preprocessing
 from .errors import BridgeError, readable_file
+from .export.exporter import export_onnx, exported_by, float_twin, resolve_input_shape
+from .export.outputs import logits_output
+from .graph.activations import affine_activations, refuse_full_range, requantize, scheme_counts
+from .graph.activations import as_report as activations_report
+from .graph.activations import notes as activation_notes
+from .graph.lint import Violation, error_violations, lint_model
+from .graph.passes import run_passes
+from .graph.precision import mixed_precision
+from .graph.runtime import onnxruntime_runner
 from .options import ConvertOptions
-from .activations import affine_activations, refuse_full_range, requantize, scheme_counts
-from .activations import as_report as activations_report
-from .activations import notes as activation_notes
-from .export import export_onnx, exported_by, float_twin, resolve_input_shape
-from .lint import Violation, error_violations, lint_model
-from .load import TORCHVISION_INPUT, load_model, torchvision_arch
-from .passes import run_passes
-from .precision import mixed_precision
-from .preprocessing import Preprocessing
-from .quantize import using_engine
-from .reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
+from .pytorch.load import TORCHVISION_INPUT, load_model, torchvision_arch
+from .pytorch.quantize import using_engine
+from .pytorch.reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .report import write_reports
-from .outputs import logits_output
-from .verify import (Comparison, StreamedParity, first_divergences, interval_confidence,
-                     markable_tensors, onnxruntime_runner, quantized_tensors, run_onnxruntime, run_onnxruntime_tensors,
-                     stream_parity, torch_runner)
+from .trt.divergence import locate_divergence
+from .trt.engine import TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .verify import Comparison, StreamedParity, interval_confidence, run_onnxruntime, stream_parity, torch_runner
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
 
@@ -216,58 +216,6 @@ def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: datas
     return name
 
 
-# Engine builds the divergence locator may spend per halving of the tensor list: isolating one tensor TensorRT
-# cannot expose costs two builds a halving, so this isolates two.
-LOCATOR_BUILDS_PER_HALVING = 4
-# a diagnosis, not a second conversion: on an H100 (8.6) ResNet-18 builds took 12-20 s each, and 80-96 s each
-# where TensorRT then refused the marked outputs
-LOCATOR_SECONDS = 300
-
-
-def _locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: datasets.Dataset,
-                       options: ConvertOptions) -> dict:
-    """Where the INT8 engine's activations first leave ONNX Runtime's. Quantized activations are marked as
-    engine outputs a group at a time, in graph order, until a group diverges. Exposing a tensor stops some
-    fusions (fine for a diagnosis), and some tensors TensorRT cannot expose at all (8.6's graph compiler
-    asserted with every one marked): those known to be unmarkable are skipped (verify.UNMARKABLE_PRODUCERS), and
-    a group whose build still fails is split, down to single tensors, which are then listed as not exposable. It
-    stops at its build or time budget, listing the tensors it did not scan."""
-    tensors, skipped = markable_tensors(model, quantized_tensors(model))
-    sample = data.x[:8]
-    emulated = run_onnxruntime_tensors(model, [name for name, _ in tensors], sample)
-    pending, unexposable, log = [tensors], [], []
-    budget = 1 + LOCATOR_BUILDS_PER_HALVING * math.ceil(math.log2(max(len(tensors), 2)))
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="qdq-diverge-") as work:
-        engine = Path(work) / "debug.engine"
-        while pending and len(log) < budget and time.monotonic() - started < LOCATOR_SECONDS:
-            group = pending.pop(0)
-            entry = {"marked": len(group), "first_tensor": group[0][0]}
-            log.append(entry)
-            build_started = time.monotonic()
-            try:
-                worker.build(onnx_path, engine, replace(options.trt, mark_outputs=[name for name, _ in group]))
-                values = worker.infer(engine, sample, len(sample))
-            except BridgeError as exc:
-                entry["failed"] = exc.problem
-                if len(group) == 1:
-                    unexposable.append(group[0][0])
-                else:
-                    pending[:0] = [group[:len(group) // 2], group[len(group) // 2:]]
-                continue
-            finally:
-                entry["seconds"] = round(time.monotonic() - build_started, 1)
-                LOG.info("divergence locator: build %d of at most %d, %d tensors from %s marked: %s (%.0f s)",
-                         len(log), budget, len(group), group[0][0], "failed" if "failed" in entry else "built",
-                         entry["seconds"])
-            found = first_divergences(emulated, values, group)
-            if found:
-                return {"first": found, "not_exposable": unexposable, "skipped": skipped, "builds": len(log),
-                        "log": log}
-    return {"first": [], "not_exposable": unexposable, "skipped": skipped, "builds": len(log), "log": log,
-            "complete": not pending, "not_scanned": [name for group in pending for name, _ in group]}
-
-
 def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, count: int | None):
     """The dataset `spec` names, as a seeded random subset of `count` samples."""
     if spec is None:
@@ -304,7 +252,7 @@ ACTIVATION_SAMPLES = 256
 
 
 def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
-    """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.outputs), for parity to pair them."""
+    """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.export.outputs), for parity to pair them."""
     exported = [output.name for output in model.graph.output]
     if exported != list(outputs):
         raise BridgeError(f"the exported ONNX has outputs {', '.join(exported)} where the model returns "
@@ -429,7 +377,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     elif tensorrt.get("engine") and not parity_ok:
         try:
             with timer("divergence"):  # a diagnosis: builds of its own, so its own line in stage_seconds
-                tensorrt["divergence"] = _locate_divergence(worker, model, scratch / tensorrt["engine_onnx"],
+                tensorrt["divergence"] = locate_divergence(worker, model, scratch / tensorrt["engine_onnx"],
                                                             heads[0], options)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")

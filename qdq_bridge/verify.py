@@ -17,13 +17,11 @@ from torch import nn
 from tqdm import tqdm
 
 from .choices import SIGNIFICANCE
-from .arrays import Dataset
+from .data.arrays import Dataset
 from .errors import BridgeError
-from .outputs import SINGLE_OUTPUT, flatten_outputs, logits_output
-from .quantize import available_engines, quiet_torch_warnings, using_engine
-
-
-Outputs = dict[str, np.ndarray]  # a model's outputs on a batch, by name (qdq_bridge.outputs)
+from .export.outputs import SINGLE_OUTPUT, flatten_outputs, logits_output
+from .graph.runtime import Outputs, onnxruntime_runner
+from .pytorch.quantize import available_engines, quiet_torch_warnings, using_engine
 
 
 def interval_confidence(significance: float) -> float:
@@ -135,37 +133,6 @@ def torch_runner(module: nn.Module, engine: str | None = None) -> Callable[[np.n
     def run(batch: np.ndarray) -> Outputs:
         with using_engine(engine), torch.no_grad(), quiet_torch_warnings():
             return _numpy_outputs(module(torch.from_numpy(batch)))
-    return run
-
-
-def onnxruntime_session(model: onnx.ModelProto | str, optimize: bool = True):
-    """An ONNX Runtime CPU session computing what the graph defines: Q/DQ pairs are never fused into ONNX Runtime's
-    integer kernels, which on x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC before Zen 4) saturate pairs of
-    u8 x s8 products in 16 bits (measured: 45 steps off on a 4-channel conv, onnxruntime 1.32). Every op computes
-    in float on dequantized values; optimize=False turns the other graph optimizations off too."""
-    import onnxruntime as ort
-
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_quant_qdq", "1")
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def onnxruntime_runner(model: onnx.ModelProto | str, optimize: bool = True) -> Callable[[np.ndarray], Outputs]:
-    """A batch in, the model's outputs by name on ONNX Runtime's CPU out (onnxruntime_session)."""
-    session = onnxruntime_session(model, optimize)
-    name = session.get_inputs()[0].name
-    names = [output.name for output in session.get_outputs()]
-    static_batch = session.get_inputs()[0].shape[0]
-
-    def run(batch: np.ndarray) -> Outputs:
-        if not isinstance(static_batch, int):
-            return dict(zip(names, session.run(None, {name: batch})))
-        # a static-batch export runs one sample at a time
-        parts = [session.run(None, {name: batch[i:i + static_batch]}) for i in range(0, len(batch), static_batch)]
-        return {output: np.concatenate([part[index] for part in parts]) for index, output in enumerate(names)}
     return run
 
 
@@ -310,57 +277,3 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
     return StreamedParity(comparisons, samples, seconds, failed)
 
 
-def quantized_tensors(model: onnx.ModelProto) -> list[tuple[str, float]]:
-    """(tensor, scale) for every activation entering a QuantizeLinear, in graph order, each tensor once (a
-    tensor read by two Qs, as a faithful ResNet's MaxPool output is, would be marked as an engine output twice,
-    which TensorRT refuses): the points where backends should agree to within a quantization step or so."""
-    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    graph_inputs = {i.name for i in model.graph.input}
-    found: dict[str, float] = {}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[0] not in graph_inputs:
-            scale = constants.get(node.input[1])
-            if scale is not None and scale.size == 1:
-                found.setdefault(node.input[0], float(scale))
-    return list(found.items())
-
-
-# Ops whose output TensorRT cannot expose as an extra engine output: 8.6 fuses a MaxPool into the convolution
-# before it (CaskConvActPool) and asserts in its graph compiler (cgraph.h) when the pooled tensor is marked, alone
-# or with others (seen on ResNet-18 on an H100 and an H200, both placements).
-UNMARKABLE_PRODUCERS = {"MaxPool": "TensorRT fuses the pooling into the convolution before it"}
-
-
-def markable_tensors(model: onnx.ModelProto, tensors: list[tuple[str, float]]) -> tuple[list, dict[str, str]]:
-    """`tensors` split into those an engine can be asked to output and the others, each with the reason."""
-    producers = {output: node.op_type for node in model.graph.node for output in node.output}
-    skipped = {name: UNMARKABLE_PRODUCERS[producers[name]] for name, _ in tensors
-               if producers.get(name) in UNMARKABLE_PRODUCERS}
-    return [t for t in tensors if t[0] not in skipped], skipped
-
-
-def run_onnxruntime_tensors(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """Values of intermediate tensors, made graph outputs for one ONNX Runtime run."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend([onnx.ValueInfoProto(name=name) for name in names])
-    session = onnxruntime_session(probe)
-    values = session.run(names, {session.get_inputs()[0].name: x})
-    return dict(zip(names, values))
-
-
-def first_divergences(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-                      tensors: list[tuple[str, float]], steps: float = 2.0, limit: int = 5) -> list[dict]:
-    """The first tensors (graph order) where candidate and reference differ by more than `steps` quantization
-    steps: where to look when an engine disagrees."""
-    found = []
-    for name, scale in tensors:
-        if name not in reference or name not in candidate or reference[name].shape != candidate[name].shape:
-            continue
-        diff = np.abs(reference[name].astype(np.float64) - candidate[name].astype(np.float64))
-        if diff.max() > steps * scale:
-            found.append({"tensor": name, "max_abs_diff": float(diff.max()), "steps": float(diff.max() / scale),
-                          "fraction_over": float((diff > steps * scale).mean())})
-            if len(found) == limit:
-                break
-    return found

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qdq_bridge import quantize
+from qdq_bridge.pytorch import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # tests/graphs.py

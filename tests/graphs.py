@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qdq_bridge.verify import onnxruntime_runner
+from qdq_bridge.graph.runtime import onnxruntime_runner
 
 RNG = np.random.default_rng(0)
 

@@ -6,7 +6,7 @@ from torch import nn
 from torch.ao.quantization import DeQuantStub, QuantStub
 from torch.ao.nn.quantized import FloatFunctional
 
-from qdq_bridge import quantize
+from qdq_bridge.pytorch import quantize
 
 
 class Modules2d(nn.Module):

@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from qdq_bridge import export_onnx, lint_model, load_model, quantize, run_passes, save_torchscript, zoo
-from qdq_bridge.data import digits_split
-from qdq_bridge.models import DigitsResNet
-from qdq_bridge.testing import assert_parity
+from qdq_bridge import export_onnx, lint_model, load_model, run_passes, save_torchscript
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.testing import zoo
+from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch.models import DigitsResNet
+from qdq_bridge.testing.parity import assert_parity
 
 from conftest import quantize_with, run_cli, symmetric_qconfig
 
@@ -54,7 +56,7 @@ def test_qint8_torchscript_and_state_dict_files_convert_with_a_note(example_dir,
     quantized = quantize_with(model, symmetric_qconfig(torch.qint8), calibration)
     save_torchscript(quantized, tmp_path / "q8.pt", shape, "digits")
     torch.save(quantized.state_dict(), tmp_path / "q8_state.pth")
-    for args in (["q8.pt"], ["q8_state.pth", "--arch", "qdq_bridge.models:digits_resnet", "--dataset", "digits"]):
+    for args in (["q8.pt"], ["q8_state.pth", "--arch", "qdq_bridge.pytorch.models:digits_resnet", "--dataset", "digits"]):
         result = run_cli("convert", *args, "-o", "out", "--random-inputs", "0", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -12,15 +12,16 @@ import torch
 from PIL import Image
 from torch.ao.quantization import get_default_qconfig
 
-from qdq_bridge import BridgeError, ConvertOptions, quantize
-from qdq_bridge.engine import BuildSettings
-from qdq_bridge.data import digits_split
-from qdq_bridge.load import save_torchscript
-from qdq_bridge.models import DigitsResNet
+from qdq_bridge import BridgeError, ConvertOptions
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.trt.engine import BuildSettings
+from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch.load import save_torchscript
+from qdq_bridge.pytorch.models import DigitsResNet
 
 from conftest import quantize_with, run_cli
 
-ARCH = "qdq_bridge.models:digits_resnet"
+ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 
 
 def refused(tmp_path, *args) -> str:
@@ -55,14 +56,14 @@ def test_text_file_named_pt(tmp_path):
 @pytest.fixture(scope="module")
 def model_files(example_dir, tmp_path_factory) -> dict:
     """The example in each file format: TorchScript, state_dict, pickled module."""
-    from qdq_bridge.load import load_model
+    from qdq_bridge.pytorch.load import load_model
     pickled = tmp_path_factory.mktemp("pickled") / "whole.pth"
     torch.save(load_model(example_dir / "resnet_q_state.pth", arch=ARCH).module, pickled)
     return {"torchscript": example_dir / "resnet_q.pt", "state_dict": example_dir / "resnet_q_state.pth",
             "pickled": pickled}
 
 
-FORMAT_ARGS = ["--arch", "qdq_bridge.models:digits_resnet", "--trust-pickle"]
+FORMAT_ARGS = ["--arch", "qdq_bridge.pytorch.models:digits_resnet", "--trust-pickle"]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "state_dict", "pickled"])
@@ -89,7 +90,7 @@ def test_damaged_model_files(tmp_path, model_files, fmt, damage, expected):
 def test_float_model_without_quantization(tmp_path):
     path = tmp_path / "float.pth"
     torch.save(DigitsResNet().state_dict(), path)
-    message = refused(tmp_path, str(path), "--arch", "qdq_bridge.models:digits_resnet")
+    message = refused(tmp_path, str(path), "--arch", "qdq_bridge.pytorch.models:digits_resnet")
     assert "float model with no quantization: pass --calibrate" in message
 
 
@@ -130,7 +131,7 @@ def test_affine_qint8_activations_are_refused_naming_the_module(tmp_path):
     save_torchscript(_digits_model(qconfig), path, (1, 1, 32, 32))
     message = refused(tmp_path, str(path))
     assert "module 'quant' (Quantize) quantizes activations affinely (qint8, zero_point=" in message
-    assert "qdq_bridge.quantize.trt_qconfig()" in message
+    assert "qdq_bridge.pytorch.quantize.trt_qconfig()" in message
 
 
 def test_dynamic_quantization_is_refused(tmp_path):

@@ -6,15 +6,16 @@ import onnx
 import pytest
 import torch
 
-from qdq_bridge import ConvertOptions, convert, quantize
-from qdq_bridge.data import digits_split
-from qdq_bridge.load import load_model
-from qdq_bridge.models import DigitsResNet
-from qdq_bridge.testing import assert_parity
+from qdq_bridge import ConvertOptions, convert
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch.load import load_model
+from qdq_bridge.pytorch.models import DigitsResNet
+from qdq_bridge.testing.parity import assert_parity
 
 from conftest import run_cli
 
-ARCH = "qdq_bridge.models:digits_resnet"
+ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 
 
 def check_report(out_dir, name: str) -> dict:
@@ -129,7 +130,7 @@ def test_disabling_a_needed_pass_fails_lint_and_exits_1(example_dir, tmp_path):
 
 
 def test_passes_command_lists_the_registry():
-    from qdq_bridge.passes import PASS_NAMES
+    from qdq_bridge.graph.passes import PASS_NAMES
     listed = run_cli("passes").stdout.split()
     assert [name for name in listed if name in PASS_NAMES] == list(PASS_NAMES)
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from torch.ao.quantization import get_default_qconfig
 
-from qdq_bridge.data import digits_split
-from qdq_bridge.load import save_torchscript
-from qdq_bridge.models import DigitsResNet
+from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch.load import save_torchscript
+from qdq_bridge.pytorch.models import DigitsResNet
 
 from conftest import quantize_with, run_cli
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript
-from qdq_bridge.data import digits_split, open_dataset
-from qdq_bridge.preprocessing import Preprocessing
-from qdq_bridge.load import load_model
+from qdq_bridge.data.sources import digits_split, open_dataset
+from qdq_bridge.data.preprocessing import Preprocessing
+from qdq_bridge.pytorch.load import load_model
 
 from conftest import run_cli
 
@@ -108,7 +108,7 @@ def test_image_folder_with_preprocessing_from_the_model_file(example_dir, digit_
 
 
 def test_calibration_on_a_seeded_subset_of_an_image_folder(example_dir, digit_images, tmp_path):
-    result = converted(example_dir / "digits_float.pth", tmp_path, "ptq", arch="qdq_bridge.models:digits_resnet",
+    result = converted(example_dir / "digits_float.pth", tmp_path, "ptq", arch="qdq_bridge.pytorch.models:digits_resnet",
                        calibrate=digit_images["imagefolder"], calibration_samples=128, input_shape=(1, 1, 32, 32),
                        dataset=digit_images["mnist"], preprocess=Preprocessing(color="gray"))
     assert "128 calibration samples of imagefolder:folder[128 of 450]" in " ".join(result["notes"])

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qdq_bridge import passes
-from qdq_bridge.lint import error_violations, lint_model
+from qdq_bridge.graph import passes
+from qdq_bridge.graph.lint import error_violations, lint_model
 
 from conftest import run_cli
 from graphs import conv_graph, model, q_dq

@@ -4,7 +4,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import numpy_helper
 
-from qdq_bridge import passes
+from qdq_bridge.graph import passes
 from qdq_bridge.errors import BridgeError
 
 from graphs import RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
@@ -206,7 +206,7 @@ def test_conv_kernel_shape_is_added_from_weights():
 
 
 def test_run_passes_makes_exporter_style_graph_lint_clean_and_exact():
-    from qdq_bridge.lint import lint_model
+    from qdq_bridge.graph.lint import lint_model
     raw = model(conv_graph())
     assert {v.rule for v in lint_model(raw)} >= {"QDQ001", "QDQ002", "QDQ006"}
     fixed, applied = passes.run_passes(raw)
@@ -217,7 +217,7 @@ def test_run_passes_makes_exporter_style_graph_lint_clean_and_exact():
 
 
 def test_fast_placement_runs_every_pass_and_stays_lint_clean():
-    from qdq_bridge.lint import lint_model
+    from qdq_bridge.graph.lint import lint_model
     raw = model(conv_graph())
     fixed, applied = passes.run_passes(raw, placement="fast")
     assert applied == list(passes.PASS_NAMES) and lint_model(fixed) == []

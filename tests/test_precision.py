@@ -8,11 +8,13 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from qdq_bridge import lint_model, quantize, run_passes, zoo
+from qdq_bridge import lint_model, run_passes
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.testing import zoo
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.export import export_onnx, float_twin
-from qdq_bridge.lint import error_violations
-from qdq_bridge.precision import DEFAULT_MAX_ABS, mixed_precision
+from qdq_bridge.export.exporter import export_onnx, float_twin
+from qdq_bridge.graph.lint import error_violations
+from qdq_bridge.graph.precision import DEFAULT_MAX_ABS, mixed_precision
 
 import graphs
 from quantized_modules import quantized

@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from qdq_bridge import quantize, save_torchscript
-from qdq_bridge.reference import exact_quantized_linear, probe_exactness, runnable_reference
+from qdq_bridge import save_torchscript
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.pytorch.reference import exact_quantized_linear, probe_exactness, runnable_reference
 
 from conftest import ROOT, run_cli
 
-ARCH = "qdq_bridge.models:digits_resnet"
+ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 SATURATING = {**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
 needs_fbgemm = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
                                   reason="no fbgemm engine (not an x86 build of PyTorch)")
@@ -45,7 +46,7 @@ def test_reference_engines_are_exact_on_full_range_layers(engine):
 
 @needs_fbgemm
 def test_probe_catches_saturating_kernels():
-    probe = "from qdq_bridge.reference import probe_exactness; print(probe_exactness('fbgemm'))"
+    probe = "from qdq_bridge.pytorch.reference import probe_exactness; print(probe_exactness('fbgemm'))"
     steps = int(subprocess.run([sys.executable, "-c", probe], env=SATURATING, capture_output=True, text=True,
                                check=True).stdout)
     assert steps >= 10

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qdq_bridge.trt_worker import CUDA_ENV
+from qdq_bridge.trt.trt_worker import CUDA_ENV
 
 from conftest import run_cli
 

@@ -8,13 +8,15 @@ import onnx
 import pytest
 import torch
 
-from qdq_bridge import export_onnx, lint_model, load_model, quantize, run_passes
-from qdq_bridge.data import Dataset, digits_split
+from qdq_bridge import export_onnx, lint_model, load_model, run_passes
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.data.arrays import Dataset
+from qdq_bridge.data.sources import digits_split
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.export import exported_by
-from qdq_bridge.lint import error_violations
-from qdq_bridge.models import DigitsResNet
-from qdq_bridge.structural import export_structural
+from qdq_bridge.export.exporter import exported_by
+from qdq_bridge.graph.lint import error_violations
+from qdq_bridge.pytorch.models import DigitsResNet
+from qdq_bridge.export.structural import export_structural
 from qdq_bridge.verify import run_onnxruntime, run_torch
 
 from conftest import quantize_with, run_cli, symmetric_qconfig
@@ -36,7 +38,7 @@ def ort(model: onnx.ModelProto, data) -> np.ndarray:
 def test_equals_the_torch_exporter_bit_for_bit_with_its_bias_rounding(digits_model, example_dir, frontend):
     scripted, test = digits_model
     module = scripted if frontend == "torchscript" else load_model(example_dir / "resnet_q_state.pth",
-                                                                   arch="qdq_bridge.models:digits_resnet").module
+                                                                   arch="qdq_bridge.pytorch.models:digits_resnet").module
     torch_graph = export_onnx(module, SHAPE, exporter="torch")
     structural = export_structural(module, SHAPE, bias_rounding="toward_zero")
     np.testing.assert_array_equal(ort(structural, test), ort(torch_graph, test))

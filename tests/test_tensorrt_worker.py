@@ -12,12 +12,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from qdq_bridge.engine import (BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, as_torch_module,
+from qdq_bridge.trt.engine import (BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, as_torch_module,
                                summarize_layers)
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.pipeline import LOCATOR_BUILDS_PER_HALVING
-from qdq_bridge.trt_worker import CUDA_ENV
-from qdq_bridge.verify import quantized_tensors
+from qdq_bridge.trt.divergence import LOCATOR_BUILDS_PER_HALVING
+from qdq_bridge.trt.trt_worker import CUDA_ENV
+from qdq_bridge.trt.divergence import quantized_tensors
 
 from conftest import run_cli
 

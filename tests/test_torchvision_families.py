@@ -7,12 +7,13 @@ import onnx_graphsurgeon as gs
 import pytest
 import torch
 
-from qdq_bridge import export_onnx, lint_model, run_passes, zoo
-from qdq_bridge.data import random_inputs
-from qdq_bridge.export import exported_by
-from qdq_bridge.structural import export_structural
-from qdq_bridge.passes import GRID_PRESERVING_OPS, PLACEMENTS
-from qdq_bridge.testing import assert_parity
+from qdq_bridge import export_onnx, lint_model, run_passes
+from qdq_bridge.testing import zoo
+from qdq_bridge.data.sources import random_inputs
+from qdq_bridge.export.exporter import exported_by
+from qdq_bridge.export.structural import export_structural
+from qdq_bridge.graph.passes import GRID_PRESERVING_OPS, PLACEMENTS
+from qdq_bridge.testing.parity import assert_parity
 from qdq_bridge.verify import run_onnxruntime
 
 SHAPE = (1, 3, 64, 64)

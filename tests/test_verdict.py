@@ -11,14 +11,16 @@ import torch
 import torchvision.models.quantization as tvq
 from torch import nn
 
-from qdq_bridge import load_model, quantize, save_torchscript, zoo
-from qdq_bridge.data import digits_split
-from qdq_bridge.trt_worker import CUDA_ENV
+from qdq_bridge import load_model, save_torchscript
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.testing import zoo
+from qdq_bridge.data.sources import digits_split
+from qdq_bridge.trt.trt_worker import CUDA_ENV
 from qdq_bridge.verify import run_onnxruntime, run_torch
 
 from conftest import run_cli
 
-ARCH = "qdq_bridge.models:digits_resnet"
+ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 FAKE = Path(__file__).parent / "fake_trt"
 
 

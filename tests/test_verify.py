@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from qdq_bridge.data import Dataset
+from qdq_bridge.data.arrays import Dataset
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.verify import Comparison, compare, markable_tensors, quantized_tensors, stream_parity
+from qdq_bridge.trt.divergence import markable_tensors, quantized_tensors
+from qdq_bridge.verify import Comparison, compare, stream_parity
 
 
 def test_agreement_accepts_any_of_the_references_tied_top_logits():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BridgeError
+from ..errors import BridgeError
 
 WORKER = Path(__file__).with_name("trt_worker.py")
 PYTHON_ENV = "QDQ_BRIDGE_TRT_PYTHON"

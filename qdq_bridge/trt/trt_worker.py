@@ -2,7 +2,7 @@
 
 It imports only the standard library, numpy and `tensorrt`, so it runs under any interpreter that has TensorRT
 (a TensorRT container, a separate virtualenv, the Python 3.9 of this project's GPU kit), which need not have
-torch or onnx. The main process (`qdq_bridge.engine`) talks to it through files:
+torch or onnx. The main process (`qdq_bridge.trt.engine`) talks to it through files:
 
     python trt_worker.py REQUEST.json     -> writes the response JSON to request["response"]
 

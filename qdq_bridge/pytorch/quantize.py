@@ -22,8 +22,8 @@ from torch.ao.quantization import (FakeQuantize, HistogramObserver, MinMaxObserv
                                    PerChannelMinMaxObserver, QConfig)
 from tqdm import tqdm
 
-from .choices import ENGINE_ORDER, OBSERVER_NAMES, QCONFIGS
-from .errors import BridgeError
+from ..choices import ENGINE_ORDER, OBSERVER_NAMES, QCONFIGS
+from ..errors import BridgeError
 
 # quint8 symmetric activations: torch picks zero-point 128 over the full 0..255 range (= int8 -128..127).
 # quant_min/quant_max stay unset on purpose: with an explicit 0..255 range torch picks zero-point 127.
@@ -151,7 +151,7 @@ def _muted_stderr_fd():
 
 # Activation dtypes as eager modules hold them and as TorchScript stores them (ScalarType codes).
 QINT8_DTYPES, QUINT8_DTYPES = (torch.qint8, 12), (torch.quint8, 13)
-AFFINE_FIX = "re-quantize with qdq_bridge.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric activations)"
+AFFINE_FIX = "re-quantize with qdq_bridge.pytorch.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric activations)"
 
 
 def activation_quantizers(module: nn.Module) -> list[tuple[str, nn.Module]]:

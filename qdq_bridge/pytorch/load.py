@@ -17,10 +17,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..data.arrays import Dataset
+from ..data.images import ImageSource
+from ..errors import BridgeError, first_line, readable_file
 from . import quantize
-from .arrays import Dataset
-from .errors import BridgeError, first_line, readable_file
-from .images import ImageSource
 
 LOADABLE = "pass a TorchScript .pt, a torch.save'd module or a state_dict"
 # extra file in TorchScript archives: {"input_shape": [...], "dataset": "...", "preprocess": {...}} (the keys of
@@ -117,7 +117,7 @@ def resolve_arch(spec: str, state: dict | None = None) -> Callable[[], nn.Module
     module_name, sep, attr = spec.partition(":")
     if not sep or not attr:
         raise BridgeError(f"architecture '{spec}' is not of the form 'module:factory'",
-                          "use e.g. torchvision:resnet18 or qdq_bridge.models:digits_resnet")
+                          "use e.g. torchvision:resnet18 or qdq_bridge.pytorch.models:digits_resnet")
     if module_name == "torchvision":
         import torchvision.models.quantization as tvq
         factory = getattr(tvq, attr, None)

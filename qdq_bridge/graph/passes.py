@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import BridgeError
+from ..errors import BridgeError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FIXED_RANGE_OPS = ("Sigmoid", "HardSigmoid")
@@ -174,7 +174,7 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
             raise BridgeError(
                 f"node '{node.name}' (module {module_path(node)}) quantizes affinely ({zp.dtype.name}, "
                 f"zero_point={zp.ravel()[:4].tolist()}), which TensorRT's symmetric int8 cannot represent",
-                "re-quantize with per_tensor_symmetric activations (qdq_bridge.quantize.trt_qconfig())")
+                "re-quantize with per_tensor_symmetric activations (qdq_bridge.pytorch.quantize.trt_qconfig())")
         shift = int(zp.ravel()[0])
         if shift > 128:
             raise full_range_error(node.inputs[0].name, module_path(node), shift, scale_of(node), below_int8(shift))

@@ -15,11 +15,11 @@ import onnx
 import torch
 from torch import nn
 
-from .choices import DEFAULT_OPSET, EXPORTERS
-from .errors import BridgeError, first_line
-from .load import LoadedModel
+from ..choices import DEFAULT_OPSET, EXPORTERS
+from ..errors import BridgeError, first_line
+from ..pytorch.load import LoadedModel
+from ..pytorch.quantize import quiet_torch_warnings
 from .outputs import flatten_outputs
-from .quantize import quiet_torch_warnings
 from .structural import export_structural
 
 INPUT_NAME = "input"
@@ -73,7 +73,7 @@ def resolve_input_shape(loaded: LoadedModel, override: tuple[int, ...] | None) -
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, exporter: str = "auto") -> onnx.ModelProto:
     """The quantized model as Q/DQ ONNX (nothing written to disk), by `exporter`:
-    structural: built from the model's structure and quantization parameters (qdq_bridge.structural; torch.fx
+    structural: built from the model's structure and quantization parameters (qdq_bridge.export.structural; torch.fx
     for eager modules, the graph for TorchScript), no quantized kernel runs;
     torch: torch.onnx's TorchScript-based exporter, which runs the model;
     auto: structural, and torch.onnx where the structural exporter does not know an op.
@@ -114,7 +114,7 @@ def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, d
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     try:
         with torch.no_grad(), quiet_torch_warnings():
-            # torch.onnx flattens the outputs in the order qdq_bridge.outputs does, leaving None out: named alike
+            # torch.onnx flattens the outputs in the order qdq_bridge.export.outputs does, leaving None out: named alike
             names = list(flatten_outputs(module(example), lambda value: isinstance(value, torch.Tensor)))
             axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)} if dynamic_batch else None
             torch.onnx.export(module, (example,), buffer, opset_version=opset, **legacy,
@@ -131,7 +131,7 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     removed. It is the FP32/FP16 baseline with the very same weights, for engines built for comparison."""
     import onnx_graphsurgeon as gs
 
-    from .passes import constant_values, dequantize_constant, export_like, reroute
+    from ..graph.passes import constant_values, dequantize_constant, export_like, reroute
 
     graph = gs.import_onnx(model)
     for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:

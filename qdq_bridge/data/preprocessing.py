@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .choices import PRESETS
-from .errors import BridgeError
+from ..choices import PRESETS
+from ..errors import BridgeError
 
 COLORS = {"rgb": "RGB", "gray": "L"}  # --color: PIL modes
 

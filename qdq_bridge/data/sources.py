@@ -1,20 +1,20 @@
 """Datasets for calibration and parity: scikit-learn's bundled digits, the user's own .npz file (in memory), or
-an image folder, CIFAR-10 or MNIST on disk (streamed, `qdq_bridge.images`).
+an image folder, CIFAR-10 or MNIST on disk (streamed, `qdq_bridge.data.images`).
 
 Every dataset is a source the pipeline streams: `name`, `len`, `classes` (how many classes its labels span),
 `sample_shape`, `subset(count, seed)`, `fit(input_shape)` (checked, or preprocessed, for the model), `head(n)`
 (the first rows in memory, for the checks that need only a few), `labelled_batches(batch_size)` and
-`decode_seconds` (None for arrays in memory). The arrays are `qdq_bridge.arrays.Dataset`, the streamed images
-`qdq_bridge.images.ImageSource`; this module opens a spec as one of them (neither imports it)."""
+`decode_seconds` (None for arrays in memory). The arrays are `qdq_bridge.data.arrays.Dataset`, the streamed images
+`qdq_bridge.data.images.ImageSource`; this module opens a spec as one of them (neither imports it)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from ..choices import default_workers
+from ..errors import BridgeError, readable_file
 from .arrays import Dataset
-from .choices import default_workers
-from .errors import BridgeError, readable_file
 from .images import IMAGE_SPECS, Preprocessing, open_images
 
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled so the example CNN has room for two stride-2 stages

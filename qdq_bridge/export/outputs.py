@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterator
 
-from .errors import BridgeError
+from ..errors import BridgeError
 
 SINGLE_OUTPUT = "logits"
 

@@ -7,9 +7,11 @@ import numpy as np
 import onnx
 from torch import nn
 
-from .arrays import Dataset
-from .outputs import logits_output
-from .verify import SIGNIFICANCE, Comparison, RunningComparison, onnxruntime_runner, torch_runner
+from ..choices import SIGNIFICANCE
+from ..data.arrays import Dataset
+from ..export.outputs import logits_output
+from ..graph.runtime import onnxruntime_runner
+from ..verify import Comparison, RunningComparison, torch_runner
 
 
 def assert_parity(module: nn.Module, onnx_model: onnx.ModelProto | str | Path, data: Dataset | np.ndarray, *,

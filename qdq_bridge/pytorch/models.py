@@ -1,7 +1,7 @@
 """A small ResNet-style CNN that eager-mode quantization can handle (stubs, FloatFunctional, fuse_model).
 
 It is the architecture of the embedded example (`examples/train_digits.py`) and can be named on the CLI as
-`qdq_bridge.models:digits_resnet` to load a state_dict.
+`qdq_bridge.pytorch.models:digits_resnet` to load a state_dict.
 """
 from __future__ import annotations
 
@@ -70,5 +70,5 @@ class DigitsResNet(nn.Module):
 
 
 def digits_resnet() -> DigitsResNet:
-    """Factory for `--arch qdq_bridge.models:digits_resnet`."""
+    """Factory for `--arch qdq_bridge.pytorch.models:digits_resnet`."""
     return DigitsResNet()

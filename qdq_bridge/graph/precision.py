@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import BridgeError
+from ..errors import BridgeError
 from .lint import INT8_COMPUTE_OPS, INT8_PASSTHROUGH_OPS, weight_dequantize
 from .passes import QDQ_OPS, export_like
-from .verify import run_onnxruntime_tensors
+from .runtime import run_onnxruntime_tensors
 
 # ModelOpt AutoCast's default `data_max`: 128x headroom below float16's largest value (65504) for inputs larger
 # than the samples and for sums inside an op (a pooled or reduced value adds up many inputs).

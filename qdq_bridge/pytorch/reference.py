@@ -28,11 +28,11 @@ import onnx
 import torch
 from torch import nn
 
-from .arrays import Dataset
-from .data import random_inputs
-from .errors import BridgeError, first_line
+from ..data.arrays import Dataset
+from ..data.sources import random_inputs
+from ..errors import BridgeError, first_line
+from ..verify import run_torch
 from .quantize import available_engines, quiet_torch_warnings, using_engine
-from .verify import run_torch
 
 # a reference engine deviates when its outputs sit this many output steps (mean) from the emulation...
 DEVIATION_STEPS = 1.0

@@ -22,9 +22,9 @@ import torch.fx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .errors import BridgeError
+from ..errors import BridgeError
+from ..pytorch.quantize import activation_dtype, quiet_torch_warnings
 from .outputs import flatten_outputs, named_tuple_fields
-from .quantize import activation_dtype, quiet_torch_warnings
 
 INT8_ZERO = "int8_zero_point"
 UNSUPPORTED_FIX = ("use --exporter torch, or express it with the modules listed in the README (quantized conv, "
@@ -133,7 +133,7 @@ class _Builder:
         if np.any(zero_points != 0):
             raise BridgeError(f"module '{where.strip('/').replace('/', '.')}' has affine int8 weights (zero-points "
                               f"{zero_points.ravel()[:4].tolist()})", "quantize weights per-channel symmetric "
-                                                                      "(qdq_bridge.quantize.trt_qconfig())")
+                                                                      "(qdq_bridge.pytorch.quantize.trt_qconfig())")
         zeros = self.constant(where, np.zeros(scales.shape, np.int8))
         dq = self.node(where, "DequantizeLinear", [self.constant(where, values), self.constant(where, scales), zeros],
                        **attrs)
@@ -587,7 +587,7 @@ def export_structural(module: nn.Module, input_shape: tuple[int, ...], opset: in
                       input_name: str = "input", bias_rounding: str = "nearest") -> onnx.ModelProto:
     """Q/DQ ONNX of a quantized model (eager: torch.fx; TorchScript: its graph) from its structure and
     quantization parameters; no quantized kernel runs. Every tensor the model returns is an output, named as
-    `qdq_bridge.outputs` says. Biases go onto their int32 grid rounding to nearest,
+    `qdq_bridge.export.outputs` says. Biases go onto their int32 grid rounding to nearest,
     as PyTorch's kernels do (measured closer to PyTorch), or toward zero, which reproduces torch.onnx's
     exporter bit for bit."""
     if bias_rounding not in BIAS_ROUNDINGS:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BridgeError
+from ..errors import BridgeError
 
 
 def random_subset(total: int, count: int | None, seed: int) -> np.ndarray:

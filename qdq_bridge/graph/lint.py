@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import BridgeError, readable_file
+from ..errors import BridgeError, readable_file
 from .passes import OUTPUT_CHANNEL_AXIS, QDQ_OPS
 
 # Ops TensorRT computes in int8 when fed by DQ, and ops it moves Q/DQ across or fuses into its neighbours.

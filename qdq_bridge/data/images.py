@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..choices import PRESETS
+from ..errors import BridgeError
 from .arrays import Dataset, random_subset
-from .choices import PRESETS
-from .errors import BridgeError
 from .preprocessing import COLORS, Preprocessing
 
 IMAGE_SPECS = ("imagefolder", "cifar10", "cifar10-train", "mnist", "mnist-train")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import quantize
-from .data import Dataset, digits_split
+from ..data.sources import Dataset, digits_split
+from ..pytorch import quantize
 
 TORCHVISION_FAMILIES = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "googlenet",
                         "shufflenet_v2_x1_0")
