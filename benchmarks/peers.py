@@ -66,7 +66,8 @@ from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layer
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export.exporter import INPUT_NAME, _export_torch
 from qdq_bridge.pytorch.quantize import quantize_ptq
-from qdq_bridge.verify import compare, run_onnxruntime, run_torch
+from qdq_bridge.pytorch.runner import run_torch
+from qdq_bridge.verify import compare, run_onnxruntime
 from trt_engines import MODES, latency_ms, throughput, timing
 
 ROUTES = ("fast", "faithful", "modelopt-opset17", "modelopt-default", "ort", "trt-int8", "fp16")

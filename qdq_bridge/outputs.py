@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterator
 
-from ..errors import BridgeError
+import numpy as np
+
+from .errors import BridgeError
 
 SINGLE_OUTPUT = "logits"
+Outputs = dict[str, np.ndarray]  # a model's outputs on a batch, by name
 
 
 def flatten_outputs(value: Any, is_tensor: Callable[[Any], bool]) -> dict[str, Any]:
@@ -71,3 +74,10 @@ def logits_output(shapes: dict[str, tuple[int, ...]], choice: str | None = None)
         raise BridgeError(f"--logits {choice} names no output of this model (its outputs: {', '.join(names)})",
                           "pass one of those names, or its index from 0")
     return next((name for name in names if len(shapes[name]) == 2), names[0])
+
+
+def collect_logits(run: Callable[[np.ndarray], Outputs], data, batch_size: int, logits: str | None) -> np.ndarray:
+    """The logits output (`logits`, or as logits_output chooses) of `run` over `data`'s batches, concatenated."""
+    parts = [run(b) for b in data.batches(batch_size)]
+    name = logits_output({k: v.shape for k, v in parts[0].items()}, logits)
+    return np.concatenate([part[name] for part in parts])

@@ -8,14 +8,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,24 @@ import onnx
 from .data import sources as datasets
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, readable_file
-from .export.exporter import export_onnx, exported_by, float_twin, resolve_input_shape
-from .export.outputs import logits_output
+from .export.exporter import export_onnx, exported_by, resolve_input_shape
 from .graph.activations import affine_activations, refuse_full_range, requantize, scheme_counts
 from .graph.activations import as_report as activations_report
 from .graph.activations import notes as activation_notes
 from .graph.lint import Violation, error_violations, lint_model
 from .graph.passes import run_passes
-from .graph.precision import mixed_precision
 from .graph.runtime import onnxruntime_runner
 from .options import ConvertOptions
+from .outputs import logits_output
 from .pytorch.load import TORCHVISION_INPUT, load_model, torchvision_arch
 from .pytorch.quantize import using_engine
 from .pytorch.reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
+from .pytorch.runner import torch_runner
 from .report import write_reports
 from .trt.divergence import locate_divergence
-from .trt.engine import TensorRTSession, TensorRTUnavailable, TensorRTWorker, summarize_layers
-from .verify import Comparison, StreamedParity, interval_confidence, run_onnxruntime, stream_parity, torch_runner
+from .trt.engine import TensorRTSession, TensorRTWorker
+from .trt.stage import tensorrt_stage
+from .verify import Comparison, StreamedParity, interval_confidence, run_onnxruntime, stream_parity
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
 
@@ -139,83 +139,6 @@ def convert(model_path: str | Path, output_dir: str | Path | None = None,
         return _convert(model_path, output_dir, scratch, options)
 
 
-def _tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
-                    sample: datasets.Dataset, options: ConvertOptions, notes: list[str]) -> dict:
-    """Build the INT8 engine (and float comparison engines) for the parity pass to run (result["backends"]:
-    backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is
-    recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU stages'
-    results stand."""
-    if options.engine == "off":
-        return {}
-    try:
-        probe = worker.probe()
-    except TensorRTUnavailable as exc:
-        if options.engine == "require":
-            raise
-        notes.append(f"no TensorRT engine built: {exc}")
-        return {}
-    except BridgeError as exc:  # TensorRT is there but broke: an engine-stage failure, not bad input
-        return {"failed": {"step": "probe", "message": exc.problem}, "files": []}
-    stem = onnx_name.removesuffix(".qdq.onnx")
-    engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
-    result = {"probe": probe, "files": [], "backends": {}}
-    # Strongly typed TensorRT takes fp16 from the ONNX only; weakly typed TensorRT from the FP16 flag on the
-    # float32 Q/DQ graph, choosing per layer.
-    strong = _strongly_typed(probe, options.trt.typing)
-    step = "fp16 conversion"
-    try:
-        result["engine_onnx"] = _engine_onnx(model, onnx_name, scratch, sample,
-                                             options.float_precision if strong else "fp32", result)
-        step = f"build of {engine_name}"
-        result["build"] = worker.build(scratch / result["engine_onnx"], scratch / engine_name, options.trt,
-                                       scratch / layers_name)
-        result["engine"] = engine_name
-        layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
-        result["layer_summary"] = summarize_layers(layers)
-        result["files"] += [engine_name] + ([layers_name] if layers else [])
-        result["backends"]["tensorrt"] = engine_name
-        twin = float_twin(model)
-        for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
-            name = f"{stem}.{precision}.engine"
-            step = f"{precision} conversion of the float twin"
-            twin_name = _engine_onnx(twin, f"{stem}.float.onnx", scratch, sample, precision if strong else "fp32",
-                                     result)
-            step = f"build of {name}"
-            settings = replace(options.trt, precision=precision, fp16_fallback=False)
-            result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
-            result["files"].append(name)
-            result["backends"][f"tensorrt-{precision}"] = name
-    except BridgeError as exc:
-        result["failed"] = {"step": step, "message": exc.problem}
-    return result
-
-
-def _strongly_typed(probe: dict, typing: str) -> bool:
-    """Whether the worker will build strongly typed: asked for, or `auto` where the TensorRT offers it first."""
-    return typing == "strong" or (typing == "auto" and probe.get("typings", ["weak"])[0] == "strong")
-
-
-def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: datasets.Dataset, float_precision: str,
-                 result: dict) -> str:
-    """Write the ONNX an engine is built from, once, and return its name: `name` itself for fp32 float compute,
-    and for fp16 its mixed-precision copy `*.fp16.onnx` (precision.mixed_precision; its findings go to
-    result["mixed_precision"]), or `name` again where every float op is INT8 compute and the copy would be the same."""
-    if float_precision == "fp16":
-        conversions = result.setdefault("mixed_precision", {})
-        fp16_name = name.replace(".onnx", ".fp16.onnx")
-        if name not in conversions:
-            mixed, conversions[name] = mixed_precision(model, sample.x)
-            if conversions[name]["fp16_nodes"]:
-                onnx.save(mixed, str(scratch / fp16_name))
-                result["files"].append(fp16_name)
-        if conversions[name]["fp16_nodes"]:
-            return fp16_name
-    if name not in result["files"]:
-        onnx.save(model, str(scratch / name))
-        result["files"].append(name)
-    return name
-
-
 def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, count: int | None):
     """The dataset `spec` names, as a seeded random subset of `count` samples."""
     if spec is None:
@@ -252,7 +175,7 @@ ACTIVATION_SAMPLES = 256
 
 
 def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> None:
-    """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.export.outputs), for parity to pair them."""
+    """The ONNX must have the PyTorch model's outputs, named alike (qdq_bridge.outputs), for parity to pair them."""
     exported = [output.name for output in model.graph.output]
     if exported != list(outputs):
         raise BridgeError(f"the exported ONNX has outputs {', '.join(exported)} where the model returns "
@@ -354,7 +277,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     notes = [*loaded.notes, *reference.notes, *activation_notes(affine, reach.name, options.placement)]
     with timer("tensorrt"):
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
-        tensorrt = _tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
+        tensorrt = tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
     with timer("verify"):
         streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options, logits)
     parity = [c for run in streamed for c in run.comparisons]
@@ -378,7 +301,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         try:
             with timer("divergence"):  # a diagnosis: builds of its own, so its own line in stage_seconds
                 tensorrt["divergence"] = locate_divergence(worker, model, scratch / tensorrt["engine_onnx"],
-                                                            heads[0], options)
+                                                            heads[0], options.trt)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
     report = {

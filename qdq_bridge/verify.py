@@ -11,17 +11,14 @@ from typing import Callable
 
 import numpy as np
 import onnx
-import torch
 from scipy.stats import binomtest
-from torch import nn
 from tqdm import tqdm
 
 from .choices import SIGNIFICANCE
 from .data.arrays import Dataset
 from .errors import BridgeError
-from .export.outputs import SINGLE_OUTPUT, flatten_outputs, logits_output
-from .graph.runtime import Outputs, onnxruntime_runner
-from .pytorch.quantize import available_engines, quiet_torch_warnings, using_engine
+from .graph.runtime import onnxruntime_runner
+from .outputs import SINGLE_OUTPUT, Outputs, collect_logits
 
 
 def interval_confidence(significance: float) -> float:
@@ -120,38 +117,10 @@ class Comparison:
         return result
 
 
-def _numpy_outputs(value) -> Outputs:
-    return {name: t.float().numpy() for name, t in
-            flatten_outputs(value, lambda v: isinstance(v, torch.Tensor)).items()}
-
-
-def torch_runner(module: nn.Module, engine: str | None = None) -> Callable[[np.ndarray], Outputs]:
-    """A batch in, the model's outputs (float, by name) out, run with `engine`'s quantized kernels (default: the
-    first of quantize.ENGINE_ORDER; use the engine the weights were packed for, as `LoadedModel.engine` says)."""
-    engine = engine or available_engines()[0]
-
-    def run(batch: np.ndarray) -> Outputs:
-        with using_engine(engine), torch.no_grad(), quiet_torch_warnings():
-            return _numpy_outputs(module(torch.from_numpy(batch)))
-    return run
-
-
-def _logits(run: Callable[[np.ndarray], Outputs], data: Dataset, batch_size: int, logits: str | None) -> np.ndarray:
-    parts = [run(b) for b in data.batches(batch_size)]
-    name = logits_output({k: v.shape for k, v in parts[0].items()}, logits)
-    return np.concatenate([part[name] for part in parts])
-
-
-def run_torch(module: nn.Module, data: Dataset, batch_size: int = 64, engine: str | None = None,
-              logits: str | None = None) -> np.ndarray:
-    """The model's logits output (`logits`, or as outputs.logits_output chooses) on `data` (see `torch_runner`)."""
-    return _logits(torch_runner(module, engine), data, batch_size, logits)
-
-
 def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int = 64, optimize: bool = True,
                     logits: str | None = None) -> np.ndarray:
     """The model's logits output on `data` (see `onnxruntime_runner` and `run_torch`)."""
-    return _logits(onnxruntime_runner(model, optimize), data, batch_size, logits)
+    return collect_logits(onnxruntime_runner(model, optimize), data, batch_size, logits)
 
 
 class RunningComparison:

@@ -1,10 +1,10 @@
-"""Output names: the same flat, ordered names for every structure a model may return (qdq_bridge.export.outputs)."""
+"""Output names: the same flat, ordered names for every structure a model may return (qdq_bridge.outputs)."""
 import collections
 
 import pytest
 
 from qdq_bridge.errors import BridgeError
-from qdq_bridge.export.outputs import flatten_outputs, logits_output, named_tuple_fields
+from qdq_bridge.outputs import flatten_outputs, logits_output, named_tuple_fields
 
 Pair = collections.namedtuple("Pair", ["logits", "aux"])
 

@@ -17,7 +17,8 @@ from qdq_bridge.export.exporter import exported_by
 from qdq_bridge.graph.lint import error_violations
 from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.export.structural import export_structural
-from qdq_bridge.verify import run_onnxruntime, run_torch
+from qdq_bridge.pytorch.runner import run_torch
+from qdq_bridge.verify import run_onnxruntime
 
 from conftest import quantize_with, run_cli, symmetric_qconfig
 from quantized_modules import MODELS, quantized

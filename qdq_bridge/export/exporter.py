@@ -17,9 +17,9 @@ from torch import nn
 
 from ..choices import DEFAULT_OPSET, EXPORTERS
 from ..errors import BridgeError, first_line
+from ..outputs import flatten_outputs
 from ..pytorch.load import LoadedModel
 from ..pytorch.quantize import quiet_torch_warnings
-from .outputs import flatten_outputs
 from .structural import export_structural
 
 INPUT_NAME = "input"
@@ -114,7 +114,7 @@ def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, d
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     try:
         with torch.no_grad(), quiet_torch_warnings():
-            # torch.onnx flattens the outputs in the order qdq_bridge.export.outputs does, leaving None out: named alike
+            # torch.onnx flattens the outputs in the order qdq_bridge.outputs does, leaving None out: named alike
             names = list(flatten_outputs(module(example), lambda value: isinstance(value, torch.Tensor)))
             axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)} if dynamic_batch else None
             torch.onnx.export(module, (example,), buffer, opset_version=opset, **legacy,

@@ -23,8 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ..errors import BridgeError
+from ..outputs import flatten_outputs, named_tuple_fields
 from ..pytorch.quantize import activation_dtype, quiet_torch_warnings
-from .outputs import flatten_outputs, named_tuple_fields
 
 INT8_ZERO = "int8_zero_point"
 UNSUPPORTED_FIX = ("use --exporter torch, or express it with the modules listed in the README (quantized conv, "
@@ -587,7 +587,7 @@ def export_structural(module: nn.Module, input_shape: tuple[int, ...], opset: in
                       input_name: str = "input", bias_rounding: str = "nearest") -> onnx.ModelProto:
     """Q/DQ ONNX of a quantized model (eager: torch.fx; TorchScript: its graph) from its structure and
     quantization parameters; no quantized kernel runs. Every tensor the model returns is an output, named as
-    `qdq_bridge.export.outputs` says. Biases go onto their int32 grid rounding to nearest,
+    `qdq_bridge.outputs` says. Biases go onto their int32 grid rounding to nearest,
     as PyTorch's kernels do (measured closer to PyTorch), or toward zero, which reproduces torch.onnx's
     exporter bit for bit."""
     if bias_rounding not in BIAS_ROUNDINGS:

@@ -7,8 +7,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-Outputs = dict[str, np.ndarray]  # a model's outputs on a batch, by name (qdq_bridge.export.outputs)
-
+from ..outputs import Outputs
 
 def onnxruntime_session(model: onnx.ModelProto | str, optimize: bool = True):
     """An ONNX Runtime CPU session computing what the graph defines: Q/DQ pairs are never fused into ONNX Runtime's

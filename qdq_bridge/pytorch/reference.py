@@ -31,8 +31,8 @@ from torch import nn
 from ..data.arrays import Dataset
 from ..data.sources import random_inputs
 from ..errors import BridgeError, first_line
-from ..verify import run_torch
 from .quantize import available_engines, quiet_torch_warnings, using_engine
+from .runner import run_torch
 
 # a reference engine deviates when its outputs sit this many output steps (mean) from the emulation...
 DEVIATION_STEPS = 1.0
@@ -121,7 +121,7 @@ class Reference:
     check: dict = field(default_factory=dict)
 
     def run(self, data: Dataset, batch_size: int = 64, logits: str | None = None) -> np.ndarray:
-        """The logits output (see verify.run_torch) on `data`."""
+        """The logits output (see runner.run_torch) on `data`."""
         return run_torch(self.module, data, batch_size, self.engine, logits)
 
     def as_dict(self) -> dict:

@@ -9,9 +9,10 @@ from torch import nn
 
 from ..choices import SIGNIFICANCE
 from ..data.arrays import Dataset
-from ..export.outputs import logits_output
 from ..graph.runtime import onnxruntime_runner
-from ..verify import Comparison, RunningComparison, torch_runner
+from ..outputs import logits_output
+from ..pytorch.runner import torch_runner
+from ..verify import Comparison, RunningComparison
 
 
 def assert_parity(module: nn.Module, onnx_model: onnx.ModelProto | str | Path, data: Dataset | np.ndarray, *,

@@ -15,8 +15,7 @@ import onnx
 from ..data.arrays import Dataset
 from ..errors import BridgeError
 from ..graph.runtime import run_onnxruntime_tensors
-from ..options import ConvertOptions
-from .engine import TensorRTWorker
+from .engine import BuildSettings, TensorRTWorker
 
 LOG = logging.getLogger("qdq_bridge")
 
@@ -75,7 +74,7 @@ LOCATOR_SECONDS = 300
 
 
 def locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path: Path, data: Dataset,
-                       options: ConvertOptions) -> dict:
+                      settings: BuildSettings) -> dict:
     """Where the INT8 engine's activations first leave ONNX Runtime's. Quantized activations are marked as
     engine outputs a group at a time, in graph order, until a group diverges. Exposing a tensor stops some
     fusions (fine for a diagnosis), and some tensors TensorRT cannot expose at all (8.6's graph compiler
@@ -96,7 +95,7 @@ def locate_divergence(worker: TensorRTWorker, model: onnx.ModelProto, onnx_path:
             log.append(entry)
             build_started = time.monotonic()
             try:
-                worker.build(onnx_path, engine, replace(options.trt, mark_outputs=[name for name, _ in group]))
+                worker.build(onnx_path, engine, replace(settings, mark_outputs=[name for name, _ in group]))
                 values = worker.infer(engine, sample, len(sample))
             except BridgeError as exc:
                 entry["failed"] = exc.problem

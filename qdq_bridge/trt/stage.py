@@ -1,0 +1,95 @@
+"""The TensorRT stage of a conversion: probe the worker, write the ONNX each engine is built from (FP16 where asked),
+build the INT8 engine and the float comparison engines, and say what failed where."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from ..data.arrays import Dataset
+from ..errors import BridgeError
+from ..export.exporter import float_twin
+from ..graph.precision import mixed_precision
+from .engine import TensorRTUnavailable, TensorRTWorker, summarize_layers
+
+if TYPE_CHECKING:  # options sits above this package (it reads BuildSettings from .engine)
+    from ..options import ConvertOptions
+
+def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
+                    sample: Dataset, options: ConvertOptions, notes: list[str]) -> dict:
+    """Build the INT8 engine (and float comparison engines) for the parity pass to run (result["backends"]:
+    backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is
+    recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU stages'
+    results stand."""
+    if options.engine == "off":
+        return {}
+    try:
+        probe = worker.probe()
+    except TensorRTUnavailable as exc:
+        if options.engine == "require":
+            raise
+        notes.append(f"no TensorRT engine built: {exc}")
+        return {}
+    except BridgeError as exc:  # TensorRT is there but broke: an engine-stage failure, not bad input
+        return {"failed": {"step": "probe", "message": exc.problem}, "files": []}
+    stem = onnx_name.removesuffix(".qdq.onnx")
+    engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
+    result = {"probe": probe, "files": [], "backends": {}}
+    # Strongly typed TensorRT takes fp16 from the ONNX only; weakly typed TensorRT from the FP16 flag on the
+    # float32 Q/DQ graph, choosing per layer.
+    strong = _strongly_typed(probe, options.trt.typing)
+    step = "fp16 conversion"
+    try:
+        result["engine_onnx"] = _engine_onnx(model, onnx_name, scratch, sample,
+                                             options.float_precision if strong else "fp32", result)
+        step = f"build of {engine_name}"
+        result["build"] = worker.build(scratch / result["engine_onnx"], scratch / engine_name, options.trt,
+                                       scratch / layers_name)
+        result["engine"] = engine_name
+        layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
+        result["layer_summary"] = summarize_layers(layers)
+        result["files"] += [engine_name] + ([layers_name] if layers else [])
+        result["backends"]["tensorrt"] = engine_name
+        twin = float_twin(model)
+        for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
+            name = f"{stem}.{precision}.engine"
+            step = f"{precision} conversion of the float twin"
+            twin_name = _engine_onnx(twin, f"{stem}.float.onnx", scratch, sample, precision if strong else "fp32",
+                                     result)
+            step = f"build of {name}"
+            settings = replace(options.trt, precision=precision, fp16_fallback=False)
+            result[f"build_{precision}"] = worker.build(scratch / twin_name, scratch / name, settings)
+            result["files"].append(name)
+            result["backends"][f"tensorrt-{precision}"] = name
+    except BridgeError as exc:
+        result["failed"] = {"step": step, "message": exc.problem}
+    return result
+
+
+def _strongly_typed(probe: dict, typing: str) -> bool:
+    """Whether the worker will build strongly typed: asked for, or `auto` where the TensorRT offers it first."""
+    return typing == "strong" or (typing == "auto" and probe.get("typings", ["weak"])[0] == "strong")
+
+
+def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: Dataset, float_precision: str,
+                 result: dict) -> str:
+    """Write the ONNX an engine is built from, once, and return its name: `name` itself for fp32 float compute,
+    and for fp16 its mixed-precision copy `*.fp16.onnx` (precision.mixed_precision; its findings go to
+    result["mixed_precision"]), or `name` again where every float op is INT8 compute and the copy would be the same."""
+    if float_precision == "fp16":
+        conversions = result.setdefault("mixed_precision", {})
+        fp16_name = name.replace(".onnx", ".fp16.onnx")
+        if name not in conversions:
+            mixed, conversions[name] = mixed_precision(model, sample.x)
+            if conversions[name]["fp16_nodes"]:
+                onnx.save(mixed, str(scratch / fp16_name))
+                result["files"].append(fp16_name)
+        if conversions[name]["fp16_nodes"]:
+            return fp16_name
+    if name not in result["files"]:
+        onnx.save(model, str(scratch / name))
+        result["files"].append(name)
+    return name
