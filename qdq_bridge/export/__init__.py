@@ -1,6 +1,6 @@
-"""Export: PyTorch model -> ONNX with QuantizeLinear/DequantizeLinear. `exporter` picks and runs an exporter,
-`structural` emits Q/DQ ONNX from a quantized module's structure (TorchScript and eager frontends), `outputs`
-names every tensor of a model's outputs, the same in PyTorch, the ONNX and the engine.
+"""Export: PyTorch model -> ONNX with QuantizeLinear/DequantizeLinear. `exporter` picks and runs an exporter
+(structural, or torch.onnx's TorchScript-based one), `structural` emits Q/DQ ONNX from a quantized module's
+structure (TorchScript and eager frontends). Outputs are named as qdq_bridge.outputs says.
 
-May import torch, qdq_bridge.pytorch and qdq_bridge.graph.passes.
+Imports the base modules, qdq_bridge.pytorch and qdq_bridge.graph.
 """
