@@ -30,8 +30,8 @@ import onnx_graphsurgeon as gs
 
 from qdq_bridge import export_onnx, load_model, run_passes
 from qdq_bridge.data.arrays import Dataset
-from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.graph.passes import drop_activation_clamps, export_like, is_grid_floor, reroute, scale_of
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.verify import run_onnxruntime
 
 

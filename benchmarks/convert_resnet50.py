@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript
+from qdq_bridge.data.sources import random_inputs
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.testing import zoo
-from qdq_bridge.data.sources import random_inputs
 
 GOAL_SECONDS = 30.0
 SHAPE = (1, 3, 224, 224)

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from qdq_bridge import save_torchscript
+from qdq_bridge.choices import ENGINE_MODES
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.testing import zoo
-from qdq_bridge.choices import ENGINE_MODES
 
 PLACEMENTS = ("fast", "faithful")
 PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "tensorrt"))

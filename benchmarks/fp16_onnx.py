@@ -23,9 +23,9 @@ from pathlib import Path
 import onnx
 
 from qdq_bridge import export_onnx, run_passes
-from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.graph.precision import mixed_precision
 from qdq_bridge.pytorch.runner import run_torch
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.verify import compare
 from trt_engines import network, throughput
 

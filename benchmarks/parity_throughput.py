@@ -66,10 +66,10 @@ def prepare_model(path: Path, folder: Path, size: int) -> None:
     """torchvision's quantizable ResNet-18, quantized by qdq_bridge's PTQ on 32 of the folder's images, saved as
     TorchScript with the input shape and preprocessing in its metadata."""
     from qdq_bridge import save_torchscript
+    from qdq_bridge.data.preprocessing import Preprocessing
+    from qdq_bridge.data.sources import open_dataset
     from qdq_bridge.pytorch import quantize
     from qdq_bridge.testing import zoo
-    from qdq_bridge.data.sources import open_dataset
-    from qdq_bridge.data.preprocessing import Preprocessing
 
     shape = (1, 3, size, size)
     calibration = open_dataset(f"imagefolder:{folder}", Preprocessing(preset="imagenet")).subset(32, 0).fit(shape)

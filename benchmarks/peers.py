@@ -60,13 +60,13 @@ import onnx
 import torch
 
 from qdq_bridge import export_onnx, run_passes
-from qdq_bridge.testing import zoo
 from qdq_bridge.data.arrays import Dataset
-from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export.exporter import INPUT_NAME, _export_torch
 from qdq_bridge.pytorch.quantize import quantize_ptq
 from qdq_bridge.pytorch.runner import run_torch
+from qdq_bridge.testing import zoo
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.verify import compare, run_onnxruntime
 from trt_engines import MODES, latency_ms, throughput, timing
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from qdq_bridge import ConvertOptions, convert
-from qdq_bridge.trt.engine import TensorRTWorker, as_torch_module
 from qdq_bridge.report import parity_lines
+from qdq_bridge.trt.engine import TensorRTWorker, as_torch_module
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "out" / "resnet_q.pt"
 BATCHES = (1, 128)

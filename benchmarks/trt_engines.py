@@ -35,11 +35,11 @@ from pathlib import Path
 import onnx
 
 from qdq_bridge import export_onnx, lint_model, load_model, run_passes
-from qdq_bridge.testing import zoo
 from qdq_bridge.data.sources import load_dataset
-from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.export.exporter import float_twin
 from qdq_bridge.pytorch.runner import run_torch
+from qdq_bridge.testing import zoo
+from qdq_bridge.trt.engine import BuildSettings, TensorRTWorker, summarize_layers
 from qdq_bridge.verify import compare, run_onnxruntime
 
 ENGINES = ("fp32", "fp16", "int8-faithful", "int8-fast")

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from qdq_bridge import save_torchscript
-from qdq_bridge.pytorch import quantize
 from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.models import DigitsResNet
 
 

@@ -13,13 +13,13 @@ from PIL import Image
 from torch.ao.quantization import get_default_qconfig
 
 from qdq_bridge import BridgeError, ConvertOptions
-from qdq_bridge.pytorch import quantize
-from qdq_bridge.trt.engine import BuildSettings
 from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.load import save_torchscript
 from qdq_bridge.pytorch.models import DigitsResNet
+from qdq_bridge.trt.engine import BuildSettings
 
-from conftest import quantize_with, run_cli
+from helpers import quantize_with, run_cli
 
 ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from qdq_bridge import ConvertOptions, convert
-from qdq_bridge.pytorch import quantize
 from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.load import load_model
 from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.testing.parity import assert_parity
 
-from conftest import run_cli
+from helpers import run_cli
 
 ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 

@@ -9,7 +9,7 @@ from qdq_bridge.data.sources import digits_split
 from qdq_bridge.pytorch.load import save_torchscript
 from qdq_bridge.pytorch.models import DigitsResNet
 
-from conftest import quantize_with, run_cli
+from helpers import quantize_with, run_cli
 
 
 def digits_model(example_dir, qconfig: str):

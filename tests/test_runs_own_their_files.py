@@ -13,9 +13,8 @@ import pytest
 
 from qdq_bridge.trt.trt_worker import CUDA_ENV
 
-from conftest import run_cli
+from helpers import FAKE_TRT, run_cli
 
-FAKE = Path(__file__).parent / "fake_trt"
 SLOW = ("--random-inputs", "200000")  # parity on 200,000 inputs (0.8 GB): a minute or more, cut short by the tests
 
 
@@ -82,7 +81,7 @@ def test_sigterm_ends_a_hanging_tensorrt_worker_and_removes_its_files(example_di
     folder is left in the temporary folder."""
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(FAKE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = {**os.environ, "PYTHONPATH": str(FAKE_TRT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "FAKE_TRT_MODE": "hang", CUDA_ENV: "fake_cuda:Cuda", "TMPDIR": str(temp)}
     run = start(str(example_dir / "resnet_q.pt"), "--engine", "require", "-o", str(tmp_path / "o"), env=env)
     wait_for(lambda: list(temp.glob("qdq-trt-*")) and children(run.pid), "the TensorRT worker")

@@ -12,10 +12,10 @@ import torchvision.models.quantization as tvq
 from torch.ao.quantization import get_default_qat_qconfig, get_default_qconfig
 
 from qdq_bridge.pytorch import quantize
-from qdq_bridge.testing import zoo
 from qdq_bridge.pytorch.load import load_model, save_torchscript, torchvision_kwargs
+from qdq_bridge.testing import zoo
 
-from conftest import quantize_with, run_cli
+from helpers import quantize_with, run_cli
 
 SHAPE = (1, 3, 64, 64)
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from qdq_bridge import export_onnx, lint_model, run_passes
-from qdq_bridge.testing import zoo
 from qdq_bridge.data.sources import random_inputs
 from qdq_bridge.export.exporter import exported_by
 from qdq_bridge.export.structural import export_structural
 from qdq_bridge.graph.passes import GRID_PRESERVING_OPS, PLACEMENTS
+from qdq_bridge.testing import zoo
 from qdq_bridge.testing.parity import assert_parity
 from qdq_bridge.verify import run_onnxruntime
 

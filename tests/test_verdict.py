@@ -12,17 +12,16 @@ import torchvision.models.quantization as tvq
 from torch import nn
 
 from qdq_bridge import load_model, save_torchscript
-from qdq_bridge.pytorch import quantize
-from qdq_bridge.testing import zoo
 from qdq_bridge.data.sources import digits_split
-from qdq_bridge.trt.trt_worker import CUDA_ENV
+from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.runner import run_torch
+from qdq_bridge.testing import zoo
+from qdq_bridge.trt.trt_worker import CUDA_ENV
 from qdq_bridge.verify import run_onnxruntime
 
-from conftest import run_cli
+from helpers import FAKE_TRT, run_cli
 
 ARCH = "qdq_bridge.pytorch.models:digits_resnet"
-FAKE = Path(__file__).parent / "fake_trt"
 
 
 def _coarse_output_model(example_dir: Path, path: Path) -> nn.Module:
@@ -69,7 +68,7 @@ def fake_engine(monkeypatch, example_dir, tmp_path):
         rows = np.flatnonzero(changed.argmax(1) == test.y)[:lost]
         changed[rows, test.y[rows]] = changed[rows].min(1) - 1  # the right class drops to the bottom
         np.save(tmp_path / "engine_logits.npy", changed.astype(np.float32))
-        monkeypatch.setenv("PYTHONPATH", str(FAKE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        monkeypatch.setenv("PYTHONPATH", str(FAKE_TRT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         monkeypatch.setenv("FAKE_TRT_LOGITS", str(tmp_path / "engine_logits.npy"))
         monkeypatch.setenv(CUDA_ENV, "fake_cuda:Cuda")
     return use

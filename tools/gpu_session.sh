@@ -9,7 +9,7 @@
 #   bash tools/gpu_session.sh prepare                  train, quantize and save the family matrix's models
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
-#   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/test_gpu_tensorrt.py
+#   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/trt/test_gpu_tensorrt.py
 #
 # FAMILIES (the matrix's entries), EPOCHS and CONVERT_ARGS (options for every convert) change the defaults.
 set -u
@@ -39,7 +39,7 @@ convert)
     --convert-args "$CONVERT_ARGS" 2>&1 | grep -v Warning | grep -v "^  " ;;
 gputests)
   # line by line, so that a run cut short still shows what it finished
-  timeout "$1" python3 -m pytest -q -rs -s tests/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep --line-buffered -v Warning ;;
+  timeout "$1" python3 -m pytest -q -rs -s tests/trt/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep --line-buffered -v Warning ;;
 esac
 cp $out/families.json $out/families.md "$OUT/" 2>/dev/null
 exit 0

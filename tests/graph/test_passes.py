@@ -4,10 +4,10 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import numpy_helper
 
-from qdq_bridge.graph import passes
 from qdq_bridge.errors import BridgeError
+from qdq_bridge.graph import passes
 
-from graphs import RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
+from helpers.graphs import RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
 
 
 def apply_twice(graph_pass, graph: gs.Graph):

@@ -9,15 +9,15 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from qdq_bridge import lint_model, run_passes
-from qdq_bridge.pytorch import quantize
-from qdq_bridge.testing import zoo
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export.exporter import export_onnx, float_twin
 from qdq_bridge.graph.lint import error_violations
 from qdq_bridge.graph.precision import DEFAULT_MAX_ABS, mixed_precision
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.testing import zoo
 
-import graphs
-from quantized_modules import quantized
+from helpers import graphs
+from helpers.quantized_modules import quantized
 
 FLOAT16, FLOAT32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 RNG = np.random.default_rng(3)

@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript
-from qdq_bridge.data.sources import digits_split, open_dataset
 from qdq_bridge.data.preprocessing import Preprocessing
+from qdq_bridge.data.sources import digits_split, open_dataset
 from qdq_bridge.pytorch.load import load_model
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def write_cifar10(root, pixels: np.ndarray, labels: np.ndarray) -> None:

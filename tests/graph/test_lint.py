@@ -10,8 +10,8 @@ import onnx_graphsurgeon as gs
 from qdq_bridge.graph import passes
 from qdq_bridge.graph.lint import error_violations, lint_model
 
-from conftest import run_cli
-from graphs import conv_graph, model, q_dq
+from helpers import run_cli
+from helpers.graphs import conv_graph, model, q_dq
 
 
 def rules(m) -> dict[str, set[str]]:

@@ -16,12 +16,11 @@ from qdq_bridge.trt.engine import (BuildSettings, TensorRTSession, TensorRTUnava
                                summarize_layers)
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.trt.divergence import LOCATOR_BUILDS_PER_HALVING
-from qdq_bridge.trt.trt_worker import CUDA_ENV
 from qdq_bridge.trt.divergence import quantized_tensors
+from qdq_bridge.trt.trt_worker import CUDA_ENV
 
-from conftest import run_cli
+from helpers import FAKE_TRT, TRT_API, run_cli
 
-FAKE = Path(__file__).parent / "fake_trt"
 API_LISTS = {"8.6": "tensorrt-8.6.1.txt", "10.13": "tensorrt-10.13.0.35.txt", "11.4": "tensorrt-11.4.0.106.txt"}
 
 
@@ -42,7 +41,7 @@ class Fake:
 @pytest.fixture
 def fake_trt(monkeypatch, tmp_path):
     def use(mode: str = "ok", api: str = "8.6") -> Fake:
-        monkeypatch.setenv("PYTHONPATH", str(FAKE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        monkeypatch.setenv("PYTHONPATH", str(FAKE_TRT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         monkeypatch.setenv("FAKE_TRT_MODE", mode)
         monkeypatch.setenv("FAKE_TRT_API", api)
         monkeypatch.setenv("FAKE_TRT_RECORD", str(tmp_path / f"calls-{api}.jsonl"))
@@ -89,9 +88,9 @@ print(json.dumps(names))
 
 @pytest.mark.parametrize("api", sorted(API_LISTS))
 def test_fake_defines_only_names_the_real_tensorrt_has(api):
-    env = {**os.environ, "PYTHONPATH": str(FAKE), "FAKE_TRT_API": api}
+    env = {**os.environ, "PYTHONPATH": str(FAKE_TRT), "FAKE_TRT_API": api}
     done = subprocess.run([sys.executable, "-c", FAKE_NAMES], env=env, capture_output=True, text=True, check=True)
-    real = set((Path(__file__).parent / "trt_api" / API_LISTS[api]).read_text().split())
+    real = set((TRT_API / API_LISTS[api]).read_text().split())
     assert sorted(set(json.loads(done.stdout)) - real) == []
 
 

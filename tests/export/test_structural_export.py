@@ -9,19 +9,19 @@ import pytest
 import torch
 
 from qdq_bridge import export_onnx, lint_model, load_model, run_passes
-from qdq_bridge.pytorch import quantize
 from qdq_bridge.data.arrays import Dataset
 from qdq_bridge.data.sources import digits_split
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export.exporter import exported_by
-from qdq_bridge.graph.lint import error_violations
-from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.export.structural import export_structural
+from qdq_bridge.graph.lint import error_violations
+from qdq_bridge.pytorch import quantize
+from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.pytorch.runner import run_torch
 from qdq_bridge.verify import run_onnxruntime
 
-from conftest import quantize_with, run_cli, symmetric_qconfig
-from quantized_modules import MODELS, quantized
+from helpers import quantize_with, run_cli, symmetric_qconfig
+from helpers.quantized_modules import MODELS, quantized
 
 SHAPE = (1, 1, 32, 32)
 

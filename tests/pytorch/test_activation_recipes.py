@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from qdq_bridge import export_onnx, lint_model, load_model, run_passes, save_torchscript
-from qdq_bridge.pytorch import quantize
-from qdq_bridge.testing import zoo
 from qdq_bridge.data.sources import digits_split
+from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.models import DigitsResNet
+from qdq_bridge.testing import zoo
 from qdq_bridge.testing.parity import assert_parity
 
-from conftest import quantize_with, run_cli, symmetric_qconfig
+from helpers import quantize_with, run_cli, symmetric_qconfig
 
 SHAPE = (1, 3, 64, 64)
 RECIPES = {"qint8": torch.qint8, "quint8": torch.quint8}

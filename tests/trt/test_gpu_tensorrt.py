@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript
-from qdq_bridge.testing import zoo
 from qdq_bridge.data.sources import digits_split
-from qdq_bridge.trt.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker
 from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.report import parity_lines
+from qdq_bridge.testing import zoo
+from qdq_bridge.trt.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker
 
-from conftest import quantize_with, symmetric_qconfig
+from helpers import quantize_with, symmetric_qconfig
 
 pytestmark = pytest.mark.gpu
 

@@ -20,7 +20,7 @@ from qdq_bridge import save_torchscript
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.reference import exact_quantized_linear, probe_exactness, runnable_reference
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 SATURATING = {**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}

@@ -1,0 +1,44 @@
+"""What the tests share: paths, the CLI as a user runs it, and eager-mode PTQ as a user's script does it. Hand-built
+Q/DQ graphs live in `helpers.graphs`, small quantized modules in `helpers.quantized_modules`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from qdq_bridge.pytorch import quantize
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
+FAKE_TRT = TESTS / "fake_trt"  # a stand-in tensorrt (and CUDA) for the worker, for runs without a GPU
+TRT_API = TESTS / "trt_api"  # the names each real TensorRT binding exports
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m qdq_bridge ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "qdq_bridge", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def symmetric_qconfig(activation_dtype: torch.dtype) -> torch.ao.quantization.QConfig:
+    """Per-tensor symmetric activations of the given dtype (qint8: the reference workflow's recipe; quint8:
+    qdq_bridge's), per-channel symmetric int8 weights."""
+    observer = torch.ao.quantization.HistogramObserver.with_args(dtype=activation_dtype,
+                                                                 qscheme=torch.per_tensor_symmetric)
+    return torch.ao.quantization.QConfig(activation=observer, weight=quantize.trt_qconfig().weight)
+
+
+def quantize_with(model: torch.nn.Module, qconfig, batches) -> torch.nn.Module:
+    """Eager-mode PTQ with any qconfig, as a user's own script does it (fuse, prepare, calibrate, convert), the
+    weights packed for the engine qdq_bridge's reference runs (set for the duration only: the test process's
+    engine stays PyTorch's default, as in a user's process)."""
+    model.eval()
+    model.fuse_model()
+    model.qconfig = qconfig
+    with quantize.using_engine(quantize.engine_for(model)), quantize.quiet_torch_warnings(), torch.no_grad():
+        torch.ao.quantization.prepare(model, inplace=True)
+        for batch in batches:
+            model(torch.as_tensor(batch))
+        torch.ao.quantization.convert(model, inplace=True)
+    return model
