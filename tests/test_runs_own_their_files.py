@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qdq_bridge.trt.trt_worker import CUDA_ENV
+from qdq_bridge.trt.trt_protocol import CUDA_ENV
 
 from helpers import FAKE_TRT, run_cli
 

@@ -16,7 +16,7 @@ from qdq_bridge.data.sources import digits_split
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.runner import run_torch
 from qdq_bridge.testing import zoo
-from qdq_bridge.trt.trt_worker import CUDA_ENV
+from qdq_bridge.trt.trt_protocol import CUDA_ENV
 from qdq_bridge.verify import run_onnxruntime
 
 from helpers import FAKE_TRT, run_cli

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import select
-import struct
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BridgeError
+from .trt_protocol import COUNT, BenchmarkResponse, BuildResponse, ProbeResponse
 
 WORKER = Path(__file__).with_name("trt_worker.py")
 PYTHON_ENV = "QDQ_BRIDGE_TRT_PYTHON"
@@ -95,21 +95,18 @@ class TensorRTWorker:
         result["call_seconds"] = time.perf_counter() - started
         return result
 
-    def probe(self) -> dict:
-        """{"features", "typings": the typings a build can have, the one `auto` picks first, "fast_int8",
-        "fast_fp16": null where TensorRT no longer says (11.x)} (see trt_worker.probe)."""
+    def probe(self) -> ProbeResponse:
+        """What the TensorRT offers (see trt_protocol.ProbeResponse and trt_worker.probe)."""
         return self.call("probe")
 
     def build(self, onnx_path: Path, engine_path: Path, settings: BuildSettings,
-              layers_path: Path | None = None) -> dict:
-        """Builds the engine; says how it was typed: {"typing": "strong" | "weak", "flags": the precision builder
-        flags set, "precision_source": "onnx" | "builder flags", "network_flags", "build_seconds",
-        "optimization_level", "engine_bytes", "features"} (see trt_worker.build)."""
+              layers_path: Path | None = None) -> BuildResponse:
+        """Builds the engine; says how it was typed and how long it took (trt_protocol.BuildResponse)."""
         return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
     def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200,
-                  profile_batch: int | None = None, copies: bool = True) -> dict:
+                  profile_batch: int | None = None, copies: bool = True) -> BenchmarkResponse:
         """{"timings": latency and throughput per batch size, as enqueued and as a CUDA graph, timed with CUDA
         events, and with host copies unless `copies` is False; "layer_profile": TensorRT's per-layer times at
         `profile_batch`, if asked} (see trt_worker.benchmark)."""
@@ -232,9 +229,6 @@ class TensorRTSession:
     def _cleanup(self) -> None:
         self._log.close()
         self._folder.cleanup()
-
-
-COUNT = struct.Struct("<I")  # as trt_worker.COUNT: a batch's sample count, or a reply's status
 
 
 def _end_session(process: subprocess.Popen, log, folder: tempfile.TemporaryDirectory) -> None:

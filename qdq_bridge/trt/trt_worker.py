@@ -20,12 +20,12 @@ import ctypes
 import importlib
 import json
 import os
-import struct
 import sys
 import time
 import traceback
 
 import numpy as np
+from trt_protocol import COUNT, CUDA_ENV, BenchmarkResponse, BuildResponse, ProbeResponse  # the file beside this one
 
 try:
     import tensorrt as trt
@@ -125,9 +125,6 @@ class Cuda:
         ms = ctypes.c_float()
         self._check(self.lib.cuEventElapsedTime(ctypes.byref(ms), start, end), "cuEventElapsedTime")
         return ms.value
-
-
-CUDA_ENV = "QDQ_BRIDGE_TRT_CUDA"
 
 
 def make_cuda():
@@ -233,7 +230,7 @@ def _layer_report(engine) -> dict:
 
 # --- handlers --------------------------------------------------------------------------------------------------
 
-def probe(request: dict) -> dict:
+def probe(request: dict) -> ProbeResponse:
     """Features, the typings a build can have (`auto` takes the first) and whether the GPU has fast INT8/FP16,
     null where TensorRT no longer says (11.x)."""
     builder = trt.Builder(_logger())
@@ -247,7 +244,7 @@ def _platform_has(builder, precision: str):
     return None if value is None else bool(value)
 
 
-def build(request: dict) -> dict:
+def build(request: dict) -> BuildResponse:
     """ONNX -> serialized engine (+ layer report JSON, + timing cache); the response says how it was typed."""
     feats = features()
     try:
@@ -513,9 +510,6 @@ class Served:
             self.cuda.free(pointer)
 
 
-COUNT = struct.Struct("<I")  # a batch's sample count (0 ends the session); the reply: 0, or an error's length
-
-
 def serve(requests, replies) -> int:
     """A session: one JSON line in ({"engine", "batch_size", "folder"}), one JSON line out (`Served.describe`,
     or {"error"}), then a COUNT per batch, answered by a COUNT of 0 once the outputs are in their files, or by
@@ -580,7 +574,7 @@ def _percentiles(times: list) -> dict:
     return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90)}
 
 
-def benchmark(request: dict) -> dict:
+def benchmark(request: dict) -> BenchmarkResponse:
     """Latency of the engine at each batch size, by CUDA events around each execution, after `warmup` untimed
     runs: `enqueue` times execute_async_v3 as an application calls it (at small batches that includes the
     CPU's kernel launches); `cuda_graph` replays the same execution captured as a CUDA graph (the GPU's own

@@ -17,7 +17,7 @@ from qdq_bridge.trt.engine import (BuildSettings, TensorRTSession, TensorRTUnava
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.trt.divergence import LOCATOR_BUILDS_PER_HALVING
 from qdq_bridge.trt.divergence import quantized_tensors
-from qdq_bridge.trt.trt_worker import CUDA_ENV
+from qdq_bridge.trt.trt_protocol import CUDA_ENV
 
 from helpers import FAKE_TRT, TRT_API, run_cli
 
