@@ -39,7 +39,7 @@ from .pytorch.runner import torch_runner
 from .report import write_reports
 from .trt.divergence import locate_divergence
 from .trt.engine import TensorRTSession, TensorRTWorker
-from .trt.stage import tensorrt_stage
+from .trt.stage import TensorRTStageResult, tensorrt_stage
 from .verify import Comparison, StreamedParity, interval_confidence, run_onnxruntime, stream_parity
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
@@ -183,7 +183,7 @@ def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) 
 
 
 def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
-                   tensorrt: dict, options: ConvertOptions, logits: str) -> list[StreamedParity]:
+                   tensorrt: TensorRTStageResult, options: ConvertOptions, logits: str) -> list[StreamedParity]:
     """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
     TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.engine), "onnxruntime": onnxruntime_runner(model)}

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the report reads plain JSON-able dicts; this names the shape of one of them
+    from .trt.stage import TensorRTStageResult
 
 
 def _pct(value: float | None) -> str:
@@ -89,7 +93,7 @@ def _reference_line(reference: dict) -> str:
     return line
 
 
-def _tensorrt_section(trt: dict) -> list[str]:
+def _tensorrt_section(trt: TensorRTStageResult) -> list[str]:
     lines = ["", "## TensorRT", ""]
     if not trt:
         return lines + ["No engine was built (see the notes)."]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import onnx
 
@@ -14,12 +14,35 @@ from ..errors import BridgeError
 from ..export.exporter import float_twin
 from ..graph.precision import mixed_precision
 from .engine import TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .trt_protocol import BuildResponse, ProbeResponse
 
 if TYPE_CHECKING:  # options sits above this package (it reads BuildSettings from .engine)
     from ..options import ConvertOptions
 
+
+class StageFailure(TypedDict):
+    step: str  # e.g. "build of resnet_q.int8.engine"
+    message: str  # TensorRT's, in one line
+
+
+class TensorRTStageResult(TypedDict, total=False):
+    """report.json's "tensorrt": what the stage made; empty when no engine was asked for or TensorRT is missing."""
+    probe: ProbeResponse
+    files: list[str]  # every file it wrote into the output folder
+    backends: dict[str, str]  # "tensorrt", "tensorrt-fp16", "tensorrt-fp32" -> engine file, for parity to run
+    engine_onnx: str  # the ONNX the INT8 engine was built from (the Q/DQ ONNX, or its FP16 copy)
+    mixed_precision: dict[str, dict]  # per ONNX file, what precision.mixed_precision kept float32
+    build: BuildResponse
+    engine: str
+    layer_summary: dict  # engine.summarize_layers: layers, INT8 convolutions, standalone Adds
+    build_fp16: BuildResponse
+    build_fp32: BuildResponse
+    failed: StageFailure
+    divergence: dict  # divergence.locate_divergence, where the engine alone failed parity
+
+
 def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
-                    sample: Dataset, options: ConvertOptions, notes: list[str]) -> dict:
+                   sample: Dataset, options: ConvertOptions, notes: list[str]) -> TensorRTStageResult:
     """Build the INT8 engine (and float comparison engines) for the parity pass to run (result["backends"]:
     backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is
     recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU stages'
@@ -69,13 +92,13 @@ def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path
     return result
 
 
-def _strongly_typed(probe: dict, typing: str) -> bool:
+def _strongly_typed(probe: ProbeResponse, typing: str) -> bool:
     """Whether the worker will build strongly typed: asked for, or `auto` where the TensorRT offers it first."""
     return typing == "strong" or (typing == "auto" and probe.get("typings", ["weak"])[0] == "strong")
 
 
 def _engine_onnx(model: onnx.ModelProto, name: str, scratch: Path, sample: Dataset, float_precision: str,
-                 result: dict) -> str:
+                 result: TensorRTStageResult) -> str:
     """Write the ONNX an engine is built from, once, and return its name: `name` itself for fp32 float compute,
     and for fp16 its mixed-precision copy `*.fp16.onnx` (precision.mixed_precision; its findings go to
     result["mixed_precision"]), or `name` again where every float op is INT8 compute and the copy would be the same."""
