@@ -43,7 +43,9 @@ def assert_exact_and_pass(report: dict) -> None:
     (row,) = [r for r in report["parity"] if r["candidate"] == "onnxruntime" and r["reference_accuracy"] is not None]
     assert row["top1_agreement"] >= 0.995, row
     assert row["lost"] == 0 and row["candidate_accuracy"] >= row["reference_accuracy"] - 0.005, row
-    assert row["reference_accuracy"] >= 0.9  # a decisive model: the verdict means something
+    # a decisive model, far from chance (10 %), so the verdict means something: the briefly trained families reach
+    # 0.785 (GoogLeNet on this project's AMD EPYC) to over 0.9 (every family on the Intel CPUs before it)
+    assert row["reference_accuracy"] >= 0.75
 
 
 @pytest.mark.parametrize("qconfig", ["x86", "fbgemm"])

@@ -42,16 +42,6 @@ DEVIATION_RATIO = 2.0
 CHECK_SAMPLES = 64  # labelled rows the cross-check runs, besides random inputs
 
 
-
-
-
-
-
-
-
-
-
-
 def repack(module: nn.Module, engine: str) -> nn.Module:
     """A copy of a quantized model with its weights packed for `engine` (unpacked and packed again)."""
     with using_engine(engine), quiet_torch_warnings():
