@@ -12,7 +12,7 @@ from rich.table import Table
 from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
                       PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
-from .errors import BridgeError, Interrupted
+from .errors import BridgeError, Interrupted, readable_file
 from .graph.lint import error_violations, lint_file, to_json
 from .graph.passes import PASS_NAMES, PASSES, PLACEMENTS
 from .options import ConvertOptions
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                               min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
                               workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
                               optimization_level=args.builder_optimization_level))
+        readable_file(args.model, "model file")  # a path that is no readable file: refused before torch loads
         logging.basicConfig(level=logging.INFO, format="qdq_bridge: %(message)s", stream=sys.stderr)
         from .pipeline import convert  # the conversion's side (torch, ONNX Runtime, scipy), once the options hold
 

@@ -9,6 +9,16 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers, from the test p
 
 from helpers import ROOT  # noqa: E402
 
+# Fixtures that train a model (or convert one through the CLI): whoever uses one is in the slow tier, which
+# `pytest -m "not slow"` leaves out. Tests that train or convert in their own body are marked where they are.
+TRAINING_FIXTURES = {"example_dir", "task", "family"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def example_dir(tmp_path_factory) -> Path:

@@ -39,12 +39,14 @@ def test_missing_file(tmp_path):
         f"error: model file '{tmp_path / 'nope.pt'}' not found: check the path"
 
 
+@pytest.mark.slow
 def test_corrupt_file(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(b"\x80\x04 definitely not a model")
     assert "is damaged or not a PyTorch model file (UnpicklingError: " in refused(tmp_path, str(path))
 
 
+@pytest.mark.slow
 def test_text_file_named_pt(tmp_path):
     path = tmp_path / "model.pt"
     path.write_text("these are release notes, not weights\n" * 20)
@@ -87,6 +89,7 @@ def test_damaged_model_files(tmp_path, model_files, fmt, damage, expected):
     assert message.startswith(f"error: '{path}' ") and expected in message
 
 
+@pytest.mark.slow
 def test_float_model_without_quantization(tmp_path):
     path = tmp_path / "float.pth"
     torch.save(DigitsResNet().state_dict(), path)
@@ -94,6 +97,7 @@ def test_float_model_without_quantization(tmp_path):
     assert "float model with no quantization: pass --calibrate" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("calibrate", [[], ["--calibrate", "digits"]])
 def test_float_torchscript_model_is_refused_at_once(tmp_path, calibrate):
     path = tmp_path / "float.pt"
@@ -104,6 +108,7 @@ def test_float_torchscript_model_is_refused_at_once(tmp_path, calibrate):
                        "--calibrate DATA, or quantize it before scripting")
 
 
+@pytest.mark.slow
 def test_state_dict_without_arch(tmp_path):
     path = tmp_path / "float.pth"
     torch.save(DigitsResNet().state_dict(), path)
@@ -114,6 +119,7 @@ def _digits_model(qconfig) -> torch.nn.Module:
     return quantize_with(DigitsResNet(), qconfig, [digits_split()[0].x[:64]])
 
 
+@pytest.mark.slow
 def test_full_range_affine_activations_are_refused_naming_the_tensor_and_both_ways_out(tmp_path):
     """qnnpack's default qconfig: quint8 over 0..255, which int8 at the same scale cannot hold."""
     path = tmp_path / "qnnpack.pt"
@@ -124,6 +130,7 @@ def test_full_range_affine_activations_are_refused_naming_the_tensor_and_both_wa
                         r"or quantize the float model again with --qconfig tensorrt", message), message
 
 
+@pytest.mark.slow
 def test_affine_qint8_activations_are_refused_naming_the_module(tmp_path):
     qconfig = torch.ao.quantization.QConfig(
         activation=torch.ao.quantization.MinMaxObserver.with_args(dtype=torch.qint8), weight=quantize.trt_qconfig().weight)
@@ -134,6 +141,7 @@ def test_affine_qint8_activations_are_refused_naming_the_module(tmp_path):
     assert "qdq_bridge.pytorch.quantize.trt_qconfig()" in message
 
 
+@pytest.mark.slow
 def test_dynamic_quantization_is_refused(tmp_path):
     model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 4)), {torch.nn.Linear})
     path = tmp_path / "dynamic.pth"
@@ -176,6 +184,7 @@ def test_malformed_input_shape_is_a_usage_error(tmp_path, example_dir):
     assert result.returncode == 2 and "'1,x,y' is not a shape like 1,3,224,224" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec,text", [("nonexistent_pkg:make", "cannot import architecture"),
                                        ("torchvision:alexnet", "torchvision has no quantizable model 'alexnet'"),
                                        ("no_colon", "is not of the form 'module:factory'")])
@@ -330,6 +339,7 @@ def test_paths_that_are_no_file_say_what_they_are(tmp_path):
                                                                     "a symbolic link to a missing file")
 
 
+@pytest.mark.slow
 def test_a_dict_of_numbers_is_not_called_a_state_dict(tmp_path):
     torch.save({"lr": 0.1, "epochs": 40}, tmp_path / "settings.pth")
     assert refused(tmp_path, str(tmp_path / "settings.pth")) == (

@@ -95,6 +95,7 @@ def test_default_qat_state_dict_converts_exactly(task, tmp_path):
     assert any("QAT activation schemes" in note and "affine 0..127" in note for note in report["notes"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, aux", [("googlenet", False), ("googlenet", True), ("inception_v3", True),
                                        ("resnet18", None)])
 def test_torchvision_arch_reads_class_count_and_aux_heads_from_the_state(name, aux):

@@ -131,6 +131,7 @@ class DictOutputs(TwoOutputs):
         return {"logits": logits, "features": features}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network, names, logits", [(TupleOutputs, ["output_0", "output_1"], "output_1"),
                                                     (DictOutputs, ["logits", "features"], "logits")])
 def test_every_output_of_a_tuple_or_dict_model_is_exported_compared_and_top1_judged_on_the_logits(

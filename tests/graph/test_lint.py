@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import pytest
 
 from qdq_bridge.graph import passes
 from qdq_bridge.graph.lint import error_violations, lint_model
@@ -74,6 +75,7 @@ def test_unquantized_model_and_float_only_op_warning():
     assert error_violations(found) == []
 
 
+@pytest.mark.slow
 def test_lint_cli_exit_codes_and_json(tmp_path):
     bad, good = tmp_path / "bad.onnx", tmp_path / "good.onnx"
     onnx.save(model(conv_graph()), bad)

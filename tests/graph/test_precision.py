@@ -123,6 +123,7 @@ def test_a_float_island_between_int8_ops_runs_fp16_with_casts_at_its_borders_onl
     np.testing.assert_allclose(graphs.run(mixed, sample[:1]), graphs.run(model, sample[:1]), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_layers_kept_float_by_ptq_become_an_fp16_island():
     """quantize_ptq(keep_float=("layer4",)) leaves ResNet-18's last stage float between a DQ and a Q: its five
     convolutions turn fp16 in the copy, with one Cast in and one out, and the INT8 stages stay as they were."""

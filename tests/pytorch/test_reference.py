@@ -62,6 +62,7 @@ def test_onednn_is_exact_on_full_range_layers_exactly_where_the_cpu_has_vnni():
     assert (probe_exactness("onednn") <= 1) == _cpu_has_vnni()
 
 
+@pytest.mark.slow
 @needs_fbgemm
 def test_probe_catches_saturating_kernels():
     probe = "from qdq_bridge.pytorch.reference import probe_exactness; print(probe_exactness('fbgemm'))"
@@ -160,6 +161,7 @@ class AddNet(nn.Module):
         return self.dequant(self.add.add(self.conv(x), x)).flatten(1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no onednn engine")
 def test_qnnpack_add_limit_falls_back_to_the_next_engine(tmp_path):
     model = quantize.prepare_ptq(AddNet().eval(), "minmax")

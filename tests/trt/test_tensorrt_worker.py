@@ -142,6 +142,7 @@ def test_build_route_sets_exactly_the_flags_it_reports(fake_trt, tmp_path, api, 
     assert (tmp_path / "m.engine").stat().st_size == result["engine_bytes"]
 
 
+@pytest.mark.slow
 def test_build_on_11_4_is_strongly_typed_without_precision_flags(fake_trt, tmp_path):
     fake = fake_trt(api="11.4")
     result = fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildSettings())
@@ -162,6 +163,7 @@ def test_build_refuses_a_typing_this_tensorrt_lacks_and_says_what_to_ask(fake_tr
     assert fake.calls("create_network") == [] and not (tmp_path / "m.engine").exists()
 
 
+@pytest.mark.slow
 def test_mark_outputs_adds_engine_outputs(fake_trt, tmp_path):
     fake = fake_trt(api="11.4")
     settings = BuildSettings(mark_outputs=["relu", "logits", "absent"])  # already an output, and no such tensor
@@ -175,6 +177,7 @@ def test_mark_outputs_adds_engine_outputs(fake_trt, tmp_path):
 
 # --- implicit INT8: TensorRT's own calibration of a float network ---------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["8.6", "10.13"])
 def test_implicit_int8_feeds_the_entropy_calibrator_through_device_memory_and_keeps_its_cache(fake_trt, tmp_path,
                                                                                               api):
@@ -196,6 +199,7 @@ def test_implicit_int8_feeds_the_entropy_calibrator_through_device_memory_and_ke
     assert again["calibration"] == {"batches": 0, "batch_size": 4, "from_cache": True}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api, typing", [("11.4", "auto"), ("10.13", "auto")])
 def test_implicit_int8_is_refused_without_the_int8_flag_and_calibrator(fake_trt, tmp_path, api, typing):
     """11.4 has neither; 10.13's auto build is strongly typed, which takes no calibrator."""
@@ -274,6 +278,7 @@ def test_a_session_runs_every_batch_in_one_process_and_ends_it(fake_trt, tmp_pat
     assert [run["batch"] for run in runs] == [1, 8, 3, 8, 8, 3] and len({run["pid"] for run in runs}) == 1
 
 
+@pytest.mark.slow
 def test_as_torch_module_keeps_one_session_across_calls(fake_trt, tmp_path):
     torch = pytest.importorskip("torch")
     fake = fake_trt()
@@ -287,6 +292,7 @@ def test_as_torch_module_keeps_one_session_across_calls(fake_trt, tmp_path):
     assert process.poll() is not None and len({run["pid"] for run in fake.calls("execute")}) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, message", [
     ("run-crash", r"TensorRT session crashed with signal 11 at its run \(log: "),
     ("run-hang", r"TensorRT session timed out after 3 s at its run"),
@@ -308,12 +314,14 @@ def test_a_session_whose_worker_crashes_hangs_or_fails_raises_one_line(fake_trt,
     assert session._process.poll() is not None
 
 
+@pytest.mark.slow
 def test_a_session_on_an_engine_of_another_tensorrt_says_so(fake_trt, tmp_path):
     engine = tiny_engine(fake_trt(api="8.6"), tmp_path)
     with pytest.raises(BridgeError, match="could not start: TensorRT could not deserialize the engine"):
         TensorRTSession(engine, worker=fake_trt(api="11.4").worker)
 
 
+@pytest.mark.slow
 def test_fp16_onnx_makes_an_fp16_engine_on_11_4(fake_trt, tmp_path):
     """No FP16 flag on 11.x: an fp16 engine comes from an ONNX that carries fp16; infer feeds it fp16."""
     fake = fake_trt(api="11.4")
@@ -328,6 +336,7 @@ def test_fp16_onnx_makes_an_fp16_engine_on_11_4(fake_trt, tmp_path):
     np.testing.assert_allclose(logits[:, 0], fake_logits(x))
 
 
+@pytest.mark.slow
 def test_engine_of_another_tensorrt_is_reported_not_run(fake_trt, tmp_path):
     fake_trt(api="8.6").worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildSettings())
     with pytest.raises(BridgeError, match="could not deserialize the engine"):
