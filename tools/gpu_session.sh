@@ -5,7 +5,9 @@
 # it stays warm: run the steps back to back.
 #
 #   bash tools/gpu_session.sh setup                    install the kit and onnx-graphsurgeon only (before steps run
-#                                                      side by side)
+#                                                      side by side; they slow each other, and a call that passes
+#                                                      600 s loses what has not come back: prepare alone took
+#                                                      about 200 s, beside the GPU tests it did not finish)
 #   bash tools/gpu_session.sh prepare                  train, quantize and save the family matrix's models
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
