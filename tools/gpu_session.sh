@@ -6,8 +6,8 @@
 #
 #   bash tools/gpu_session.sh setup                    install the kit and onnx-graphsurgeon only (before steps run
 #                                                      side by side; they slow each other, and a call that passes
-#                                                      600 s loses what has not come back: prepare alone took
-#                                                      about 200 s, beside the GPU tests it did not finish)
+#                                                      600 s loses what has not come back: beside the GPU
+#                                                      tests, prepare and clamps did not fit in one call)
 #   bash tools/gpu_session.sh prepare                  train, quantize and save the family matrix's models
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
