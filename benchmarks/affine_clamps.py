@@ -89,7 +89,8 @@ def no_input_floor(graph: gs.Graph) -> gs.Graph:
 
 VARIANTS: dict[str, Callable[[gs.Graph], gs.Graph]] = {
     "max": lambda graph: graph, "clip": clip, "clip-min-only": clip_min_only, "relu-where-zero": relu_where_zero,
-    "clip-after-dequantize": clip_after_dequantize, "no-input-floor": no_input_floor, "no-floor": drop_activation_clamps}
+    "clip-after-dequantize": clip_after_dequantize, "no-input-floor": no_input_floor,
+    "no-floor": drop_activation_clamps}
 
 
 def main() -> None:

@@ -301,7 +301,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         try:
             with timer("divergence"):  # a diagnosis: builds of its own, so its own line in stage_seconds
                 tensorrt["divergence"] = locate_divergence(worker, model, scratch / tensorrt["engine_onnx"],
-                                                            heads[0], options.trt)
+                                                           heads[0], options.trt)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
     report = {

@@ -105,7 +105,8 @@ def _tensorrt_section(trt: TensorRTStageResult) -> list[str]:
     source = "the ONNX" if build["precision_source"] == "onnx" else "builder flags " + ", ".join(build["flags"])
     lines += [f"- TensorRT {trt['probe']['features']['version']}, engine `{trt['engine']}` built in "
               f"{build['build_seconds']:.1f} s (builder optimization level {build['optimization_level']}; the "
-              f"worker's build call {build['call_seconds']:.1f} s, its probe {trt['probe']['call_seconds']:.1f} s) from `{trt['engine_onnx']}`: {build['typing']}ly typed, "
+              f"worker's build call {build['call_seconds']:.1f} s, its probe {trt['probe']['call_seconds']:.1f} s) "
+              f"from `{trt['engine_onnx']}`: {build['typing']}ly typed, "
               f"precisions from {source}",
               f"- {summary['layers']} layers; {summary['conv_gemm_layers']} convolution/GEMM layers, not INT8: "
               f"{', '.join(summary['conv_gemm_not_int8']) or 'none'}",

@@ -195,7 +195,9 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
 
 def _floor_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
     """x -> Max(x, low_steps of q's scale) -> q: PyTorch's lower saturation on q's grid (q saturates at +127 steps
-    itself). A Max, not a Clip: benchmarks/affine_clamps.py measures what TensorRT makes of each form."""
+    itself). A Max, not a Clip: TensorRT 8.6 moves a Q ahead of a Clip (or folds the Clip into the int8 epilogue
+    before it), which put faithful affine engines at chance (benchmarks/results/h200_trt8.6.0_families_runs/
+    affine_floor_layers.md); a Max it keeps in float (run4.json: 100 % agreement)."""
     floor = gs.Constant(f"{q.name}/floor", np.array(low_steps * scale_of(q), np.float32))
     floored = gs.Variable(f"{q.name}/floor_output", np.float32, q.inputs[0].shape)
     graph.nodes.append(gs.Node("Max", f"{q.name}/Max", inputs=[q.inputs[0], floor], outputs=[floored]))

@@ -2,5 +2,6 @@
 PTQ/QAT, PyTorch's quantized backends), `reference` (the PyTorch model parity is judged against), `models` (the
 example's architecture).
 
-May import torch, qdq_bridge.data and the top-level errors/choices/verify; never the ONNX or TensorRT sides.
+May import torch, qdq_bridge.data and the base modules (errors, choices, outputs); never the ONNX or TensorRT
+sides.
 """

@@ -151,7 +151,8 @@ def _muted_stderr_fd():
 
 # Activation dtypes as eager modules hold them and as TorchScript stores them (ScalarType codes).
 QINT8_DTYPES, QUINT8_DTYPES = (torch.qint8, 12), (torch.quint8, 13)
-AFFINE_FIX = "re-quantize with qdq_bridge.pytorch.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric activations)"
+AFFINE_FIX = ("re-quantize with qdq_bridge.pytorch.quantize.trt_qconfig() (quint8, torch.per_tensor_symmetric "
+              "activations)")
 
 
 def activation_quantizers(module: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -16,15 +16,18 @@ CUDA_ENV = "QDQ_BRIDGE_TRT_CUDA"
 COUNT = struct.Struct("<I")
 
 
-class ProbeResponse(TypedDict):
+class _Timed(TypedDict, total=False):
+    call_seconds: float  # added by the client (TensorRTWorker.call): the whole call's wall time
+
+
+class ProbeResponse(_Timed):
     features: Dict[str, object]  # what this TensorRT offers, by feature detection (trt_worker.features)
     typings: List[str]  # the typings a build can have; `auto` takes the first
     fast_int8: Optional[bool]  # None where TensorRT no longer says (11.x)
     fast_fp16: Optional[bool]
-    call_seconds: float  # added by the client: the whole call's wall time
 
 
-class BuildResponse(TypedDict, total=False):
+class BuildResponse(_Timed, total=False):
     typing: str  # "strong" | "weak"
     flags: List[str]  # the precision builder flags set (weak typing)
     precision_source: str  # "onnx" | "builder flags"
@@ -34,10 +37,8 @@ class BuildResponse(TypedDict, total=False):
     optimization_level: int
     features: Dict[str, object]
     calibration: Dict[str, object]  # implicit INT8 only: batches, batch_size, from_cache
-    call_seconds: float
 
 
-class BenchmarkResponse(TypedDict, total=False):
+class BenchmarkResponse(_Timed, total=False):
     timings: List[Dict[str, object]]  # per batch size: enqueue, cuda_graph (and host copies) in ms and per s
     layer_profile: Optional[Dict[str, object]]  # TensorRT's per-layer times at the profiled batch size
-    call_seconds: float
