@@ -304,6 +304,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
                                                            heads[0], options.trt)
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
+    worker.close()  # its process, if a call started one; on an error garbage collection ends it
     report = {
         "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": notes,
         "input_shape": list(input_shape), "opset": options.opset, "exporter": exported_by(exported),

@@ -59,41 +59,70 @@ class BuildSettings:
 
 @dataclass
 class TensorRTWorker:
+    """The worker process for probes, builds and benchmarks: started at the first call and kept for the next ones,
+    so that the interpreter's start, TensorRT's import, CUDA's start and the builder's libraries are paid once (each
+    cost about 10 s a call on an H200 host with TensorRT 8.6) until `close()`, the `with` block's end or garbage
+    collection. A crash or a timeout ends the process and raises; the next call starts another."""
     python: str | None = None  # None: $QDQ_BRIDGE_TRT_PYTHON, else this interpreter
     timeout_s: float = 900.0
+    _running: _Process | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.python = self.python or os.environ.get(PYTHON_ENV) or sys.executable
 
     def call(self, command: str, **params) -> dict:
-        """Run one worker command in a process of its own; the response, with "call_seconds": the whole call's
-        wall time (interpreter start, TensorRT's import and CUDA's start included)."""
+        """Run one worker command; the response, with "call_seconds": the call's wall time (the process's start
+        included where this call started it)."""
         started = time.perf_counter()
+        running = self._start()
         with tempfile.TemporaryDirectory(prefix="qdq-trt-") as work:
             request = Path(work) / "request.json"
             response = Path(work) / "response.json"
             request.write_text(json.dumps({"command": command, "response": str(response), **params}))
+            log_start = running.log.seek(0, os.SEEK_END)
             try:
-                done = subprocess.run([self.python, str(WORKER), str(request)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, timeout=self.timeout_s)
-            except FileNotFoundError:
-                raise TensorRTUnavailable(f"TensorRT interpreter '{self.python}' does not exist",
-                                          ENABLE_HINT) from None
-            except subprocess.TimeoutExpired as exc:
-                raise BridgeError(f"TensorRT worker '{command}' timed out after {self.timeout_s:g} s "
-                                  f"(log: {_tail(exc.stdout)})", "raise --trt-timeout or check the GPU") from None
-            if done.returncode != 0 or not response.exists():
-                how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
-                raise BridgeError(f"TensorRT worker '{command}' crashed with {how} (log: {_tail(done.stdout)})",
+                running.process.stdin.write(f"{request}\n".encode())
+                ready = select.select([running.process.stdout], [], [], self.timeout_s)[0]
+                answered = bool(ready) and bool(running.process.stdout.readline())
+            except OSError:  # the process ended before it read the request
+                ready, answered = True, False
+            if not answered or not response.exists():
+                running.process.kill()  # hung, or half-ended
+                running.process.wait()
+                log = running.log_tail(log_start)
+                self.close()
+                if not ready:
+                    raise BridgeError(f"TensorRT worker '{command}' timed out after {self.timeout_s:g} s (log: {log})",
+                                      "raise --trt-timeout or check the GPU")
+                code = running.process.returncode
+                how = f"signal {-code}" if code < 0 else f"exit status {code}"
+                raise BridgeError(f"TensorRT worker '{command}' crashed with {how} (log: {log})",
                                   "check the TensorRT installation and the GPU driver")
             result = json.loads(response.read_text())
         if result.get("missing_tensorrt"):
             raise TensorRTUnavailable(f"no TensorRT under '{self.python}' ({result['error']})", ENABLE_HINT)
         if "error" in result:
-            raise BridgeError(f"TensorRT {command} failed: {result['error']} (log: {_tail(done.stdout)})",
+            raise BridgeError(f"TensorRT {command} failed: {result['error']} (log: {running.log_tail(log_start)})",
                               "see the TensorRT log; `python -m qdq_bridge lint` checks the ONNX file")
         result["call_seconds"] = time.perf_counter() - started
         return result
+
+    def close(self) -> None:
+        """Ends the worker process (it exits when its input closes); a later call starts a new one."""
+        if self._running is not None:
+            self._running.end()
+            self._running = None
+
+    def __enter__(self) -> TensorRTWorker:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _start(self) -> _Process:
+        if self._running is None:
+            self._running = _Process(self.python, "--loop", b"")
+        return self._running
 
     def probe(self) -> ProbeResponse:
         """What the TensorRT offers (see trt_protocol.ProbeResponse and trt_worker.probe)."""
@@ -132,17 +161,9 @@ class TensorRTSession:
 
     def __init__(self, engine_path: str | Path, batch_size: int = 64, worker: TensorRTWorker | None = None):
         self.worker = worker or TensorRTWorker()
+        self._running = _Process(self.worker.python, "--serve", COUNT.pack(0))  # a count of 0 ends the session
+        self._process = self._running.process
         self._folder = tempfile.TemporaryDirectory(prefix="qdq-trt-session-", dir=SHARED_FOLDER)
-        self._log = open(Path(self._folder.name) / "worker.log", "w+b")
-        try:
-            # unbuffered pipes: `select` then sees every byte the worker has sent
-            self._process = subprocess.Popen([self.worker.python, str(WORKER), "--serve"], bufsize=0,
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
-        except FileNotFoundError:
-            self._cleanup()
-            raise TensorRTUnavailable(f"TensorRT interpreter '{self.worker.python}' does not exist",
-                                      ENABLE_HINT) from None
-        self._finalizer = weakref.finalize(self, _end_session, self._process, self._log, self._folder)
         request = {"engine": str(Path(engine_path).resolve()), "batch_size": int(batch_size),
                    "folder": self._folder.name}
         self._send((json.dumps(request) + "\n").encode(), "start")
@@ -180,7 +201,8 @@ class TensorRTSession:
         return {name: np.array(self._tensors[name][:count], np.float32) for name in self.output_names}
 
     def close(self) -> None:
-        self._finalizer()
+        self._running.end()
+        self._folder.cleanup()
 
     def __enter__(self) -> TensorRTSession:
         return self
@@ -219,23 +241,40 @@ class TensorRTSession:
         """Ends the worker and raises the one-line error, with the end of its log."""
         self._process.kill()
         self._process.wait()
-        self._log.seek(0)
-        log = _tail(self._log.read())
+        log = self._running.log_tail()
         how = f" with signal {-self._process.returncode}" if what == "crashed" and self._process.returncode < 0 else ""
         self.close()
         raise BridgeError(f"TensorRT session {what}{how} at its {step} (log: {log})",
                           "raise --trt-timeout or check the TensorRT installation and the GPU driver")
 
-    def _cleanup(self) -> None:
-        self._log.close()
-        self._folder.cleanup()
+
+class _Process:
+    """A worker process in one of its pipe modes (`--loop`, `--serve`), its stderr (the worker's log and
+    TensorRT's) in a file; `end` or garbage collection sends `farewell`, closes its input and waits for it."""
+
+    def __init__(self, python: str, mode: str, farewell: bytes):
+        self.log = tempfile.TemporaryFile()
+        try:
+            # unbuffered pipes: `select` then sees every byte the worker has sent
+            self.process = subprocess.Popen([python, str(WORKER), mode], bufsize=0, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self.log)
+        except FileNotFoundError:
+            self.log.close()
+            raise TensorRTUnavailable(f"TensorRT interpreter '{python}' does not exist", ENABLE_HINT) from None
+        self.end = weakref.finalize(self, _end_process, self.process, self.log, farewell)
+
+    def log_tail(self, start: int = 0) -> str:
+        """The end of the log written since byte `start`."""
+        self.log.seek(start)
+        return _tail(self.log.read())
 
 
-def _end_session(process: subprocess.Popen, log, folder: tempfile.TemporaryDirectory) -> None:
-    """Asks the worker to stop (a count of 0), kills it if it does not within 5 s, and removes the files."""
+def _end_process(process: subprocess.Popen, log, farewell: bytes) -> None:
+    """Says `farewell`, closes the worker's input (which ends it), kills it if it has not ended within 5 s, and
+    closes the log."""
     if process.poll() is None:
         with contextlib.suppress(OSError):
-            process.stdin.write(COUNT.pack(0))
+            process.stdin.write(farewell)
             process.stdin.close()
         try:
             process.wait(timeout=5)
@@ -246,7 +285,6 @@ def _end_session(process: subprocess.Popen, log, folder: tempfile.TemporaryDirec
         with contextlib.suppress(OSError):
             stream.close()
     log.close()
-    folder.cleanup()
 
 
 def _tail(text: str | bytes | None, lines: int = 8) -> str:

@@ -17,7 +17,7 @@ COUNT = struct.Struct("<I")
 
 
 class _Timed(TypedDict, total=False):
-    call_seconds: float  # added by the client (TensorRTWorker.call): the whole call's wall time
+    call_seconds: float  # added by the client (TensorRTWorker.call): its wall time, the process start in the first
 
 
 class ProbeResponse(_Timed):

@@ -1,12 +1,14 @@
-"""TensorRT worker: builds engines and runs them, in a process of its own.
+"""TensorRT worker: builds engines and runs them, in processes of its own.
 
 It imports only the standard library, numpy and `tensorrt`, so it runs under any interpreter that has TensorRT
 (a TensorRT container, a separate virtualenv, the Python 3.9 of this project's GPU kit), which need not have
-torch or onnx. The main process (`qdq_bridge.trt.engine`) talks to it through files:
+torch or onnx. The main process (`qdq_bridge.trt.engine`) talks to it through files and a pipe:
 
-    python trt_worker.py REQUEST.json     -> writes the response JSON to request["response"]
+    python trt_worker.py --loop     each line of input names a REQUEST.json; the worker writes the response JSON
+                                    to request["response"] and answers with an empty line; it ends with its input
 
-Requests: {"command": "probe" | "build" | "benchmark", ...}; see the handlers below. Running an engine is a
+Requests: {"command": "probe" | "build" | "benchmark", ...}; see the handlers below. One process takes them all,
+so TensorRT's import, CUDA's start and the builder's libraries are paid once a conversion. Running an engine is a
 session instead (`serve`): one process keeps the engine, its execution context and device buffers, and takes
 batch after batch through shared-memory files the two processes map, with a few bytes on a pipe per batch.
 A crash or hang here can only take this process down; the main process reports it with this process's log.
@@ -279,9 +281,11 @@ def build(request: dict) -> BuildResponse:
         return {"error": "TensorRT could not build the engine (see the worker log above)"}
     with open(request["engine"], "wb") as f:
         f.write(serialized)
-    if request.get("timing_cache"):
-        with open(request["timing_cache"], "wb") as f:
+    if request.get("timing_cache"):  # replaced whole, so that builds running side by side never read half a cache
+        partial = f"{request['timing_cache']}.{os.getpid()}"
+        with open(partial, "wb") as f:
             f.write(memoryview(config.get_timing_cache().serialize()))
+        os.replace(partial, request["timing_cache"])
     if feats["engine_inspector"] and request.get("layers"):
         engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
         with open(request["layers"], "w") as f:
@@ -648,13 +652,9 @@ def _layer_profile(engine, context, cuda: Cuda, batch_size: int, runs: int):
 HANDLERS = {"probe": probe, "build": build, "benchmark": benchmark}
 
 
-def main(argv: list) -> int:
-    if argv[1] == "--serve":
-        # the protocol gets the pipe stdout was; whatever prints (TensorRT's C++ log too) goes to stderr, the log
-        replies = os.fdopen(os.dup(1), "wb")
-        os.dup2(2, 1)
-        return serve(sys.stdin.buffer, replies)
-    with open(argv[1]) as f:
+def respond(request_path: str) -> None:
+    """Runs the request in the file and writes its response where the request says."""
+    with open(request_path) as f:
         request = json.load(f)
     if trt is None:
         response = {"error": f"cannot import tensorrt ({TRT_IMPORT_ERROR})", "missing_tensorrt": True}
@@ -666,6 +666,18 @@ def main(argv: list) -> int:
             response = {"error": f"{type(exc).__name__}: {exc}"}
     with open(request["response"], "w") as f:
         json.dump(response, f)
+
+
+def main(argv: list) -> int:
+    # the protocol gets the pipe stdout was; whatever prints (TensorRT's C++ log too) goes to stderr, the log
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    if argv[1] == "--serve":
+        return serve(sys.stdin.buffer, replies)
+    for line in iter(sys.stdin.readline, ""):  # --loop: a request file a line, until the input closes
+        respond(line.strip())
+        replies.write(b"\n")  # its response is written
+        replies.flush()
     return 0
 
 

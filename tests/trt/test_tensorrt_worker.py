@@ -361,6 +361,24 @@ def test_worker_crash_is_an_error_not_a_dead_main_process(fake_trt):
         fake_trt("crash").worker.probe()
 
 
+def test_one_worker_process_takes_every_call_until_closed_and_a_crash_ends_only_it(fake_trt, monkeypatch, tmp_path):
+    fake = fake_trt()
+    fake.worker.probe()
+    fake.worker.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildSettings())
+    fake.worker.build(tmp_path / "m.onnx", tmp_path / "m2.engine", BuildSettings())
+    fake.worker.close()
+    fake.worker.probe()  # a new process after close
+    first, *rest, after_close = [call["pid"] for call in fake.calls("builder")]
+    assert rest == [first, first] and after_close != first
+
+    monkeypatch.setenv("FAKE_TRT_MODE", "crash")
+    fake.worker.close()
+    with pytest.raises(BridgeError, match="crashed with signal 11"):
+        fake.worker.probe()
+    monkeypatch.setenv("FAKE_TRT_MODE", "ok")
+    assert fake.worker.probe()["typings"] == ["weak"]  # the next call starts a sound process
+
+
 def test_worker_hang_times_out(fake_trt):
     worker = fake_trt("hang").worker
     worker.timeout_s = 1

@@ -253,6 +253,7 @@ class IBuilderConfig:
 
 class Builder:
     def __init__(self, logger):
+        _record("builder", pid=os.getpid())
         if _MODE == "crash":
             os.kill(os.getpid(), signal.SIGSEGV)
         if _MODE == "hang":
