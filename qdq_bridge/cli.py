@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -16,7 +17,7 @@ from .errors import BridgeError, Interrupted, readable_file
 from .graph.lint import error_violations, lint_file, to_json
 from .graph.passes import PASS_NAMES, PASSES, PLACEMENTS
 from .options import ConvertOptions
-from .trt.engine import PYTHON_ENV, BuildSettings
+from .trt.engine import PYTHON_ENV, BuildSettings, TensorRTUnavailable, TensorRTWorker, build_engine
 
 EXIT_OK, EXIT_FAILED_CHECKS, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -177,27 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     trt = conv.add_argument_group("TensorRT engine (built by a worker process; see the README)")
     trt.add_argument("--engine", choices=ENGINE_MODES, default="auto",
                      help="auto: build the INT8 engine when TensorRT is found (default); require: fail without it")
-    trt.add_argument("--trt-python", metavar="PYTHON", help=f"interpreter that has tensorrt (default: ${PYTHON_ENV} "
-                                                            "or this Python)")
-    trt.add_argument("--trt-timeout", type=float, default=900.0, metavar="S",
-                     help="seconds before a TensorRT worker call is abandoned (default: 900)")
-    trt.add_argument("--batch-range", type=_shape, default=(1, 32, 256), metavar="MIN,OPT,MAX",
-                     help="optimization profile for the batch dimension (default: 1,32,256)")
-    trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
-    trt.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
-    trt.add_argument("--builder-optimization-level", type=int, choices=OPTIMIZATION_LEVELS, metavar="0-5",
-                     help="TensorRT's builder optimization level: lower builds sooner and may choose slower kernels "
-                          "(default: TensorRT's own, 3)")
-    trt.add_argument("--typing", choices=TYPINGS, default="auto",
-                     help="strong: precisions from the ONNX alone, no precision flags (TensorRT 9.1+, the only way "
-                          "from 11.x); weak: INT8/FP16 builder flags (8.6 to 10.x); auto (default): strong where the "
-                          "TensorRT has it")
-    trt.add_argument("--float-precision", choices=FLOAT_PRECISIONS, default="fp16",
-                     help="float compute outside the Q/DQ pairs in the engine (default: fp16): strongly typed builds "
-                          "take it from a mixed-precision copy of the ONNX (<name>.qdq.fp16.onnx), weakly typed ones "
-                          "from the FP16 flag")
+    _add_build_options(trt)
     trt.add_argument("--compare-precisions", default="", metavar="LIST",
                      help="also build engines of the float twin for comparison: fp16, fp32 or fp16,fp32")
+
+    build = commands.add_parser("build", help="build a TensorRT engine from a Q/DQ ONNX file",
+                                description="Builds the INT8 engine of an ONNX file as convert does (a converted "
+                                            "model's, or one that polygraphy debug reduce cut down) and writes it "
+                                            "with its layer report (<engine>.layers.json). Exit status: 0 built, 1 "
+                                            "TensorRT could not build it, 2 bad input or no TensorRT.")
+    build.add_argument("onnx", help="ONNX model file")
+    build.add_argument("-o", "--engine-file", help="engine to write (default: the ONNX file's name with .engine)")
+    _add_build_options(build)
 
     lint = commands.add_parser("lint", help="check an ONNX file against TensorRT's explicit-quantization rules",
                                description="Prints one line per violation. Exit status: 0 no errors, 1 errors, "
@@ -208,6 +200,58 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("passes", help="list the graph passes in the order convert applies them, with the "
                                        "placements (--placement) that run each")
     return parser
+
+
+def _add_build_options(group) -> None:
+    """The options of a TensorRT build, for convert and build."""
+    group.add_argument("--trt-python", metavar="PYTHON", help=f"interpreter that has tensorrt (default: "
+                                                              f"${PYTHON_ENV} or this Python)")
+    group.add_argument("--trt-timeout", type=float, default=900.0, metavar="S",
+                       help="seconds before a TensorRT worker call is abandoned (default: 900)")
+    group.add_argument("--batch-range", type=_shape, default=(1, 32, 256), metavar="MIN,OPT,MAX",
+                       help="optimization profile for the batch dimension (default: 1,32,256)")
+    group.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
+    group.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
+    group.add_argument("--builder-optimization-level", type=int, choices=OPTIMIZATION_LEVELS, metavar="0-5",
+                       help="TensorRT's builder optimization level: lower builds sooner and may choose slower "
+                            "kernels (default: TensorRT's own, 3)")
+    group.add_argument("--typing", choices=TYPINGS, default="auto",
+                       help="strong: precisions from the ONNX alone, no precision flags (TensorRT 9.1+, the only way "
+                            "from 11.x); weak: INT8/FP16 builder flags (8.6 to 10.x); auto (default): strong where "
+                            "the TensorRT has it")
+    group.add_argument("--float-precision", choices=FLOAT_PRECISIONS, default="fp16",
+                       help="float compute outside the Q/DQ pairs in the engine (default: fp16): strongly typed "
+                            "builds take it from a mixed-precision copy of the ONNX (<name>.qdq.fp16.onnx), weakly "
+                            "typed ones from the FP16 flag")
+
+
+def _build_settings(args: argparse.Namespace) -> BuildSettings:
+    batches = _batch_range(args.batch_range)
+    return BuildSettings(fp16_fallback=args.float_precision == "fp16", typing=args.typing, min_batch=batches[0],
+                         opt_batch=batches[1], max_batch=batches[2], workspace_mib=args.workspace_mib,
+                         timing_cache=args.timing_cache, optimization_level=args.builder_optimization_level)
+
+
+def _build(args: argparse.Namespace) -> int:
+    """The build command: the engine and its layer report, or TensorRT's reason in one line (exit status 1)."""
+    source = readable_file(args.onnx, "ONNX file")
+    engine = Path(args.engine_file or source.with_suffix(".engine"))
+    worker = TensorRTWorker(args.trt_python, args.trt_timeout)
+    try:
+        built = build_engine(source, engine, _build_settings(args), worker)
+    except TensorRTUnavailable:
+        raise  # a set-up to mend: exit status 2
+    except BridgeError as exc:  # TensorRT could not build this ONNX: a failed check
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED_CHECKS
+    finally:
+        worker.close()
+    summary = built.layer_summary
+    print(f"{engine}: {summary['layers']} layers, {summary['conv_gemm_layers']} conv/GEMM "
+          f"({len(summary['conv_gemm_not_int8'])} not INT8), {len(summary['standalone_add_layers'])} standalone Add, "
+          f"built in {built.build['build_seconds']:.1f} s ({built.build['typing']}ly typed); layers: "
+          f"{built.layers_file}")
+    return EXIT_OK
 
 
 def _print_convert(console: Console, result) -> None:
@@ -266,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(violation)
                 print(f"{len(found)} errors, {len(violations) - len(found)} warnings")
             return EXIT_FAILED_CHECKS if found else EXIT_OK
-        batches = _batch_range(args.batch_range)
+        if args.command == "build":
+            return _build(args)
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, qconfig=args.qconfig, requantize_activations=args.requantize_activations,
@@ -282,10 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, float_precision=args.float_precision,
             compare_precisions=_precisions(args.compare_precisions),
-            trt=BuildSettings(fp16_fallback=args.float_precision == "fp16", typing=args.typing,
-                              min_batch=batches[0], opt_batch=batches[1], max_batch=batches[2],
-                              workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
-                              optimization_level=args.builder_optimization_level))
+            trt=_build_settings(args))
         readable_file(args.model, "model file")  # a path that is no readable file: refused before torch loads
         logging.basicConfig(level=logging.INFO, format="qdq_bridge: %(message)s", stream=sys.stderr)
         from .pipeline import convert  # the conversion's side (torch, ONNX Runtime, scipy), once the options hold

@@ -12,6 +12,9 @@
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
 #   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/trt/test_gpu_tensorrt.py
+#   bash tools/gpu_session.sh reduce ROW SECONDS [ARGS] polygraphy debug reduce on a matrix row's engine ONNX whose
+#                                                      build failed (ROW: e.g. inception_v3-fast; REGEX, the phrase of
+#                                                      TensorRT's error; ARGS: options of qdq_bridge build)
 #
 # FAMILIES (the matrix's entries), EPOCHS and CONVERT_ARGS (options for every convert) change the defaults.
 set -u
@@ -42,6 +45,18 @@ convert)
 gputests)
   # line by line, so that a run cut short still shows what it finished
   timeout "$1" python3 -m pytest -q -rs -s tests/trt/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep --line-buffered -v Warning ;;
+reduce)
+  cd $out/$1
+  shape=$(python3 -c "import json; r=json.load(open('report.json')); print(','.join(map(str, r['input_shape'])))")
+  onnx=$(python3 -c "import json; r=json.load(open('report.json')); print(r['tensorrt'].get('engine_onnx', r['onnx']))")
+  input=$(python3 -c "import onnx; print(onnx.load('$onnx').graph.input[0].name)")
+  timeout "$2" python3 -c "import sys; from polygraphy.tools import main; sys.exit(main())" debug reduce "$onnx" \
+    -o reduced.onnx --model-input-shapes "$input:[$shape]" --fail-regex "${REGEX:-chooseHigherPrecision}" \
+    --check python3 -m qdq_bridge build polygraphy_debug.onnx "${@:3}" 2>&1 | grep -v "^    \|CAPTURED\|debug replay"
+  python3 -c "import collections, onnx; m = onnx.load('reduced.onnx'); print(len(m.graph.node), 'nodes:',
+    dict(collections.Counter(n.op_type for n in m.graph.node)), 'last:', [n.name for n in m.graph.node][-8:])"
+  cp reduced.onnx "$OUT/$1.reduced.onnx"
+  exit 0 ;;
 esac
 cp $out/families.json $out/families.md "$OUT/" 2>/dev/null
 exit 0

@@ -148,6 +148,23 @@ class TensorRTWorker:
             return session.run(inputs)
 
 
+@dataclass
+class BuiltEngine:
+    build: BuildResponse
+    layers_file: Path | None  # the engine inspector's JSON, where this TensorRT has an inspector
+    layer_summary: dict  # summarize_layers of it (all counts 0 without)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, worker: TensorRTWorker) -> BuiltEngine:
+    """Builds the engine of an ONNX file with its layer report beside it (`<engine>.layers.json`); a build
+    TensorRT refuses raises BridgeError with TensorRT's reason."""
+    layers_path = engine_path.with_name(f"{engine_path.name.removesuffix('.engine')}.layers.json")
+    build = worker.build(onnx_path, engine_path, settings, layers_path)
+    if not layers_path.exists():
+        return BuiltEngine(build, None, summarize_layers({}))
+    return BuiltEngine(build, layers_path, summarize_layers(json.loads(layers_path.read_text())))
+
+
 # where the session's shared files go: memory-backed where the system has it
 SHARED_FOLDER = "/dev/shm" if os.path.isdir("/dev/shm") else None
 

@@ -2,7 +2,6 @@
 build the INT8 engine and the float comparison engines, and say what failed where."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -13,7 +12,7 @@ from ..data.arrays import Dataset
 from ..errors import BridgeError
 from ..export.exporter import float_twin
 from ..graph.precision import mixed_precision
-from .engine import TensorRTUnavailable, TensorRTWorker, summarize_layers
+from .engine import TensorRTUnavailable, TensorRTWorker, build_engine
 from .trt_protocol import BuildResponse, ProbeResponse
 
 if TYPE_CHECKING:  # options sits above this package (it reads BuildSettings from .engine)
@@ -59,7 +58,7 @@ def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path
     except BridgeError as exc:  # TensorRT is there but broke: an engine-stage failure, not bad input
         return {"failed": {"step": "probe", "message": exc.problem}, "files": []}
     stem = onnx_name.removesuffix(".qdq.onnx")
-    engine_name, layers_name = f"{stem}.int8.engine", f"{stem}.int8.layers.json"
+    engine_name = f"{stem}.int8.engine"
     result = {"probe": probe, "files": [], "backends": {}}
     # Strongly typed TensorRT takes fp16 from the ONNX only; weakly typed TensorRT from the FP16 flag on the
     # float32 Q/DQ graph, choosing per layer.
@@ -69,12 +68,9 @@ def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path
         result["engine_onnx"] = _engine_onnx(model, onnx_name, scratch, sample,
                                              options.float_precision if strong else "fp32", result)
         step = f"build of {engine_name}"
-        result["build"] = worker.build(scratch / result["engine_onnx"], scratch / engine_name, options.trt,
-                                       scratch / layers_name)
-        result["engine"] = engine_name
-        layers = json.loads((scratch / layers_name).read_text()) if (scratch / layers_name).exists() else {}
-        result["layer_summary"] = summarize_layers(layers)
-        result["files"] += [engine_name] + ([layers_name] if layers else [])
+        built = build_engine(scratch / result["engine_onnx"], scratch / engine_name, options.trt, worker)
+        result["build"], result["engine"], result["layer_summary"] = built.build, engine_name, built.layer_summary
+        result["files"] += [engine_name] + ([built.layers_file.name] if built.layers_file else [])
         result["backends"]["tensorrt"] = engine_name
         twin = float_twin(model)
         for precision in options.compare_precisions:  # FP32/FP16 engines of the same weights, for comparison
@@ -89,7 +85,18 @@ def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path
             result["backends"][f"tensorrt-{precision}"] = name
     except BridgeError as exc:
         result["failed"] = {"step": step, "message": exc.problem}
+        if step.startswith("build of") and "engine_onnx" in result:
+            notes.append(reduce_hint(result["engine_onnx"], model, sample))
     return result
+
+
+def reduce_hint(onnx_name: str, model: onnx.ModelProto, sample: Dataset) -> str:
+    """The command that cuts an ONNX TensorRT will not build down to the nodes it fails on (polygraphy's
+    bisection, with `qdq_bridge build` as its check)."""
+    shape = ",".join(map(str, (1, *sample.x.shape[1:])))
+    return (f"to find the nodes TensorRT cannot build, in the output folder: pip install polygraphy; polygraphy debug "
+            f"reduce {onnx_name} -o reduced.onnx --model-input-shapes {model.graph.input[0].name}:[{shape}] "
+            "--fail-regex 'PHRASE OF THE ERROR' --check python -m qdq_bridge build polygraphy_debug.onnx")
 
 
 def _strongly_typed(probe: ProbeResponse, typing: str) -> bool:

@@ -278,7 +278,7 @@ def build(request: dict) -> BuildResponse:
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
-        return {"error": "TensorRT could not build the engine (see the worker log above)"}
+        return {"error": "the builder returned no engine"}
     with open(request["engine"], "wb") as f:
         f.write(serialized)
     if request.get("timing_cache"):  # replaced whole, so that builds running side by side never read half a cache

@@ -521,3 +521,36 @@ def test_engine_stage_failure_keeps_the_cpu_results_and_exits_1(fake_trt, exampl
     assert report["parity"][0]["candidate"] == "onnxruntime" and report["parity"][0]["top1_agreement"] == 1.0
     assert f"**the {step} failed**" in (out / "report.md").read_text()
     assert f"FAIL: TensorRT: the {step} failed" in " ".join(result.stdout.split())
+    reduce = [note for note in report["notes"] if "polygraphy debug reduce" in note]
+    if mode == "build-fails":  # how to find the nodes TensorRT fails on, with `build` as polygraphy's check
+        assert "reduce resnet_q.qdq.onnx -o reduced.onnx --model-input-shapes input:[1,1,32,32]" in reduce[0]
+        assert reduce[0].endswith("--check python -m qdq_bridge build polygraphy_debug.onnx")
+    else:
+        assert not reduce
+
+
+# --- the build command ----------------------------------------------------------------------------------------------
+
+def test_build_command_writes_the_engine_and_its_layer_report(fake_trt, tmp_path):
+    fake_trt()
+    result = run_cli("build", str(tiny_onnx(tmp_path / "m.onnx")), "--builder-optimization-level", "1")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.engine").exists() and json.loads((tmp_path / "m.layers.json").read_text())["Layers"]
+    assert f"{tmp_path / 'm.engine'}: 4 layers, 2 conv/GEMM (0 not INT8), 0 standalone Add" in result.stdout
+
+
+def test_build_command_fails_with_tensorrts_reason_in_one_line_and_writes_nothing(fake_trt, monkeypatch, tmp_path):
+    """The check command of `polygraphy debug reduce` (README): exit status 1 and TensorRT's log line."""
+    fake_trt()
+    monkeypatch.setenv("FAKE_TRT_FAILING_OPS", "Relu")
+    result = run_cli("build", str(tiny_onnx(tmp_path / "m.onnx")), "-o", str(tmp_path / "out.engine"))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "the builder returned no engine" in result.stderr and "chooseHigherPrecision" in result.stderr
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_build_command_without_tensorrt_says_how_to_enable_it(tmp_path):
+    result = run_cli("build", str(tiny_onnx(tmp_path / "m.onnx")))
+    assert result.returncode == 2
+    assert "no TensorRT under" in result.stderr and "QDQ_BRIDGE_TRT_PYTHON" in result.stderr

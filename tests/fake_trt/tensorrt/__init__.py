@@ -6,6 +6,8 @@ disagree on are defined only where the list has them; a test holds every public 
 FAKE_TRT_MODE=crash|hang: Builder() crashes or hangs; build-fails: building returns None; run-crash|run-hang|
 run-fails: the third execution crashes, hangs or returns False.
 FAKE_TRT_UNEXPOSABLE: comma-separated tensor names; building a network that marks one as an output returns None.
+FAKE_TRT_FAILING_OPS: comma-separated ONNX op types; building a network with a node of one logs TensorRT 8.6's
+"chooseHigherPrecision" assertion and returns None (a builder fault that only some nodes trip).
 Implicit INT8 (8.6, 10.13): a build with the INT8 flag and `IBuilderConfig.int8_calibrator` set drives the calibrator
 as TensorRT does (cache read, batches until None, cache written) and records what it read from device memory.
 FAKE_TRT_LOGITS: an .npy of rows; the first output of every execution in the process takes the next rows of it in
@@ -20,6 +22,7 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import time
 
 import fake_cuda as _cuda
@@ -31,6 +34,7 @@ _NAMES = set((pathlib.Path(__file__).resolve().parents[2] / "trt_api" / f"tensor
              .split())
 _MODE = os.environ.get("FAKE_TRT_MODE", "ok")
 _UNEXPOSABLE = set(filter(None, os.environ.get("FAKE_TRT_UNEXPOSABLE", "").split(",")))
+_FAILING_OPS = set(filter(None, os.environ.get("FAKE_TRT_FAILING_OPS", "").split(",")))
 _SCHEMA_11 = int(__version__.split(".")[0]) >= 11  # the engine inspector's JSON changed in 11.x
 _LOGITS = np.load(os.environ["FAKE_TRT_LOGITS"]) if os.environ.get("FAKE_TRT_LOGITS") else None
 _served = [0]  # rows of _LOGITS handed out so far
@@ -173,6 +177,7 @@ class OnnxParser:
         declared = {value.name: _tensor(value) for value in list(graph.input) + list(graph.output)}
         weights = {init.name for init in graph.initializer}
         self._network._inputs = [declared[v.name] for v in graph.input if v.name not in weights]
+        self._network._trips = any(node.op_type in _FAILING_OPS for node in graph.node)
         for node in graph.node:
             outputs = [declared.get(name) or ITensor(name, [-1, 1], DataType.FLOAT) for name in node.output]
             self._network._layers.append(ILayer(node.name or node.op_type, _LAYER_TYPES.get(node.op_type,
@@ -275,6 +280,10 @@ class Builder:
         return IOptimizationProfile()
 
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory:
+        if getattr(network, "_trips", False):
+            print("[TRT] [E] 2: [graphOptimizer.cpp::chooseHigherPrecision::7079] Error Code 2: Internal Error "
+                  "(Assertion dt1 == DataType::kFLOAT || dt1 == DataType::kHALF failed. )", file=sys.stderr)
+            return None
         if _MODE == "build-fails" or any(t.name in _UNEXPOSABLE for t in network._outputs):
             return None  # as TensorRT does, the reason in its log
         if config._calibrator is not None and "INT8" in config._flags:
