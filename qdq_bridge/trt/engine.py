@@ -59,10 +59,10 @@ class BuildSettings:
 
 @dataclass
 class TensorRTWorker:
-    """The worker process for probes, builds and benchmarks: started at the first call and kept for the next ones,
-    so that the interpreter's start, TensorRT's import, CUDA's start and the builder's libraries are paid once (each
-    cost about 10 s a call on an H200 host with TensorRT 8.6) until `close()`, the `with` block's end or garbage
-    collection. A crash or a timeout ends the process and raises; the next call starts another."""
+    """The worker process for probes, builds and benchmarks: started at the first call and kept for the next ones
+    until `close()`, the `with` block's end or garbage collection, so that the interpreter's start, TensorRT's import
+    and CUDA's start are paid once (README, TensorRT). A crash or a timeout ends the process and raises; the next call
+    starts another."""
     python: str | None = None  # None: $QDQ_BRIDGE_TRT_PYTHON, else this interpreter
     timeout_s: float = 900.0
     _running: _Process | None = field(default=None, init=False, repr=False, compare=False)
