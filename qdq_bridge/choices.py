@@ -8,15 +8,15 @@ import os
 EXPORTERS = ("auto", "structural", "torch")
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 
-# The quantized CPU engines in order of preference. A model's weights are packed for the engine in force when
-# it is converted or loaded, and that engine's kernels run it afterwards (qdq_bridge.pytorch.reference checks it).
+# The quantized CPU backends in order of preference. A model's weights are packed for the backend in force when
+# it is converted or loaded, and that backend's kernels run it afterwards (qdq_bridge.pytorch.reference checks it).
 # qnnpack first: x86/fbgemm's u8*s8 kernels sum pairs of products in int16 and saturate with full-range 8-bit
 # activations on CPUs without AVX-512 VNNI (why torch's own default qconfig reduces activations to 7 bits;
 # measured here, a depthwise conv of torchvision's mobilenet_v2 came out 82 quantization steps off, the
 # examples' model 10 % accurate); onednn's quantized ConvTranspose2d (as x86's) is up to 46 steps off float
 # emulation where qnnpack is exact, and on mobilenet_v2 its logits sit 16 output steps from the Q/DQ graph's
 # against qnnpack's 5 (torch 2.14).
-ENGINE_ORDER = ("qnnpack", "onednn", "x86", "fbgemm")
+BACKEND_ORDER = ("qnnpack", "onednn", "x86", "fbgemm")
 
 OBSERVER_NAMES = ("minmax", "histogram", "percentile")  # activation observers for PTQ (quantize.OBSERVERS)
 # PTQ presets: qdq_bridge's TensorRT-legal one, PyTorch's defaults (as users' eager models are made), or the
@@ -26,7 +26,7 @@ OBSERVER_NAMES = ("minmax", "histogram", "percentile")  # activation observers f
 QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack", "torchvision")
 
 ENGINE_MODES = ("auto", "off", "require")  # when to build the TensorRT engine
-TYPINGS = ("auto", "strong", "weak")  # how the engine's precisions are set (engine.BuildSettings.typing)
+TYPINGS = ("auto", "strong", "weak")  # how the engine's precisions are set (trt.engine.BuildSettings.typing)
 FLOAT_PRECISIONS = ("fp16", "fp32")  # float compute outside the Q/DQ pairs in engines
 OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels (8.6+)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .choices import (ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
+from .choices import (ENGINE_MODES, BACKEND_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
                       PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted, readable_file
@@ -52,10 +52,10 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _engines(text: str) -> tuple[str, ...]:
+def _backends(text: str) -> tuple[str, ...]:
     chosen = tuple(e for e in text.split(",") if e)
-    if not chosen or any(e not in ENGINE_ORDER for e in chosen):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a list of {', '.join(ENGINE_ORDER)}")
+    if not chosen or any(e not in BACKEND_ORDER for e in chosen):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of {', '.join(BACKEND_ORDER)}")
     return chosen
 
 
@@ -120,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--keep-float", type=lambda text: tuple(n for n in text.split(",") if n), default=(),
                       metavar="NAMES", help="with --calibrate: leave these submodules float, e.g. layer4,fc (names as "
                                             "model.named_modules() gives them); TensorRT runs them in fp16")
-    conv.add_argument("--torch-engines", type=_engines, default=ENGINE_ORDER, metavar="LIST",
-                      help="PyTorch quantized engines for the reference, by preference: the first packs and runs the "
+    conv.add_argument("--torch-backends", "--torch-engines", type=_backends, default=BACKEND_ORDER, metavar="LIST",
+                      help="PyTorch quantized backends for the reference, by preference (--torch-engines: the old "
+                           "spelling, deprecated): the first packs and runs the "
                            "model, the next cross-checks it and takes over where the first deviates from the "
-                           f"model's integer semantics (default: {','.join(ENGINE_ORDER)}; one name: no cross-check)")
+                           f"model's integer semantics (default: {','.join(BACKEND_ORDER)}; one name: no cross-check)")
     conv.add_argument("--dataset", metavar="DATA", help="labelled data for parity and accuracy: 'digits', an .npz "
                                                         "with arrays x, y, imagefolder:PATH, cifar10:ROOT or "
                                                         "mnist:ROOT (default: from the file's metadata)")
@@ -284,13 +285,17 @@ def _print_convert(console: Console, result) -> None:
     console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
                   f"reports: {result.report_md}, {result.report_json}")
     reference = result.report["pytorch_reference"]
-    console.print(f"PyTorch reference: {reference['engine']} engine", highlight=False)
+    console.print(f"PyTorch reference: {reference['backend']} backend", highlight=False)
     console.print("[green]PASS[/green]" if result.ok else "[red]FAIL[/red]: " + "; ".join(result.report["failed"]),
                   highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if any(arg.partition("=")[0] == "--torch-engines" for arg in argv):  # the spelling of 0.2, kept for one release
+        print("warning: --torch-engines is now --torch-backends (PyTorch's quantized backends are not TensorRT "
+              "engines); the old spelling goes in the next release", file=sys.stderr)
     console = Console(width=None if sys.stdout.isatty() else 132)
     # SIGTERM unwinds like Ctrl-C: worker processes end, the run's scratch files go (pipeline._output_folder)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -315,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, qconfig=args.qconfig, requantize_activations=args.requantize_activations,
-            keep_float=args.keep_float, torch_engines=args.torch_engines,
+            keep_float=args.keep_float, torch_backends=args.torch_backends,
             dataset=args.dataset, random_inputs=args.random_inputs,
             preprocess=Preprocessing(args.preprocess, args.resize, args.center_crop, args.mean, args.std, args.color),
             limit=args.limit, calibration_samples=args.calibration_samples, seed=args.seed, workers=args.workers,

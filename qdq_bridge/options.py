@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .choices import (DEFAULT_OPSET, ENGINE_MODES, ENGINE_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
+from .choices import (DEFAULT_OPSET, ENGINE_MODES, BACKEND_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
                       OPTIMIZATION_LEVELS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError
@@ -28,7 +28,7 @@ class ConvertOptions:
     # to symmetric int8 over the same range, instead of refusing them (qdq_bridge.graph.activations)
     requantize_activations: bool = False
     keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
-    torch_engines: tuple[str, ...] = ENGINE_ORDER  # PyTorch reference engines, by preference (choices.ENGINE_ORDER)
+    torch_backends: tuple[str, ...] = BACKEND_ORDER  # PyTorch reference backends, by preference (choices.BACKEND_ORDER)
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     # how image datasets become inputs; unset fields come from the model file's metadata (parity data only)
     preprocess: Preprocessing = field(default_factory=Preprocessing)

@@ -33,7 +33,7 @@ from .graph.runtime import onnxruntime_runner
 from .options import ConvertOptions
 from .outputs import logits_output
 from .pytorch.load import TORCHVISION_INPUT, load_model, torchvision_arch
-from .pytorch.quantize import using_engine
+from .pytorch.quantize import using_backend
 from .pytorch.reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .pytorch.runner import torch_runner
 from .report import write_reports
@@ -186,7 +186,7 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
                    tensorrt: TensorRTStageResult, options: ConvertOptions, logits: str) -> list[StreamedParity]:
     """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
     TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
-    backends = {"pytorch": torch_runner(reference.module, reference.engine), "onnxruntime": onnxruntime_runner(model)}
+    backends = {"pytorch": torch_runner(reference.module, reference.backend), "onnxruntime": onnxruntime_runner(model)}
     runs, broken = [], set()
     with contextlib.ExitStack() as sessions:
         runners = {backend: _engine_runner(sessions, worker, scratch / name, options.batch_size)
@@ -230,7 +230,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
             calibration = calibration.fit(options.input_shape or (TORCHVISION_INPUT if torchvision_arch(options.arch)
                                                                   else None))
         loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
-                            calibration=calibration, observer=options.observer, engines=options.torch_engines,
+                            calibration=calibration, observer=options.observer, backends=options.torch_backends,
                             keep_float=options.keep_float, qconfig=options.qconfig)
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
@@ -241,12 +241,12 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         default = TORCHVISION_INPUT if torchvision_arch(options.arch) and loaded.input_shape is None else None
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data or default)
     with timer("reference"):  # shape errors and engine limits surface here, before any export
-        reference = runnable_reference(loaded.module, loaded.engine, input_shape, options.torch_engines)
-        outputs = torch_runner(reference.module, reference.engine)(np.zeros((1, *input_shape[1:]), np.float32))
+        reference = runnable_reference(loaded.module, loaded.backend, input_shape, options.torch_backends)
+        outputs = torch_runner(reference.module, reference.backend)(np.zeros((1, *input_shape[1:]), np.float32))
         logits = logits_output({name: value.shape for name, value in outputs.items()}, options.logits)
     _check_memory(input_shape, options)
     checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
-    with timer("export"), using_engine(reference.engine):  # torch.onnx runs the model
+    with timer("export"), using_backend(reference.backend):  # torch.onnx runs the model
         exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     _check_output_names(exported, outputs)
     with timer("activations"):  # what int8 holds of PyTorch's affine activations, measured on the parity data
@@ -270,7 +270,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         sample = check_sample(heads, input_shape)
         cross_check(reference, sample,
                     lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False, logits=logits),
-                    output_step(exported, logits), options.torch_engines, logits)
+                    output_step(exported, logits), options.torch_backends, logits)
     if options.random_inputs:
         checks.append(datasets.random_inputs(input_shape, options.random_inputs))
         heads.append(checks[-1])

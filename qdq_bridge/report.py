@@ -85,11 +85,11 @@ def _dataset_line(entry: dict) -> str:
 
 
 def _reference_line(reference: dict) -> str:
-    line = f"- PyTorch reference: {reference['engine']} engine (weights packed by {reference['packed_by']})"
-    engines = reference.get("cross_check", {}).get("engines", {})
-    if engines:
+    line = f"- PyTorch reference: {reference['backend']} backend (weights packed by {reference['packed_by']})"
+    backends = reference.get("cross_check", {}).get("backends", {})
+    if backends:
         line += "; from the Q/DQ graph's float emulation: " + ", ".join(
-            f"{engine} {d['mean_steps']:.2f} steps mean, {d['max_steps']:.0f} max" for engine, d in engines.items())
+            f"{backend} {d['mean_steps']:.2f} steps mean, {d['max_steps']:.0f} max" for backend, d in backends.items())
     return line
 
 

@@ -413,3 +413,11 @@ def test_library_options_out_of_their_choices_are_refused_on_construction(option
     with pytest.raises(BridgeError) as refused:
         ConvertOptions(**options)
     assert str(refused.value).startswith(message)
+
+
+def test_the_old_spelling_of_torch_backends_still_works_and_warns(example_dir, tmp_path):
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--torch-engines", "qnnpack", "--engine", "off",
+                     "--random-inputs", "32", "-o", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert "warning: --torch-engines is now --torch-backends" in result.stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["pytorch_reference"]["backend"] == "qnnpack"

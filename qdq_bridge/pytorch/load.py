@@ -35,7 +35,7 @@ class LoadedModel:
 
     module: nn.Module
     kind: str  # torchscript | pickled-module | state_dict; with "+qat-convert" / "+ptq" when qdq_bridge converted it
-    engine: str  # the quantized engine its weights are packed for (quantize.packing_engine)
+    backend: str  # the quantized backend its weights are packed for (quantize.packing_backend)
     input_shape: tuple[int, ...] | None = None
     dataset: str | None = None
     preprocess: dict | None = None  # how images become its inputs (images.Preprocessing fields)
@@ -58,22 +58,22 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def _load_torchscript(path: Path, engine: str) -> LoadedModel:
+def _load_torchscript(path: Path, backend: str) -> LoadedModel:
     extra = {METADATA_FILE: ""}
     try:
-        with quantize.using_engine(engine), quantize.quiet_torch_warnings():
+        with quantize.using_backend(backend), quantize.quiet_torch_warnings():
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         meta = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
     except Exception as exc:  # a damaged archive fails in the zip reader, the unpickler or the TorchScript compiler
         raise BridgeError(f"'{path}' is a corrupt TorchScript archive ({_reason(exc)})",
                           "re-save it with torch.jit.save") from None
     shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
-    return LoadedModel(module.eval(), "torchscript", engine, shape, meta.get("dataset"), meta.get("preprocess"))
+    return LoadedModel(module.eval(), "torchscript", backend, shape, meta.get("dataset"), meta.get("preprocess"))
 
 
-def _torch_load(path: Path, trust_pickle: bool, engine: str):
+def _torch_load(path: Path, trust_pickle: bool, backend: str):
     try:
-        with quantize.using_engine(engine), quantize.quiet_torch_warnings():
+        with quantize.using_backend(backend), quantize.quiet_torch_warnings():
             return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         # the safe unpickler names the class it refused ("Unsupported global"); garbage fails on an opcode
@@ -182,30 +182,30 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
                calibration: Dataset | ImageSource | None = None, observer: str = "histogram",
-               calibration_batch: int = 32, engines: tuple[str, ...] | None = None,
+               calibration_batch: int = 32, backends: tuple[str, ...] | None = None,
                keep_float: tuple[str, ...] = (), qconfig: str = "tensorrt") -> LoadedModel:
     """Load any supported model file and return it quantized (converting QAT and quantizing float models, with
-    the submodules named in `keep_float` left float), its weights packed for the engine chosen, before anything
-    was read, from `engines` (an order of preference, default quantize.ENGINE_ORDER): `LoadedModel.engine`."""
+    the submodules named in `keep_float` left float), its weights packed for the backend chosen, before anything
+    was read, from `backends` (an order of preference, default quantize.BACKEND_ORDER): `LoadedModel.backend`."""
     path = readable_file(path, "model file")
     if path.stat().st_size == 0:
         raise BridgeError(f"'{path}' is empty (0 bytes)", LOADABLE)
     try:  # both read the zip directory and pickles as bytes, nothing is unpickled
-        engine = quantize.packing_engine(quantize.file_has_3d_conv(path), engines)
+        backend = quantize.packing_backend(quantize.file_has_3d_conv(path), backends)
         torchscript = _is_torchscript(path)
     except Exception as exc:  # zipfile raises BadZipFile, zlib.error, NotImplementedError... on damaged archives
         raise BridgeError(f"'{path}' is a damaged zip archive ({first_line(exc)})",
                           "save the model again (torch.jit.save or torch.save)") from None
     if torchscript:
-        loaded = _load_torchscript(path, engine)
+        loaded = _load_torchscript(path, backend)
     else:
-        obj = _torch_load(path, trust_pickle, engine)
+        obj = _torch_load(path, trust_pickle, backend)
         if isinstance(obj, nn.Module):
             _restore_module_internals(obj)
-            loaded = LoadedModel(obj, "pickled-module", engine)
+            loaded = LoadedModel(obj, "pickled-module", backend)
         elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj) and \
                 any(isinstance(v, torch.Tensor) for v in obj.values()):
-            loaded = _from_state_dict(obj, arch, engines)
+            loaded = _from_state_dict(obj, arch, backends)
         elif isinstance(obj, dict):
             kinds = ", ".join(sorted({type(v).__name__ for v in obj.values()})) or "nothing"
             raise BridgeError(f"'{path}' holds a dict of {kinds}, not a state_dict (which maps names to tensors)",
@@ -220,21 +220,21 @@ def torchvision_arch(arch: str | None) -> bool:
     return bool(arch) and arch.startswith("torchvision:")
 
 
-def _from_state_dict(state: dict, arch: str | None, engines: tuple[str, ...] | None) -> LoadedModel:
+def _from_state_dict(state: dict, arch: str | None, backends: tuple[str, ...] | None) -> LoadedModel:
     if arch is None:
         raise BridgeError("the file is a state_dict, which holds weights but no architecture",
                           "pass --arch torchvision:resnet18 or --arch package.module:factory")
     model = resolve_arch(arch, state)()
-    engine = quantize.engine_for(model, engines)
+    backend = quantize.backend_for(model, backends)
     kind = state_dict_kind(state)
     if kind == "quantized":  # build the quantized module structure; scales and weights come from the state
         quantize.prepare_ptq(model, observer="minmax")
-        quantize.convert(model, engine)
+        quantize.convert(model, backend)
     elif kind == "qat":
         quantize.prepare_qat(model)
-    with quantize.using_engine(engine):  # loading quantized weights packs them
+    with quantize.using_backend(backend):  # loading quantized weights packs them
         _load_state_dict(model, state, arch)
-    loaded = LoadedModel(model.eval(), "state_dict", engine)
+    loaded = LoadedModel(model.eval(), "state_dict", backend)
     if kind == "qat":
         schemes = quantize.adopt_stored_activation_schemes(model)
         loaded.notes.append("QAT activation schemes read from the state_dict's scales and observed ranges: "
@@ -283,7 +283,7 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource
     _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
-        quantize.convert(loaded.module, loaded.engine)
+        quantize.convert(loaded.module, loaded.backend)
         loaded.kind += "+qat-convert"
         loaded.notes.append("QAT fake-quant modules converted to quantized modules by qdq_bridge")
     elif kind == "float":
@@ -293,7 +293,7 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource
                               "first")
         n_batches = -(-len(calibration) // batch)
         quantize.quantize_ptq(loaded.module, (x for x, _ in calibration.labelled_batches(batch)), observer,
-                              total=n_batches, engine=loaded.engine, keep_float=keep_float, qconfig=qconfig)
+                              total=n_batches, backend=loaded.backend, keep_float=keep_float, qconfig=qconfig)
         loaded.kind += "+ptq"
         how = f"{observer} observer" if qconfig == "tensorrt" else f"PyTorch's default {qconfig} qconfig"
         loaded.notes.append(f"quantized by qdq_bridge: PTQ, {how}, {len(calibration)} calibration "

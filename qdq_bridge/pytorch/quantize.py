@@ -22,7 +22,7 @@ from torch.ao.quantization import (FakeQuantize, HistogramObserver, MinMaxObserv
                                    PerChannelMinMaxObserver, QConfig)
 from tqdm import tqdm
 
-from ..choices import ENGINE_ORDER, OBSERVER_NAMES, QCONFIGS
+from ..choices import BACKEND_ORDER, OBSERVER_NAMES, QCONFIGS
 from ..errors import BridgeError
 
 # quint8 symmetric activations: torch picks zero-point 128 over the full 0..255 range (= int8 -128..127).
@@ -33,36 +33,36 @@ WEIGHT = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=
 THREE_D_CONV = re.compile(rb"Conv(?:Transpose|ReLU|Bn|BnReLU)?3d")
 
 
-def available_engines(order: tuple[str, ...] | None = None) -> list[str]:
-    """The engines of `order` (default ENGINE_ORDER) this PyTorch build has, in that order."""
+def available_backends(order: tuple[str, ...] | None = None) -> list[str]:
+    """The backends of `order` (default BACKEND_ORDER) this PyTorch build has, in that order."""
     supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
-    engines = [engine for engine in order or ENGINE_ORDER if engine in supported]
-    if not engines:
-        raise BridgeError(f"none of the quantized engines {', '.join(order)} is in this PyTorch build",
+    backends = [backend for backend in order or BACKEND_ORDER if backend in supported]
+    if not backends:
+        raise BridgeError(f"none of the quantized backends {', '.join(order)} is in this PyTorch build",
                           f"choose from {', '.join(supported)}")
-    return engines
+    return backends
 
 
 @contextlib.contextmanager
-def using_engine(engine: str):
-    """Set PyTorch's quantized engine for the duration only: what the user's process set stays set."""
+def using_backend(backend: str):
+    """Set PyTorch's quantized backend for the duration only: what the user's process set stays set."""
     saved = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
+    torch.backends.quantized.engine = backend
     try:
         yield
     finally:
         torch.backends.quantized.engine = saved
 
 
-def packing_engine(has_3d_conv: bool, order: tuple[str, ...] | None = None) -> str:
-    """The engine to pack a model's weights with: the first available of `order`, onednn for 3-d convolutions."""
-    engines = available_engines(order)
-    return "onednn" if has_3d_conv and "onednn" in engines else engines[0]
+def packing_backend(has_3d_conv: bool, order: tuple[str, ...] | None = None) -> str:
+    """The backend to pack a model's weights with: the first available of `order`, onednn for 3-d convolutions."""
+    backends = available_backends(order)
+    return "onednn" if has_3d_conv and "onednn" in backends else backends[0]
 
 
 def file_has_3d_conv(path: Path) -> bool:
     """Whether a model file names a 3-d convolution class, read from its pickles and TorchScript code without
-    unpickling anything (so the engine is chosen before any weight is packed)."""
+    unpickling anything (so the backend is chosen before any weight is packed)."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             return any(THREE_D_CONV.search(archive.read(name)) for name in archive.namelist()
@@ -70,9 +70,9 @@ def file_has_3d_conv(path: Path) -> bool:
     return bool(THREE_D_CONV.search(path.read_bytes()))  # a legacy (non-zip) torch.save file is one pickle
 
 
-def engine_for(model: nn.Module, order: tuple[str, ...] | None = None) -> str:
-    """The packing engine for an eager model (float, observed or quantized)."""
-    return packing_engine(any(THREE_D_CONV.search(type(m).__name__.encode()) for m in model.modules()), order)
+def backend_for(model: nn.Module, order: tuple[str, ...] | None = None) -> str:
+    """The packing backend for an eager model (float, observed or quantized)."""
+    return packing_backend(any(THREE_D_CONV.search(type(m).__name__.encode()) for m in model.modules()), order)
 
 
 class PercentileObserver(HistogramObserver):
@@ -289,12 +289,12 @@ def keep_float_modules(model: nn.Module, names: Iterable[str]) -> None:
             torch.ao.quantization.DeQuantStub(), module, torch.ao.quantization.QuantStub()))
 
 
-def convert(model: nn.Module, engine: str | None = None) -> nn.Module:
+def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
     """Convert an observed (PTQ) or fake-quantized (QAT) model to a quantized model, in place, its weights packed
-    for `engine` (default `engine_for(model)`): run it with that engine (`using_engine`), as qdq_bridge's
+    for `backend` (default `backend_for(model)`): run it with that backend (`using_backend`), as qdq_bridge's
     reference does."""
     model.eval()
-    with using_engine(engine or engine_for(model)), quiet_torch_warnings():
+    with using_backend(backend or backend_for(model)), quiet_torch_warnings():
         torch.ao.quantization.convert(model, inplace=True)
     return model
 
@@ -311,7 +311,7 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
 
 
 def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str = "histogram",
-                 total: int | None = None, engine: str | None = None, keep_float: Iterable[str] = (),
+                 total: int | None = None, backend: str | None = None, keep_float: Iterable[str] = (),
                  qconfig: str = "tensorrt") -> nn.Module:
     """Post-training quantization of a float eager-mode model with a `QCONFIGS` preset (default: the
     TensorRT-legal scheme); the submodules named in `keep_float` stay float."""
@@ -321,4 +321,4 @@ def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str 
                           "quantizable model (torchvision.models.quantization)")
     prepare_ptq(model, observer, keep_float, qconfig)
     calibrate(model, batches, total)
-    return convert(model, engine)
+    return convert(model, backend)

@@ -64,9 +64,9 @@ def test_exports_qint8_activations_without_running_them(example_dir):
     qint8 = quantize_with(model, symmetric_qconfig(torch.qint8), [digits_split()[0].x[:256]])
     direct = export_structural(qint8, SHAPE)
     assert lint_model(run_passes(direct)[0]) == []
-    # a copy packed for the engine that runs it, as qdq_bridge's reference does: copy.deepcopy alone packs for
-    # the process's engine (x86), whose kernels saturate on full-range activations without VNNI (10 % here)
-    rewritten = repack(qint8, quantize.engine_for(qint8))
+    # a copy packed for the backend that runs it, as qdq_bridge's reference does: copy.deepcopy alone packs for
+    # the process's backend (x86), whose kernels saturate on full-range activations without VNNI (10 % here)
+    rewritten = repack(qint8, quantize.backend_for(qint8))
     quantize.qint8_to_quint8_activations(rewritten)  # the same values in quint8, which PyTorch runs
     test = digits_split()[1]
     np.testing.assert_array_equal(ort(direct, test), ort(export_structural(rewritten, SHAPE), test))
@@ -126,9 +126,9 @@ def test_the_rest_of_the_quantized_module_set(name):
     outputs = run_onnxruntime(fx_graph, data, 32)
     np.testing.assert_array_equal(run_onnxruntime(scripted, data, 32), outputs)
     output_step = float(next(m for n, m in quantize.activation_quantizers(model) if n == "fc2" or n == "conv1").scale)
-    # PyTorch as the yardstick where its kernels are exact: onednn, the only engine with 3-d convolutions, saturates
+    # PyTorch as the yardstick where its kernels are exact: onednn, the only backend with 3-d convolutions, saturates
     # full-range activations on CPUs without VNNI (26 steps off on this project's AMD EPYC; probe_exactness)
-    if probe_exactness(quantize.engine_for(model)) <= 1:
+    if probe_exactness(quantize.backend_for(model)) <= 1:
         assert np.abs(outputs - run_torch(model, data, 32)).max() <= output_step + 1e-6
     try:
         torch_graph, _ = run_passes(export_onnx(model, shape, exporter="torch"))

@@ -31,12 +31,12 @@ def symmetric_qconfig(activation_dtype: torch.dtype) -> torch.ao.quantization.QC
 
 def quantize_with(model: torch.nn.Module, qconfig, batches) -> torch.nn.Module:
     """Eager-mode PTQ with any qconfig, as a user's own script does it (fuse, prepare, calibrate, convert), the
-    weights packed for the engine qdq_bridge's reference runs (set for the duration only: the test process's
-    engine stays PyTorch's default, as in a user's process)."""
+    weights packed for the backend qdq_bridge's reference runs (set for the duration only: the test process's
+    backend stays PyTorch's default, as in a user's process)."""
     model.eval()
     model.fuse_model()
     model.qconfig = qconfig
-    with quantize.using_engine(quantize.engine_for(model)), quantize.quiet_torch_warnings(), torch.no_grad():
+    with quantize.using_backend(quantize.backend_for(model)), quantize.quiet_torch_warnings(), torch.no_grad():
         torch.ao.quantization.prepare(model, inplace=True)
         for batch in batches:
             model(torch.as_tensor(batch))

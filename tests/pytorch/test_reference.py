@@ -1,9 +1,9 @@
-"""The PyTorch reference: exact integer semantics, the engine chosen before anything is packed, the cross-check
-that replaces a deviating engine, and the fallback past qnnpack's Add limits.
+"""The PyTorch reference: exact integer semantics, the backend chosen before anything is packed, the cross-check
+that replaces a deviating backend, and the fallback past qnnpack's Add limits.
 
 PyTorch's fbgemm kernels saturate (int16 pair sums of u8 x s8 products) on CPUs without AVX-512 VNNI. FBGEMM
 reads FBGEMM_ENABLE_INSTRUCTIONS=AVX2 and then runs its AVX2 kernels on any x86 CPU, so the tests that need a
-deviating engine set it for a subprocess of their own: what CI's CPU has does not decide what they see."""
+deviating backend set it for a subprocess of their own: what CI's CPU has does not decide what they see."""
 import json
 import os
 import subprocess
@@ -25,7 +25,7 @@ from helpers import ROOT, run_cli
 ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 SATURATING = {**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
 needs_fbgemm = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
-                                  reason="no fbgemm engine (not an x86 build of PyTorch)")
+                                  reason="no fbgemm backend (not an x86 build of PyTorch)")
 
 
 def test_exact_semantics_by_hand():
@@ -49,13 +49,13 @@ def _cpu_has_vnni() -> bool | None:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-@pytest.mark.skipif("qnnpack" not in torch.backends.quantized.supported_engines, reason="no qnnpack engine")
+@pytest.mark.skipif("qnnpack" not in torch.backends.quantized.supported_engines, reason="no qnnpack backend")
 def test_qnnpack_the_default_reference_is_exact_on_full_range_layers():
     assert probe_exactness("qnnpack") <= 1  # float32 requantization may round one step the other way
 
 
 @pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines or _cpu_has_vnni() is None,
-                    reason="no onednn engine, or no /proc/cpuinfo to read VNNI from")
+                    reason="no onednn backend, or no /proc/cpuinfo to read VNNI from")
 def test_onednn_is_exact_on_full_range_layers_exactly_where_the_cpu_has_vnni():
     """Without VNNI (AVX2 only: this project's 2-core AMD EPYC) onednn sums pairs of u8 x s8 products in int16 and
     saturates (26 steps off there), as fbgemm does; the probe is how the reference finds out."""
@@ -72,9 +72,9 @@ def test_probe_catches_saturating_kernels():
 
 
 @needs_fbgemm
-def test_the_process_engine_never_decides_the_reference(example_dir, tmp_path):
+def test_the_process_backend_never_decides_the_reference(example_dir, tmp_path):
     """A user's process that set fbgemm (saturating here) converts every file format with the reference packed
-    by qnnpack, and keeps its own engine setting afterwards."""
+    by qnnpack, and keeps its own backend setting afterwards."""
     script = textwrap.dedent(f"""
         import json, sys, torch
         from qdq_bridge import ConvertOptions, convert
@@ -98,16 +98,16 @@ def test_the_process_engine_never_decides_the_reference(example_dir, tmp_path):
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found.pop("engine_after") == "fbgemm"
     for case, result in found.items():
-        assert result["reference"]["engine"] == result["reference"]["packed_by"] == "qnnpack", case
+        assert result["reference"]["backend"] == result["reference"]["packed_by"] == "qnnpack", case
         row = result["row"]
         assert row["top1_agreement"] >= 0.995 and row["reference_accuracy"] >= 0.95, (case, row)
         assert row["reference_accuracy"] == row["candidate_accuracy"], case
 
 
-def convert_saturating(example_dir, tmp_path, engines: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """`convert` of the example with fbgemm's saturating AVX2 kernels and these --torch-engines: (run, report)."""
+def convert_saturating(example_dir, tmp_path, backends: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`convert` of the example with fbgemm's saturating AVX2 kernels and these --torch-backends: (run, report)."""
     done = subprocess.run([sys.executable, "-m", "qdq_bridge", "convert", str(example_dir / "resnet_q.pt"),
-                           "--torch-engines", engines, "--engine", "off", "-o", str(tmp_path / "o")],
+                           "--torch-backends", backends, "--engine", "off", "-o", str(tmp_path / "o")],
                           env=SATURATING, capture_output=True, text=True, cwd=ROOT)
     report_path = tmp_path / "o" / "report.json"
     assert report_path.exists(), done.stdout + done.stderr
@@ -115,23 +115,23 @@ def convert_saturating(example_dir, tmp_path, engines: str) -> tuple[subprocess.
 
 
 @needs_fbgemm
-def test_a_deviating_engine_is_named_and_replaced(example_dir, tmp_path):
+def test_a_deviating_backend_is_named_and_replaced(example_dir, tmp_path):
     done, report = convert_saturating(example_dir, tmp_path, "fbgemm,qnnpack")
     assert done.returncode == 0, done.stdout + done.stderr
     reference = report["pytorch_reference"]
-    assert (reference["packed_by"], reference["engine"], reference["deviating_engine"]) == \
+    assert (reference["packed_by"], reference["backend"], reference["deviating_backend"]) == \
         ("fbgemm", "qnnpack", "fbgemm")
-    engines = reference["cross_check"]["engines"]
-    assert engines["fbgemm"]["mean_steps"] > 10 and engines["qnnpack"]["mean_steps"] < 0.5
+    backends = reference["cross_check"]["backends"]
+    assert backends["fbgemm"]["mean_steps"] > 10 and backends["qnnpack"]["mean_steps"] < 0.5
     assert reference["cross_check"]["exactness_probe_steps"]["fbgemm"] >= 10
-    assert any(n.startswith("PyTorch's fbgemm engine deviates from the model's exact integer semantics")
+    assert any(n.startswith("PyTorch's fbgemm backend deviates from the model's exact integer semantics")
                and n.endswith("the reference runs on qnnpack") for n in report["notes"])
     digits = report["parity"][0]
     assert digits["top1_agreement"] == 1.0 and digits["reference_accuracy"] == digits["candidate_accuracy"]
 
 
 @needs_fbgemm
-def test_an_unchecked_deviating_engine_fails_naming_the_criteria(example_dir, tmp_path):
+def test_an_unchecked_deviating_backend_fails_naming_the_criteria(example_dir, tmp_path):
     done, report = convert_saturating(example_dir, tmp_path, "fbgemm")
     assert done.returncode == 1, done.stdout + done.stderr
     assert not report["ok"] and len(report["failed"]) == 1
@@ -162,20 +162,20 @@ class AddNet(nn.Module):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no onednn engine")
-def test_qnnpack_add_limit_falls_back_to_the_next_engine(tmp_path):
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no onednn backend")
+def test_qnnpack_add_limit_falls_back_to_the_next_backend(tmp_path):
     model = quantize.prepare_ptq(AddNet().eval(), "minmax")
     model(torch.randn(16, 2, 4, 4) * 100)
     quantize.convert(model, "qnnpack")
     model.add.scale = float(model.quant.scale) / 300  # qnnpack refuses input/output scale ratios >= 256
     reference = runnable_reference(model, "qnnpack", (1, 2, 4, 4))
-    assert (reference.engine, reference.packed_by) == ("onednn", "qnnpack")
-    assert reference.notes == ["PyTorch's qnnpack engine cannot run this model (failed to create QNNPACK Add "
+    assert (reference.backend, reference.packed_by) == ("onednn", "qnnpack")
+    assert reference.notes == ["PyTorch's qnnpack backend cannot run this model (failed to create QNNPACK Add "
                                "operator): the reference runs on onednn, the weights repacked for it"]
     path = tmp_path / "addnet.pt"
     save_torchscript(model, path, (1, 2, 4, 4))
     result = run_cli("convert", str(path), "--engine", "off", "-o", str(tmp_path / "o"))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert report["pytorch_reference"]["engine"] == "onednn"
+    assert report["pytorch_reference"]["backend"] == "onednn"
     assert report["parity"][0]["top1_agreement"] == 1.0
