@@ -36,7 +36,7 @@ from .pytorch.load import TORCHVISION_INPUT, load_model, torchvision_arch
 from .pytorch.quantize import using_backend
 from .pytorch.reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
 from .pytorch.runner import torch_runner
-from .report import write_reports
+from .report import DatasetEntry, ParityRow, Report, Thresholds, write_reports
 from .trt.divergence import locate_divergence
 from .trt.engine import TensorRTSession, TensorRTWorker
 from .trt.stage import TensorRTStageResult, tensorrt_stage
@@ -55,7 +55,7 @@ class ConvertResult:
     onnx_path: Path
     report_json: Path
     report_md: Path
-    report: dict
+    report: Report
     lint: list[Violation]
     parity: list[Comparison]
 
@@ -213,10 +213,10 @@ def _engine_runner(sessions: contextlib.ExitStack, worker: TensorRTWorker, engin
     return run
 
 
-def _dataset_entry(data, run: StreamedParity) -> dict:
+def _dataset_entry(data, run: StreamedParity) -> DatasetEntry:
     """What the report says of a dataset: its size, preprocessing, and images/s of each backend."""
-    entry = {"name": data.name, "samples": run.samples, "classes": data.classes,
-             "images_per_second": {k: round(v, 1) for k, v in run.images_per_second().items()}}
+    entry = DatasetEntry(name=data.name, samples=run.samples, classes=data.classes,
+                         images_per_second={k: round(v, 1) for k, v in run.images_per_second().items()})
     if data.decode_seconds is not None:  # an image dataset
         entry["preprocessing"] = data.resolved()
     return entry
@@ -305,27 +305,25 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         except BridgeError as exc:
             notes.append(f"the divergence locator failed: {exc.problem}")
     worker.close()  # its process, if a call started one; on an error garbage collection ends it
-    report = {
-        "model": model_path.name, "source": str(model_path), "kind": loaded.kind, "notes": notes,
-        "input_shape": list(input_shape), "opset": options.opset, "exporter": exported_by(exported),
-        "onnx": onnx_name,
-        "ok": not failed, "failed": failed,
-        "pytorch_reference": reference.as_dict(),
-        "outputs": {name: list(value.shape[1:]) for name, value in outputs.items()}, "logits": logits,
-        "thresholds": {"min_agreement": options.min_agreement,
-                       "max_accuracy_gap_points": options.max_accuracy_gap_points,
-                       "significance": options.significance,
-                       "loss_interval_confidence": interval_confidence(options.significance)},
-        "parity": [c.as_dict(options.max_accuracy_gap_points, options.significance)
-                   | {"judged": any(c is j for j in judged)} for c in parity],
-        "datasets": [_dataset_entry(data, run) for data, run in zip(checks, streamed)],
-        "op_counts": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
-        "activations": activations_report(affine, scheme_counts(exported), bool(full_range)),
-        "placement": options.placement, "passes": applied, "passes_disabled": sorted(options.disabled_passes),
-        "lint": [vars(v) for v in violations],
-        "tensorrt": tensorrt,
-        "stage_seconds": timer.seconds, "versions": _versions(),
-    }
+    report = Report(
+        model=model_path.name, source=str(model_path), kind=loaded.kind, notes=notes,
+        input_shape=list(input_shape), opset=options.opset, exporter=exported_by(exported), onnx=onnx_name,
+        ok=not failed, failed=failed,
+        pytorch_reference=reference.as_dict(),
+        outputs={name: list(value.shape[1:]) for name, value in outputs.items()}, logits=logits,
+        thresholds=Thresholds(min_agreement=options.min_agreement,
+                              max_accuracy_gap_points=options.max_accuracy_gap_points,
+                              significance=options.significance,
+                              loss_interval_confidence=interval_confidence(options.significance)),
+        parity=[ParityRow(**c.as_dict(options.max_accuracy_gap_points, options.significance),
+                          judged=any(c is j for j in judged)) for c in parity],
+        datasets=[_dataset_entry(data, run) for data, run in zip(checks, streamed)],
+        op_counts=dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
+        activations=activations_report(affine, scheme_counts(exported), bool(full_range)),
+        placement=options.placement, passes=applied, passes_disabled=sorted(options.disabled_passes),
+        lint=[vars(v) for v in violations],
+        tensorrt=tensorrt,
+        stage_seconds=timer.seconds, versions=_versions())
     write_reports(report, scratch)
     final = {}
     for name in dict.fromkeys((onnx_name, "report.json", "report.md", *tensorrt.get("files", []))):

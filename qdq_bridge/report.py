@@ -3,17 +3,85 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
-if TYPE_CHECKING:  # the report reads plain JSON-able dicts; this names the shape of one of them
+if TYPE_CHECKING:  # the report is plain JSON-able dicts; these name the shapes of its parts made elsewhere
     from .trt.stage import TensorRTStageResult
+
+
+class Thresholds(TypedDict):
+    min_agreement: float
+    max_accuracy_gap_points: float
+    significance: float
+    loss_interval_confidence: float  # of the loss's confidence interval (verify.interval_confidence)
+
+
+class ParityRow(TypedDict, total=False):
+    """One reference/candidate pair on one dataset: verify.Comparison.as_dict, and whether the verdict judged it."""
+    dataset: str
+    reference: str  # "pytorch", "onnxruntime"
+    candidate: str  # "onnxruntime", "tensorrt", "tensorrt-fp16", "tensorrt-fp32"
+    samples: int
+    top1_agreement: float  # on the logits output, ties counted as verify.RunningComparison says
+    max_abs_diff: float  # of the logits output
+    mean_abs_diff: float
+    reference_accuracy: float | None  # None on unlabelled data
+    candidate_accuracy: float | None
+    logits: str
+    reference_ties: int
+    lost: int | None  # labelled samples the reference gets right and the candidate wrong
+    gained: int | None
+    outputs: dict[str, dict[str, float]]  # every output: max/mean abs diff
+    missing_outputs: list[str]
+    nonfinite: dict[str, int]
+    accuracy_gap_points: float | None
+    loss_test: dict | None  # p_value, gap_ci_points, confidence
+    accuracy_verdict: str  # labelled rows: why the accuracy passed or failed
+    judged: bool
+
+
+class DatasetEntry(TypedDict, total=False):
+    name: str
+    samples: int
+    classes: int | None
+    images_per_second: dict[str, float]  # per backend
+    preprocessing: dict  # image datasets: what was resolved (resize, crop, mean/std, color)
+
+
+class Report(TypedDict):
+    """report.json: everything a conversion found, in one JSON object (report.md renders it)."""
+    model: str  # the model file's name
+    source: str  # its path as given
+    kind: str  # torchscript, pickled module, state_dict, ...
+    notes: list[str]
+    input_shape: list[int]
+    opset: int
+    exporter: str
+    onnx: str  # the Q/DQ ONNX file, in the output folder
+    ok: bool  # the verdict
+    failed: list[str]  # why not, one line each
+    pytorch_reference: dict  # pytorch.reference.Reference.as_dict: backend, packed_by, cross_check, ...
+    outputs: dict[str, list[int]]  # every output's shape after the batch dimension
+    logits: str  # the output judged for top-1 and accuracy
+    thresholds: Thresholds
+    parity: list[ParityRow]
+    datasets: list[DatasetEntry]
+    op_counts: dict[str, int]  # of the final ONNX
+    activations: dict  # graph.activations.as_report: schemes as exported, requantized ones
+    placement: str  # faithful | fast
+    passes: list[str]  # applied, in order
+    passes_disabled: list[str]
+    lint: list[dict]  # graph.lint.Violation fields
+    tensorrt: TensorRTStageResult  # {} without an engine
+    stage_seconds: dict[str, float]
+    versions: dict[str, str]
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.2f}%"
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: Report) -> str:
     lines = [f"# qdq_bridge report: {report['model']}", "",
              f"- source: `{report['source']}` ({report['kind']})",
              f"- input shape: {report['input_shape']}, opset {report['opset']}",
@@ -128,7 +196,7 @@ def _tensorrt_section(trt: TensorRTStageResult) -> list[str]:
     return lines
 
 
-def parity_lines(report: dict) -> list[str]:
+def parity_lines(report: Report) -> list[str]:
     """One plain-text line per parity row (dataset, pair, agreement, accuracies, max |diff|), for logs."""
     lines = []
     for row in report["parity"]:
@@ -139,7 +207,7 @@ def parity_lines(report: dict) -> list[str]:
     return lines
 
 
-def write_reports(report: dict, folder: Path) -> tuple[Path, Path]:
+def write_reports(report: Report, folder: Path) -> tuple[Path, Path]:
     json_path, md_path = folder / "report.json", folder / "report.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(render_markdown(report))

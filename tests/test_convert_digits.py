@@ -11,6 +11,7 @@ from qdq_bridge.data.sources import digits_split
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.load import load_model
 from qdq_bridge.pytorch.models import DigitsResNet
+from qdq_bridge.report import DatasetEntry, ParityRow, Report, Thresholds
 from qdq_bridge.testing.parity import assert_parity
 
 from helpers import run_cli
@@ -20,6 +21,10 @@ ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 
 def check_report(out_dir, name: str) -> dict:
     report = json.loads((out_dir / "report.json").read_text())
+    # report.json has exactly the keys its types name
+    assert list(report) == list(Report.__annotations__) and set(report["thresholds"]) == Thresholds.__required_keys__
+    assert all(set(row) <= ParityRow.__optional_keys__ for row in report["parity"])
+    assert all(set(entry) <= DatasetEntry.__optional_keys__ for entry in report["datasets"])
     assert report["ok"] and report["lint"] == []
     digits = next(c for c in report["parity"] if c["dataset"] == "digits-test")
     assert digits["samples"] == 450
