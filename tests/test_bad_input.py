@@ -4,6 +4,8 @@ import os
 import re
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -421,3 +423,13 @@ def test_the_old_spelling_of_torch_backends_still_works_and_warns(example_dir, t
     assert result.returncode == 0, result.stderr
     assert "warning: --torch-engines is now --torch-backends" in result.stderr
     assert json.loads((tmp_path / "o" / "report.json").read_text())["pytorch_reference"]["backend"] == "qnnpack"
+
+
+def test_a_torch_without_eager_quantization_is_one_line_naming_the_way_out(example_dir, tmp_path):
+    """As on a future PyTorch that removed torch.ao.quantization: the import fails, the CLI says so in one line."""
+    program = ("import sys, torch; sys.modules['torch.ao.quantization'] = None; from qdq_bridge.cli import main; "
+               f"sys.exit(main(['convert', {str(example_dir / 'resnet_q.pt')!r}, '-o', {str(tmp_path / 'o')!r}]))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "has no eager-mode quantization" in result.stderr
+    assert "torch 2.11 to 2.15" in result.stderr and "PT2E" in result.stderr and not (tmp_path / "o").exists()
