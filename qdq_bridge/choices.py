@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 
 EXPORTERS = ("auto", "structural", "torch")
+# where Q/DQ sit: every PyTorch quantization point kept, or moved where TensorRT fuses residual Adds
+PLACEMENTS = ("faithful", "fast")
 DEFAULT_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13
 
 # The quantized CPU backends in order of preference. A model's weights are packed for the backend in force when

@@ -10,12 +10,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .choices import (ENGINE_MODES, BACKEND_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
-                      PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
+from .choices import (BACKEND_ORDER, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
+                      PLACEMENTS, PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted, readable_file
 from .graph.lint import error_violations, lint_file, to_json
-from .graph.passes import PASS_NAMES, PASSES, PLACEMENTS
+from .graph.passes import PASS_NAMES, PASSES
 from .options import ConvertOptions
 from .trt.engine import PYTHON_ENV, BuildSettings, TensorRTUnavailable, TensorRTWorker, build_engine
 

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .choices import (DEFAULT_OPSET, ENGINE_MODES, BACKEND_ORDER, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
-                      OPTIMIZATION_LEVELS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
+from .choices import (BACKEND_ORDER, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
+                      OPTIMIZATION_LEVELS, PLACEMENTS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError
-from .graph.passes import PLACEMENTS
 from .trt.engine import BuildSettings
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..choices import PLACEMENTS
 from ..errors import BridgeError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FIXED_RANGE_OPS = ("Sigmoid", "HardSigmoid")
-PLACEMENTS = ("faithful", "fast")
 # Ops whose outputs are a selection or rearrangement of their input values: a value on a quantization grid stays
 # on it, so requantizing their output at the input's scale changes nothing. Index 0 is their data input, except
 # Concat, whose inputs are all data.
