@@ -285,7 +285,8 @@ def _print_convert(console: Console, result) -> None:
     console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
                   f"reports: {result.report_md}, {result.report_json}")
     reference = result.report["pytorch_reference"]
-    console.print(f"PyTorch reference: {reference['backend']} backend", highlight=False)
+    console.print("PyTorch reference: the PT2E program" if result.report["kind"] == "pt2e" else
+                  f"PyTorch reference: {reference['backend']} backend", highlight=False)
     console.print("[green]PASS[/green]" if result.ok else "[red]FAIL[/red]: " + "; ".join(result.report["failed"]),
                   highlight=False)
 

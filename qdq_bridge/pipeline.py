@@ -23,7 +23,7 @@ import onnx
 from .data import sources as datasets
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, readable_file
-from .export.exporter import export_onnx, exported_by, resolve_input_shape
+from .export.exporter import INPUT_NAME, export_onnx, exported_by, resolve_input_shape, stamped
 from .graph.activations import affine_activations, refuse_full_range, requantize, scheme_counts
 from .graph.activations import as_report as activations_report
 from .graph.activations import notes as activation_notes
@@ -32,9 +32,11 @@ from .graph.passes import run_passes
 from .graph.runtime import onnxruntime_runner
 from .options import ConvertOptions
 from .outputs import logits_output
-from .pytorch.load import TORCHVISION_INPUT, load_model, torchvision_arch
-from .pytorch.quantize import using_backend
-from .pytorch.reference import CHECK_SAMPLES, check_sample, cross_check, output_step, runnable_reference
+from .pt2e.program import export_program, is_program, load_program, program_input_shape
+from .pytorch.load import TORCHVISION_INPUT, LoadedModel, load_model, torchvision_arch
+from .pytorch.quantize import available_backends, using_backend
+from .pytorch.reference import (CHECK_SAMPLES, Reference, check_sample, cross_check, output_step,
+                                runnable_reference)
 from .pytorch.runner import torch_runner
 from .report import DatasetEntry, ParityRow, Report, Thresholds, write_reports
 from .trt.divergence import locate_divergence
@@ -120,6 +122,11 @@ def _output_folder(output_dir: Path):
         shutil.rmtree(scratch, ignore_errors=True)
     finally:
         os.close(lock)  # and with it the lock
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    """The ONNX's own (default-domain) opset: --opset, or the dynamo exporter's for a PT2E program."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _versions() -> dict[str, str]:
@@ -222,6 +229,26 @@ def _dataset_entry(data, run: StreamedParity) -> DatasetEntry:
     return entry
 
 
+def _pt2e_program(model_path: Path, options: ConvertOptions):
+    """A quantized PT2E program; a float one (no quantize ops) is refused with the way to quantize it."""
+    if options.calibrate or options.arch:
+        raise BridgeError(f"'{model_path.name}' is a PT2E program: --calibrate and --arch are for eager models",
+                          "quantize a float program with qdq_bridge.pt2e.quantizer.TensorRTQuantizer (README, PT2E)")
+    program = load_program(model_path)
+    if not any("quantize_per_tensor" in str(n.target) for n in program.graph.nodes if n.op == "call_function"):
+        raise BridgeError(f"'{model_path.name}' is a PT2E program without quantize ops (a float program)",
+                          "quantize it with prepare_pt2e/convert_pt2e and qdq_bridge.pt2e.quantizer."
+                          "TensorRTQuantizer (README, PT2E), then torch.export.save it")
+    return program
+
+
+def _loaded_program(program, options: ConvertOptions) -> LoadedModel:
+    return LoadedModel(program.module(), "pt2e", available_backends(options.torch_backends)[0],
+                       program_input_shape(program), notes=[
+                           "the PyTorch reference is the PT2E program itself: its quantize/dequantize ops run in "
+                           "float, no quantized backend involved"])
+
+
 def _convert(model_path: Path, output_dir: Path, scratch: Path, options: ConvertOptions) -> ConvertResult:
     timer = _StageTimer()
     with timer("load"):
@@ -229,9 +256,11 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         if calibration is not None:  # a float model's shape is known from the options alone (no metadata)
             calibration = calibration.fit(options.input_shape or (TORCHVISION_INPUT if torchvision_arch(options.arch)
                                                                   else None))
-        loaded = load_model(model_path, arch=options.arch, trust_pickle=options.trust_pickle,
-                            calibration=calibration, observer=options.observer, backends=options.torch_backends,
-                            keep_float=options.keep_float, qconfig=options.qconfig)
+        program = _pt2e_program(model_path, options) if is_program(model_path) else None
+        loaded = _loaded_program(program, options) if program is not None else load_model(
+            model_path, arch=options.arch, trust_pickle=options.trust_pickle, calibration=calibration,
+            observer=options.observer, backends=options.torch_backends, keep_float=options.keep_float,
+            qconfig=options.qconfig)
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
         # shape precedence: --input-shape, the file's metadata, the labelled dataset, torchvision's 224x224 for
@@ -241,13 +270,16 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         default = TORCHVISION_INPUT if torchvision_arch(options.arch) and loaded.input_shape is None else None
         input_shape = resolve_input_shape(loaded, options.input_shape or from_data or default)
     with timer("reference"):  # shape errors and engine limits surface here, before any export
-        reference = runnable_reference(loaded.module, loaded.backend, input_shape, options.torch_backends)
+        reference = Reference(loaded.module, loaded.backend, "nothing: a PT2E program") if program is not None \
+            else runnable_reference(loaded.module, loaded.backend, input_shape, options.torch_backends)
         outputs = torch_runner(reference.module, reference.backend)(np.zeros((1, *input_shape[1:]), np.float32))
         logits = logits_output({name: value.shape for name, value in outputs.items()}, options.logits)
     _check_memory(input_shape, options)
     checks = [data.fit(input_shape) for data in checks]  # after the model's own shape check: that error comes first
     with timer("export"), using_backend(reference.backend):  # torch.onnx runs the model
-        exported = export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
+        exported = stamped(export_program(program, input_shape, INPUT_NAME, list(outputs)),
+                           "torch.onnx dynamo (PT2E program)") if program is not None else \
+            export_onnx(reference.module, input_shape, options.opset, options.dynamic_batch, options.exporter)
     _check_output_names(exported, outputs)
     with timer("activations"):  # what int8 holds of PyTorch's affine activations, measured on the parity data
         reach = (checks[0] if checks else datasets.random_inputs(input_shape, ACTIVATION_SAMPLES)).head(
@@ -268,9 +300,11 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         heads = [reach.head(CHECK_SAMPLES)] if checks else []  # checks: the one dataset, random inputs come later
         _check_labels(checks, outputs[logits])
         sample = check_sample(heads, input_shape)
-        cross_check(reference, sample,
-                    lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False, logits=logits),
-                    output_step(exported, logits), options.torch_backends, logits)
+        if program is None:  # a PT2E program runs in float, on no quantized backend: nothing to cross-check
+            cross_check(reference, sample,
+                        lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False,
+                                                  logits=logits),
+                        output_step(exported, logits), options.torch_backends, logits)
     if options.random_inputs:
         checks.append(datasets.random_inputs(input_shape, options.random_inputs))
         heads.append(checks[-1])
@@ -307,7 +341,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
     worker.close()  # its process, if a call started one; on an error garbage collection ends it
     report = Report(
         model=model_path.name, source=str(model_path), kind=loaded.kind, notes=notes,
-        input_shape=list(input_shape), opset=options.opset, exporter=exported_by(exported), onnx=onnx_name,
+        input_shape=list(input_shape), opset=_opset(exported), exporter=exported_by(exported), onnx=onnx_name,
         ok=not failed, failed=failed,
         pytorch_reference=reference.as_dict(),
         outputs={name: list(value.shape[1:]) for name, value in outputs.items()}, logits=logits,

@@ -91,7 +91,7 @@ def render_markdown(report: Report) -> str:
              f"{report['thresholds']['max_accuracy_gap_points']:g} points that an exact McNemar test finds at p < "
              f"{report['thresholds']['significance']:g} on the judged rows, no lint errors)"]
     lines += [f"  - failed: {reason}" for reason in report["failed"]]
-    lines += [_reference_line(report["pytorch_reference"])]
+    lines += [_reference_line(report["pytorch_reference"], report["kind"])]
     lines += [f"- note: {note}" for note in report["notes"]]
     lines += ["", "## Parity", "", TIES_RULE, "",
               "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
@@ -152,7 +152,9 @@ def _dataset_line(entry: dict) -> str:
     return line
 
 
-def _reference_line(reference: dict) -> str:
+def _reference_line(reference: dict, kind: str) -> str:
+    if kind == "pt2e":
+        return "- PyTorch reference: the PT2E program (its quantize/dequantize ops in float, no quantized backend)"
     line = f"- PyTorch reference: {reference['backend']} backend (weights packed by {reference['packed_by']})"
     backends = reference.get("cross_check", {}).get("backends", {})
     if backends:

@@ -88,15 +88,16 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], opset: int = DE
         try:
             model = export_structural(module, input_shape, opset, dynamic_batch, INPUT_NAME)
             frontend = "TorchScript graph" if isinstance(module, torch.jit.ScriptModule) else "torch.fx"
-            return _stamped(model, f"structural ({frontend})")
+            return stamped(model, f"structural ({frontend})")
         except BridgeError as exc:
             if exporter == "structural":
                 raise
             used = f"torch.onnx (the structural exporter could not: {exc.problem})"
-    return _stamped(_export_torch(module, input_shape, opset, dynamic_batch), used)
+    return stamped(_export_torch(module, input_shape, opset, dynamic_batch), used)
 
 
-def _stamped(model: onnx.ModelProto, exporter: str) -> onnx.ModelProto:
+def stamped(model: onnx.ModelProto, exporter: str) -> onnx.ModelProto:
+    """The model, saying which exporter made it (`exported_by`)."""
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, EXPORTER_KEY: exporter})
     return model
 

@@ -3,10 +3,11 @@ int8 activations, and quantization points where TensorRT's explicit quantization
 
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, convert_pt2e
     from qdq_bridge.pt2e.quantizer import TensorRTQuantizer
-    graph = torch.export.export(model.eval(), (example,), strict=True).module()
+    batch = ({0: torch.export.Dim("batch", min=1)},)   # a dynamic batch, from 1
+    graph = torch.export.export(model.eval(), (example,), dynamic_shapes=batch, strict=True).module()
     prepared = prepare_pt2e(graph, TensorRTQuantizer(placement="fast"))   # prepare_qat_pt2e(..., is_qat=True)
     for x in calibration_batches: prepared(x)
-    program = torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=batch), "model.pt2")
 
 Placements, as `--placement` says of eager models: "faithful" quantizes every convolution's and residual Add's
 output, as PyTorch's eager modules do (FloatFunctional.add requantizes); "fast" leaves a convolution's output that

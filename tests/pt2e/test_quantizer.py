@@ -10,36 +10,28 @@ import torchvision
 
 pytest.importorskip("torchao")
 pytest.importorskip("onnxscript")  # torch.onnx.export(..., dynamo=True)
-from torchao.quantization.pt2e import move_exported_model_to_eval  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
 
 from qdq_bridge.graph.lint import lint_model  # noqa: E402
 from qdq_bridge.graph.passes import run_passes  # noqa: E402
 from qdq_bridge.graph.runtime import onnxruntime_runner  # noqa: E402
-from qdq_bridge.pt2e.quantizer import TensorRTQuantizer  # noqa: E402
+
+from helpers.pt2e import quantize_pt2e  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SHAPE = (8, 3, 32, 32)
 
 
 def quantized_program(model: torch.nn.Module, placement: str, qat: bool = False) -> torch.export.ExportedProgram:
-    """As the quantizer's docstring says a user does it, with a dynamic batch."""
     torch.manual_seed(0)
-    example = torch.randn(SHAPE)
-    batch = {0: torch.export.Dim("batch", min=1, max=256)}
-    graph = torch.export.export(model.train(qat), (example,), dynamic_shapes=(batch,), strict=True).module()
-    prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, TensorRTQuantizer(placement, is_qat=qat))
-    if qat:  # a few steps of fake-quantized training
+
+    def train(prepared):  # a few steps of fake-quantized training
         optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-3)
         for _ in range(3):
             optimizer.zero_grad()
             prepared(torch.randn(SHAPE)).square().mean().backward()
             optimizer.step()
-        move_exported_model_to_eval(prepared)
-    with torch.no_grad():
-        for _ in range(4):
-            prepared(torch.randn(SHAPE))
-    return torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=(batch,), strict=True)
+    return quantize_pt2e(model, torch.randn(SHAPE), [torch.randn(SHAPE) for _ in range(4)], placement=placement,
+                         train=train if qat else None)
 
 
 def onnx_of(program: torch.export.ExportedProgram, tmp_path) -> onnx.ModelProto:
