@@ -12,6 +12,8 @@
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
 #   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/trt/test_gpu_tensorrt.py
+#   bash tools/gpu_session.sh pt2e SECONDS             benchmarks/pt2e_vs_eager.py: PT2E ResNet-50's engine beside the
+#                                                      eager one (needs .whl/ to hold torchao and onnxscript wheels)
 #   bash tools/gpu_session.sh reduce ROW SECONDS [ARGS] polygraphy debug reduce on a matrix row's engine ONNX whose
 #                                                      build failed (ROW: e.g. inception_v3-fast; REGEX, the phrase of
 #                                                      TensorRT's error; ARGS: options of qdq_bridge build)
@@ -45,6 +47,11 @@ convert)
 gputests)
   # line by line, so that a run cut short still shows what it finished
   timeout "$1" python3 -m pytest -q -rs -s tests/trt/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep --line-buffered -v Warning ;;
+pt2e)
+  timeout "$1" python3 benchmarks/pt2e_vs_eager.py --out benchmarks/out/pt2e_vs_eager --convert-args \
+    "--builder-optimization-level 1" 2>&1 | grep -v "Warning\|calibrating\|W1202"
+  cp benchmarks/out/pt2e_vs_eager/pt2e_vs_eager.json "$OUT/" 2>/dev/null
+  exit 0 ;;
 reduce)
   cd $out/$1
   shape=$(python3 -c "import json; r=json.load(open('report.json')); print(','.join(map(str, r['input_shape'])))")

@@ -19,11 +19,14 @@ int8 out). Operators outside these stay float: TensorRT runs them in FP16 or FP3
 from __future__ import annotations
 
 import operator
+from typing import Callable, Iterable
 
 import torch
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, HistogramObserver,
-                                       MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver)
+                                       MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver,
+                                       allow_exported_model_train_eval, move_exported_model_to_eval)
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, QuantizationSpec, Quantizer,
                                                  SharedQuantizationSpec)
 
@@ -130,3 +133,25 @@ def _annotate(node: Node, inputs: dict | None = None, output=None) -> None:
     if output is not None and annotation.output_qspec is None:
         annotation.output_qspec = output
     annotation._annotated = True
+
+
+BATCH = {0: torch.export.Dim("batch", min=1, max=4096)}  # dynamic from 1: the engine's profile starts there
+
+
+def quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor],
+                  placement: str = "fast", train: Callable[[torch.nn.Module], None] | None = None
+                  ) -> torch.export.ExportedProgram:
+    """The module docstring's lines: PTQ on `batches`, or QAT where `train` is given (it runs on the prepared
+    graph, which then calibrates on `batches` in eval mode); the converted program, batch dynamic, ready for
+    torch.export.save and `convert`."""
+    qat = train is not None
+    graph = torch.export.export(model.train(qat), (example,), dynamic_shapes=(BATCH,), strict=True).module()
+    prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, TensorRTQuantizer(placement, is_qat=qat))
+    if qat:
+        allow_exported_model_train_eval(prepared)  # training loops call model.train()
+        train(prepared)
+        move_exported_model_to_eval(prepared)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+    return torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=(BATCH,))

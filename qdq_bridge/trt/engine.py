@@ -311,8 +311,9 @@ def _tail(text: str | bytes | None, lines: int = 8) -> str:
     return " | ".join(kept) or "empty"
 
 
-# an ONNX Add node among the names TensorRT joins into a layer name: "/layer1/0/Add", "PWN(/stage1/Add_1, ...)"
-ONNX_ADD = re.compile(r"(?:^|[\s(,+/])Add(?:_\d+)?(?=$|[\s),+])")
+# an ONNX Add node among the names TensorRT joins into a layer name: "/layer1/0/Add", "PWN(/stage1/Add_1, ...)",
+# and as torch.onnx's dynamo exporter names them (PT2E programs): "node_add_95"
+ONNX_ADD = re.compile(r"(?:^|[\s(,+/])(?:Add|node_add)(?:_\d+)?(?=$|[\s),+])")
 
 
 def summarize_layers(report: dict) -> dict:

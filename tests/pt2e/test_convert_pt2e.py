@@ -10,10 +10,10 @@ import torch
 pytest.importorskip("torchao")
 pytest.importorskip("onnxscript")
 
+from qdq_bridge.pt2e.quantizer import BATCH, quantize_pt2e  # noqa: E402
 from qdq_bridge.testing import zoo  # noqa: E402
 
 from helpers import run_cli  # noqa: E402
-from helpers.pt2e import BATCH, quantize_pt2e  # noqa: E402
 
 SHAPE = (1, 3, 64, 64)
 

@@ -14,8 +14,7 @@ pytest.importorskip("onnxscript")  # torch.onnx.export(..., dynamo=True)
 from qdq_bridge.graph.lint import lint_model  # noqa: E402
 from qdq_bridge.graph.passes import run_passes  # noqa: E402
 from qdq_bridge.graph.runtime import onnxruntime_runner  # noqa: E402
-
-from helpers.pt2e import quantize_pt2e  # noqa: E402
+from qdq_bridge.pt2e.quantizer import quantize_pt2e  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SHAPE = (8, 3, 32, 32)

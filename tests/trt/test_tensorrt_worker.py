@@ -414,6 +414,9 @@ def test_layer_summary_counts_precisions_and_fusions():
         {"Name": "/stage2/conv2/Conv + /stage2/Add_1 + /stage2/Relu", "LayerType": "CaskConvolution",
          "Inputs": [{"Format/Datatype": "Int8"}]},
         {"Name": "PWN(/head/Mul)", "LayerType": "PointWiseV2", "Inputs": []},
+        {"Name": "PWN(node_add_95, node_relu_12)", "LayerType": "PointWiseV2", "Inputs": []},  # dynamo's names
+        {"Name": "node_conv2d_3 + node_add_7 + node_relu_5", "LayerType": "CaskConvolution",
+         "Inputs": [{"Format/Datatype": "Int8"}]},
         {"Name": "/conv1/Conv + /conv1/Relu + /maxpool/MaxPool", "LayerType": "CaskConvActPool",
          "ConvWeights": {"Type": "Int8", "Count": 9408}, "Inputs": [{"Format/Datatype": "N/A due to dynamic shapes"}]},
         {"Name": "/fc/Gemm", "LayerType": "CaskConvolution", "Inputs": [],  # int8 in, float out
@@ -421,10 +424,12 @@ def test_layer_summary_counts_precisions_and_fusions():
         {"Name": "reformat", "LayerType": "Reformat", "Inputs": []},
     ], "Bindings": ["input", "logits"]}
     summary = summarize_layers(report)
-    assert summary["conv_gemm_layers"] == 6 and summary["conv_gemm_not_int8"] == ["fc"]
-    assert summary["pointwise_layers"] == ["PWN(/stage1/Add, /stage1/Relu)", "PWN(/head/Mul)"]
+    assert summary["conv_gemm_layers"] == 7 and summary["conv_gemm_not_int8"] == ["fc"]
+    assert summary["pointwise_layers"] == ["PWN(/stage1/Add, /stage1/Relu)", "PWN(/head/Mul)",
+                                           "PWN(node_add_95, node_relu_12)"]
     assert summary["reformat_layers"] == ["reformat"]
-    assert summary["standalone_add_layers"] == ["PWN(/stage1/Add, /stage1/Relu)"]  # the fused one is not
+    # the fused ones are not
+    assert summary["standalone_add_layers"] == ["PWN(/stage1/Add, /stage1/Relu)", "PWN(node_add_95, node_relu_12)"]
     assert summary["io_tensors"] == ["input", "logits"]
 
 
