@@ -5,7 +5,6 @@ onto int8 (no activation re-quantized) and PASSes on a labelled set."""
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 import torchvision.models.quantization as tvq
@@ -15,18 +14,14 @@ from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.load import load_model, save_torchscript, torchvision_kwargs
 from qdq_bridge.testing import zoo
 
-from helpers import quantize_with, run_cli
+from helpers import quantize_with, run_cli, task_files
 
 SHAPE = (1, 3, 64, 64)
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """The labelled test set (200 task images) as an .npz, and calibration batches from another seed."""
-    folder = tmp_path_factory.mktemp("task")
-    test = zoo.template_task(SHAPE, 200, seed=99)
-    np.savez(folder / "test.npz", x=test.x, y=test.y)
-    return folder / "test.npz", list(zoo.template_task(SHAPE, 64, seed=1).batches(16))
+    return task_files(tmp_path_factory.mktemp("task"), SHAPE)
 
 
 def convert_cli(tmp_path, model_file, dataset, *args) -> dict:

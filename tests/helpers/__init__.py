@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qdq_bridge.pytorch import quantize
+from qdq_bridge.testing import zoo
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -42,3 +44,11 @@ def quantize_with(model: torch.nn.Module, qconfig, batches) -> torch.nn.Module:
             model(torch.as_tensor(batch))
         torch.ao.quantization.convert(model, inplace=True)
     return model
+
+
+def task_files(folder: Path, shape: tuple[int, ...]) -> tuple[Path, list[np.ndarray]]:
+    """The labelled test set (200 template-task images) as `folder`/test.npz, and calibration batches (4 of 16)
+    from another seed."""
+    test = zoo.template_task(shape, 200, seed=99)
+    np.savez(folder / "test.npz", x=test.x, y=test.y)
+    return folder / "test.npz", list(zoo.template_task(shape, 64, seed=1).batches(16))

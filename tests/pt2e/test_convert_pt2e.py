@@ -3,7 +3,6 @@ qdq_bridge's TensorRT quantizer (PTQ and QAT), saved with torch.export.save, con
 programs it refuses, each in one line."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,18 +12,15 @@ pytest.importorskip("onnxscript")
 from qdq_bridge.pt2e.quantizer import BATCH, quantize_pt2e  # noqa: E402
 from qdq_bridge.testing import zoo  # noqa: E402
 
-from helpers import run_cli  # noqa: E402
+from helpers import run_cli, task_files  # noqa: E402
 
 SHAPE = (1, 3, 64, 64)
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """The labelled test set (200 task images) as an .npz, and calibration batches from another seed."""
-    folder = tmp_path_factory.mktemp("task")
-    test = zoo.template_task(SHAPE, 200, seed=99)
-    np.savez(folder / "test.npz", x=test.x, y=test.y)
-    return folder / "test.npz", [torch.from_numpy(b) for b in zoo.template_task(SHAPE, 64, seed=1).batches(16)]
+    dataset, calibration = task_files(tmp_path_factory.mktemp("task"), SHAPE)
+    return dataset, [torch.from_numpy(batch) for batch in calibration]
 
 
 def convert_pt2(tmp_path, program: torch.export.ExportedProgram, dataset, *args) -> dict:
