@@ -23,11 +23,13 @@ DYNAMO_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter writes
 
 
 def is_program(path: Path) -> bool:
-    """A torch.export.save archive: a zip with an `archive_format` entry."""
-    if not zipfile.is_zipfile(path):
+    """A torch.export.save archive: a zip with an `archive_format` entry. A damaged archive is not one here: the
+    model loader names the damage."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/archive_format") for name in archive.namelist())
+    except Exception:  # zipfile raises BadZipFile, NotImplementedError, zlib.error... on damaged archives
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/archive_format") for name in archive.namelist())
 
 
 def load_program(path: Path) -> torch.export.ExportedProgram:
