@@ -3,7 +3,6 @@ PyTorch's default x86/fbgemm qconfigs and saved as TorchScript, a state_dict of 
 ResNet-50 structure loaded with --arch torchvision:resnet50, and a default-QAT state_dict. Each maps exactly
 onto int8 (no activation re-quantized) and PASSes on a labelled set."""
 import copy
-import json
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from qdq_bridge.pytorch import quantize
 from qdq_bridge.pytorch.load import load_model, save_torchscript, torchvision_kwargs
 from qdq_bridge.testing import zoo
 
-from helpers import quantize_with, run_cli, task_files
+from helpers import convert_cli, quantize_with, task_files
 
 SHAPE = (1, 3, 64, 64)
 
@@ -22,13 +21,6 @@ SHAPE = (1, 3, 64, 64)
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     return task_files(tmp_path_factory.mktemp("task"), SHAPE)
-
-
-def convert_cli(tmp_path, model_file, dataset, *args) -> dict:
-    result = run_cli("convert", str(model_file), "--dataset", str(dataset), "-o", "out", "--engine", "off", *args,
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads((tmp_path / "out" / "report.json").read_text())
 
 
 def assert_exact_and_pass(report: dict) -> None:
@@ -49,7 +41,7 @@ def test_default_qconfig_torchscript_family_converts_exactly(task, tmp_path, nam
     dataset, calibration = task
     model = quantize_with(zoo.trained_torchvision(name, SHAPE), get_default_qconfig(qconfig), calibration)
     save_torchscript(model, tmp_path / "model.pt", SHAPE, "task")
-    assert_exact_and_pass(convert_cli(tmp_path, tmp_path / "model.pt", dataset))
+    assert_exact_and_pass(convert_cli(tmp_path, tmp_path / "model.pt", dataset)[0])
 
 
 def test_torchvision_quantized_resnet50_state_dict_converts_with_its_arch(task, tmp_path):
@@ -64,7 +56,7 @@ def test_torchvision_quantized_resnet50_state_dict_converts_with_its_arch(task, 
         reference_keys = tvq.resnet50(weights=None, quantize=True, num_classes=10).state_dict().keys()
     assert model.state_dict().keys() == reference_keys
     torch.save(model.state_dict(), tmp_path / "resnet50_q.pth")
-    report = convert_cli(tmp_path, tmp_path / "resnet50_q.pth", dataset, "--arch", "torchvision:resnet50")
+    report, _ = convert_cli(tmp_path, tmp_path / "resnet50_q.pth", dataset, "--arch", "torchvision:resnet50")
     assert_exact_and_pass(report)
     assert report["input_shape"] == list(SHAPE)
 
@@ -84,7 +76,7 @@ def test_default_qat_state_dict_converts_exactly(task, tmp_path):
     loaded = load_model(tmp_path / "resnet18_qat.pth", arch="torchvision:resnet18").module
     qparams = lambda m: {name: (float(q.scale), int(q.zero_point)) for name, q in quantize.activation_quantizers(m)}
     assert qparams(loaded) == qparams(users) and len(qparams(users)) > 20
-    report = convert_cli(tmp_path, tmp_path / "resnet18_qat.pth", dataset, "--arch", "torchvision:resnet18")
+    report, _ = convert_cli(tmp_path, tmp_path / "resnet18_qat.pth", dataset, "--arch", "torchvision:resnet18")
     assert_exact_and_pass(report)
     assert any("QAT fake-quant modules converted" in note for note in report["notes"])
     assert any("QAT activation schemes" in note and "affine 0..127" in note for note in report["notes"])

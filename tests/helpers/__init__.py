@@ -2,6 +2,7 @@
 Q/DQ graphs live in `helpers.graphs`, small quantized modules in `helpers.quantized_modules`."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,15 @@ TRT_API = TESTS / "trt_api"  # the names each real TensorRT binding exports
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m qdq_bridge ARGS` as a user runs it."""
     return subprocess.run([sys.executable, "-m", "qdq_bridge", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def convert_cli(tmp_path: Path, model_file: Path, dataset: Path, *args: str) -> tuple[dict, str]:
+    """`convert MODEL --dataset DATA -o out --engine off ARGS` in `tmp_path`, which must exit 0: report.json, and
+    what the CLI printed."""
+    result = run_cli("convert", str(model_file), "--dataset", str(dataset), "-o", "out", "--engine", "off", *args,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads((tmp_path / "out" / "report.json").read_text()), result.stdout
 
 
 def symmetric_qconfig(activation_dtype: torch.dtype) -> torch.ao.quantization.QConfig:

@@ -1,7 +1,6 @@
 """`convert model.pt2` on PT2E programs as users make them: torchvision families trained briefly, quantized with
 qdq_bridge's TensorRT quantizer (PTQ and QAT), saved with torch.export.save, converted through the CLI; and the
 programs it refuses, each in one line."""
-import json
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ pytest.importorskip("onnxscript")
 from qdq_bridge.pt2e.quantizer import BATCH, quantize_pt2e  # noqa: E402
 from qdq_bridge.testing import zoo  # noqa: E402
 
-from helpers import run_cli, task_files  # noqa: E402
+from helpers import convert_cli, run_cli, task_files  # noqa: E402
 
 SHAPE = (1, 3, 64, 64)
 
@@ -25,11 +24,9 @@ def task(tmp_path_factory):
 
 def convert_pt2(tmp_path, program: torch.export.ExportedProgram, dataset, *args) -> dict:
     torch.export.save(program, tmp_path / "model.pt2")
-    result = run_cli("convert", str(tmp_path / "model.pt2"), "--dataset", str(dataset), "-o", "out", "--engine",
-                     "off", *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "PyTorch reference: the PT2E program" in result.stdout
-    return json.loads((tmp_path / "out" / "report.json").read_text())
+    report, printed = convert_cli(tmp_path, tmp_path / "model.pt2", dataset, *args)
+    assert "PyTorch reference: the PT2E program" in printed
+    return report
 
 
 def assert_pass(report: dict) -> None:
