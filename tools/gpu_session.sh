@@ -18,7 +18,8 @@
 #                                                      build failed (ROW: e.g. inception_v3-fast; REGEX, the phrase of
 #                                                      TensorRT's error; ARGS: options of qdq_bridge build)
 #
-# FAMILIES (the matrix's entries), EPOCHS and CONVERT_ARGS (options for every convert) change the defaults.
+# FAMILIES (the matrix's entries), EPOCHS, CONVERT_ARGS (options for every convert) and CONVERT_JOBS (conversions at
+# a time, sharing the 16 cores; 1 by default) change the defaults.
 set -u
 step=$1; shift
 if [ ! -x /opt/trtkit/bin/trt-python ]; then
@@ -42,7 +43,9 @@ clamps)
     2>&1 | grep -v Warning | grep -v "^  "
   cp benchmarks/out/affine_clamps/affine_clamps.json "$OUT/" ;;
 convert)
-  timeout "$1" python3 benchmarks/families.py --stage convert --families "$FAMILIES" --threads 16 --out $out \
+  jobs=${CONVERT_JOBS:-1}
+  timeout "$1" python3 benchmarks/families.py --stage convert --families "$FAMILIES" --convert-jobs $jobs \
+    --threads $((16 / jobs)) --out $out \
     --convert-args "$CONVERT_ARGS" 2>&1 | grep -v Warning | grep -v "^  " ;;
 gputests)
   # line by line, so that a run cut short still shows what it finished

@@ -379,28 +379,37 @@ def _float_source(tensor: gs.Tensor) -> gs.Tensor:
     return q.inputs[0] if q is not None else tensor
 
 
-def _feeds_concat(tensor: gs.Tensor) -> bool:
-    """Whether the tensor reaches a Concat through activations and Q/DQ only."""
-    return any(c.op == "Concat" or (c.op in ("Relu", "Clip", "Max", *QDQ_OPS) and _feeds_concat(c.outputs[0]))
-               for c in tensor.outputs)
+def _first_concats(graph: gs.Graph) -> dict[str, frozenset[str]]:
+    """For each tensor, the Concats it reaches first along its paths (where an Inception block's branches meet);
+    a residual Add ends a path, as the branches of a ResNet block meet there."""
+    reached: dict[str, frozenset[str]] = {}
+    for node in reversed(graph.toposort().nodes):
+        for tensor in node.inputs:
+            reached[tensor.name] = reached.get(tensor.name, frozenset()) | (
+                {node.name} if node.op == "Concat" else frozenset() if node.op == "Add" else
+                frozenset().union(*(reached.get(t.name, frozenset()) for t in node.outputs)))
+    return reached
 
 
 def separate_sibling_pointwise_convs(graph: gs.Graph) -> gs.Graph:
-    """Give 1x1 Convs that read one tensor and feed a Concat distinct dilations, so TensorRT does not merge them.
+    """Give 1x1 Convs that read one tensor and meet at a Concat distinct dilations, so TensorRT does not merge them.
 
     A dilation does nothing to a 1x1 kernel (exact). TensorRT 8.6.0 merges such sibling convolutions (the
     branches of an Inception block) horizontally and then fails on the Concat's Q/DQ with "Assertion dt1 ==
     kFLOAT || dt1 == kHALF" in chooseHigherPrecision; measured on an H200 with a 3-branch block, GoogLeNet and
-    Inception v3 (benchmarks/results/h200_trt8.6.0_families_runs/concat_siblings.md). Siblings that feed no
-    Concat (ResNet's conv1 and downsample) are left to merge.
+    Inception v3 (benchmarks/results/h200_trt8.6.0_families_runs/concat_siblings.md). The branches may reach the
+    Concat through further convolutions (Inception v3's Mixed_7a). Siblings that meet at no Concat (ResNet's
+    conv1 and downsample, joined by an Add) are left to merge.
     """
     siblings: dict[str, list[gs.Node]] = {}
     for conv in graph.nodes:
         weight = _conv_weight(conv) if conv.op == "Conv" else None
         if weight is not None and weight.shape[2:] == (1, 1) and all(d == 1 for d in conv.attrs.get("dilations", [1])):
             siblings.setdefault(_float_source(conv.inputs[0]).name, []).append(conv)
+    first_concats = _first_concats(graph)
     for convs in siblings.values():
-        if len(convs) > 1 and any(_feeds_concat(c.outputs[0]) for c in convs):
+        concats = [first_concats.get(c.outputs[0].name, frozenset()) for c in convs]
+        if any(a & b for i, a in enumerate(concats) for b in concats[i + 1:]):
             for dilation, conv in enumerate(convs[1:], start=2):
                 conv.attrs["dilations"] = [dilation, dilation]
     return _tidy(graph)
