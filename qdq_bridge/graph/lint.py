@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import BridgeError, readable_file
-from .passes import OUTPUT_CHANNEL_AXIS, QDQ_OPS
+from .passes import OUTPUT_CHANNEL_AXIS, QDQ_OPS, REDUCE_OPS, reduce_axes
 
 # Ops TensorRT computes in int8 when fed by DQ, and ops it moves Q/DQ across or fuses into its neighbours.
 INT8_COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -134,6 +134,16 @@ def _lint_unquantizable(node: gs.Node) -> list[Violation]:
     return []
 
 
+def _lint_reduce_axes(node: gs.Node) -> list[Violation]:
+    """TensorRT's ONNX parser reads a Reduce op's axes from its attribute only, ReduceSum's excepted (its input
+    since opset 13): TensorRT 8.6 reduces every axis instead, 10 refuses the model (NVIDIA/TensorRT issue 3467)."""
+    if node.op in REDUCE_OPS and node.op != "ReduceSum" and reduce_axes(node)[1]:
+        return [Violation("QDQ012", "error", node.name or node.op, f"{node.op} takes its axes as an input (opset 18 "
+                          "form), which TensorRT does not read; export at opset 17, or average the spatial axes "
+                          "with GlobalAveragePool (the pass spatial_mean_as_global_average_pool does)")]
+    return []
+
+
 def lint_model(model: onnx.ModelProto) -> list[Violation]:
     """Every violation of TensorRT's explicit-quantization rules in the model, errors first."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -147,7 +157,7 @@ def lint_model(model: onnx.ModelProto) -> list[Violation]:
             found += _lint_qdq(node, opset)
         elif node.op in OUTPUT_CHANNEL_AXIS:
             found += _lint_weight(node, opset >= 13)
-        found += _lint_unquantizable(node)
+        found += _lint_unquantizable(node) + _lint_reduce_axes(node)
     return sorted(found, key=lambda v: v.severity != "error")
 
 

@@ -272,6 +272,48 @@ def fold_weight_transpose(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
+REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
+
+def reduce_axes(node: gs.Node) -> tuple[np.ndarray | None, bool]:
+    """A Reduce op's constant axes and whether they come as an input (opset 18; ReduceSum from 13) rather than an
+    attribute; (None, from_input) when they are not constant or not given (every axis)."""
+    if "axes" in node.attrs:
+        return np.asarray(node.attrs["axes"]), False
+    given = len(node.inputs) > 1 and node.inputs[1].name
+    return (constant_values(node.inputs[1]) if given else None), bool(given)
+
+
+def _rank(tensor: gs.Tensor) -> int:
+    """The tensor's rank, read through the Q/DQ it came through where it has no shape of its own; 0 if unknown."""
+    while tensor.shape is None and tensor.inputs and tensor.inputs[0].op in QDQ_OPS:
+        tensor = tensor.inputs[0].inputs[0]
+    return len(tensor.shape) if tensor.shape is not None else 0
+
+
+def spatial_mean_as_global_average_pool(graph: gs.Graph) -> gs.Graph:
+    """Write a ReduceMean over every spatial axis as GlobalAveragePool, the same mean (then Flatten, without keepdims).
+
+    TensorRT (8.6 and 10) cannot read a Reduce op's axes from an input, where opset 18 puts them: torch.onnx's
+    dynamo exporter writes a PT2E program's adaptive_avg_pool2d so, and TensorRT 8.6 then averages every axis
+    ("Reshaping [1,1,1,1] to [-1,2048]", measured on an H200 with a PT2E ResNet-50). As a pooling layer it also
+    runs in INT8 between its Q/DQ, as the eager route's GlobalAveragePool does.
+    """
+    for node in [n for n in graph.nodes if n.op == "ReduceMean"]:
+        axes, _ = reduce_axes(node)
+        rank = _rank(node.inputs[0])
+        if axes is None or rank < 3 or sorted(int(a) % rank for a in axes.ravel()) != list(range(2, rank)):
+            continue
+        keepdims = node.attrs.get("keepdims", 1)
+        node.op, node.attrs, node.inputs = "GlobalAveragePool", {}, node.inputs[:1]
+        if not keepdims:  # (N, C, 1, 1) -> (N, C)
+            pooled = gs.Variable(f"{node.outputs[0].name}_pooled", node.outputs[0].dtype)
+            graph.nodes.append(gs.Node("Flatten", f"{node.name}_flatten", {"axis": 1}, [pooled], node.outputs))
+            node.outputs = [pooled]
+    return _tidy(graph)
+
+
 def _same_quantization(a: gs.Node, b: gs.Node) -> bool:
     """Equal constant scales, zero-points (of one dtype) and axis: Q and DQ of one grid."""
     scales = constant_values(a.inputs[1]), constant_values(b.inputs[1])
@@ -443,6 +485,7 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) f
     float_fixed_range_outputs,
     int8_zero_point,
     quantize_weight_constants,
+    spatial_mean_as_global_average_pool,
     fold_weight_transpose,
     drop_redundant_dq_q,
     drop_activation_clamps,

@@ -12,7 +12,7 @@ from qdq_bridge.graph import passes
 from qdq_bridge.graph.lint import error_violations, lint_model
 
 from helpers import run_cli
-from helpers.graphs import conv_graph, model, q_dq
+from helpers.graphs import conv_graph, model, pooled_head, q_dq
 
 
 def rules(m) -> dict[str, set[str]]:
@@ -100,3 +100,15 @@ def test_lint_passes_and_option_checks_start_without_torch(tmp_path):
             "print(codes, [m for m in ('torch', 'onnxruntime', 'scipy') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "(0, 0, 2) []"
+
+
+@pytest.mark.parametrize("op, flagged", [("ReduceMean", True), ("ReduceMax", True), ("ReduceSum", False)])
+def test_reduce_axes_given_as_an_input_are_an_error_for_tensorrt(op, flagged):
+    """TensorRT reads a Reduce op's axes from the attribute only (ReduceSum's input since opset 13)."""
+    found = [v for v in lint_model(model(pooled_head([-1, -2], op), opset=18)) if v.rule == "QDQ012"]
+    assert [(v.severity, v.node) for v in found] == ([("error", f"/{op}")] if flagged else [])
+
+
+def test_the_global_average_pool_pass_clears_the_reduce_axes_error():
+    fixed = passes.spatial_mean_as_global_average_pool(gs.import_onnx(model(pooled_head([-1, -2]), opset=18)))
+    assert not [v for v in lint_model(model(fixed, opset=18)) if v.rule == "QDQ012"]

@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.graph import passes
 
-from helpers.graphs import RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
+from helpers.graphs import pooled_head, RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
 
 
 def apply_twice(graph_pass, graph: gs.Graph):
@@ -396,4 +396,24 @@ def test_separate_sibling_pointwise_convs_gives_concat_siblings_distinct_dilatio
 
 def test_separate_sibling_pointwise_convs_leaves_siblings_that_feed_no_concat():
     before, after = apply_twice(passes.separate_sibling_pointwise_convs, inception_like(join="Add"))
+    assert before.graph == after.graph
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_spatial_mean_as_global_average_pool_reads_opset_18_axes_and_keeps_the_mean(keepdims):
+    graph = pooled_head([-1, -2], keepdims=keepdims)
+    before = model(graph.copy(), opset=18)
+    once = model(passes.spatial_mean_as_global_average_pool(gs.import_onnx(before)), opset=18)
+    assert model(passes.spatial_mean_as_global_average_pool(gs.import_onnx(once)), opset=18).graph == once.graph
+    ops = [n.op_type for n in once.graph.node]
+    assert "ReduceMean" not in ops and ops[ops.index("GlobalAveragePool") + 1] == (
+        "QuantizeLinear" if keepdims else "Flatten")
+    x = sample_input()
+    np.testing.assert_allclose(run(once, x), run(before, x), atol=1e-6)
+
+
+def test_spatial_mean_as_global_average_pool_leaves_other_means():
+    graph = pooled_head([1])  # a mean over channels is no pooling
+    before = model(graph.copy(), opset=18)
+    after = model(passes.spatial_mean_as_global_average_pool(gs.import_onnx(before)), opset=18)
     assert before.graph == after.graph

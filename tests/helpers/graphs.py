@@ -14,10 +14,10 @@ def const(name: str, value) -> gs.Constant:
     return gs.Constant(name, np.asarray(value))
 
 
-def model(graph: gs.Graph) -> onnx.ModelProto:
+def model(graph: gs.Graph, opset: int = 13) -> onnx.ModelProto:
     out = gs.export_onnx(graph.cleanup().toposort())
     del out.opset_import[:]
-    out.opset_import.append(onnx.helper.make_opsetid("", 13))
+    out.opset_import.append(onnx.helper.make_opsetid("", opset))
     out.ir_version = 8
     return out
 
@@ -79,3 +79,18 @@ def conv_graph(*, zp=128, zp_dtype=np.uint8, cast=True, int32_bias=True, axis=0,
 
 def sample_input(_model=None, shape=(1, 4, 5, 5)) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
+
+
+def pooled_head(axes: list[int], op: str = "ReduceMean", keepdims: int = 1) -> gs.Graph:
+    """x (1, 4, 5, 5) -> int8 Q/DQ -> `op` over `axes`, given as an input (opset 18's form, torch.onnx's dynamo
+    exporter's) -> Q/DQ -> Reshape to (batch, -1)."""
+    x = gs.Variable("input", np.float32, (1, 4, 5, 5))
+    nodes: list = []
+    pooled = gs.Variable("pooled", np.float32)
+    nodes.append(gs.Node(op, f"/{op}", {"keepdims": keepdims}, [q_dq(nodes, x, "in", 0.05, 0, np.int8),
+                                                       const("axes", np.array(axes, np.int64))], [pooled]))
+    out = gs.Variable("output", np.float32)
+    nodes.append(gs.Node("Reshape", "/Reshape", inputs=[q_dq(nodes, pooled, "pooled", 0.05, 0, np.int8),
+                                                        const("shape", np.array([1, -1], np.int64))],
+                         outputs=[out]))
+    return gs.Graph(nodes, [x], [out], opset=18)

@@ -177,12 +177,13 @@ def locator_models(tmp_path_factory):
 @pytest.mark.parametrize("placement", ["faithful", "fast"])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_divergence_locator_runs_when_forced(tensorrt, options, locator_models, tmp_path, name, placement):
-    """Thresholds no engine can meet (agreement > 100 %) force the locator; it must finish, with the first
+    """A threshold no engine can meet (agreement > 100 %) forces the locator; it must finish, with the first
     diverging tensors or a complete scan, and the run must keep every file and exit as a failed check."""
     model, data = locator_models(name)
     compare = ("fp16",) if placement == "faithful" else ()  # issue 13's crash: faithful ResNet-18 + FP16 engine
-    result = convert(model, tmp_path / "o", options(dataset=str(data), placement=placement, min_agreement=1.01,
-                                                    compare_precisions=compare))
+    forced = options(dataset=str(data), placement=placement, compare_precisions=compare)
+    forced.min_agreement = 1.01  # set after construction, which refuses a threshold above 100 % (as --min-agreement)
+    result = convert(model, tmp_path / "o", forced)
     report = result.report
     print_summary(f"{name} {placement} (locator forced)", report)
     divergence = report["tensorrt"]["divergence"]
