@@ -88,8 +88,11 @@ def test_fast_placement_fuses_every_residual_add_and_keeps_parity(tensorrt, opti
     print_summary("resnet_q fast", result.report)
     summary = result.report["tensorrt"]["layer_summary"]
     assert summary["standalone_add_layers"] == [] and summary["conv_gemm_not_int8"] == []
-    engine_row = rows(result.report)[("digits-test", "pytorch", "tensorrt")]
-    assert engine_row["top1_agreement"] >= 0.995 and engine_row["accuracy_gap_points"] <= 0.2
+    # fast rounds differently from PyTorch (float residual Adds), so one image of the 450 may flip, in either
+    # direction: the verdict's exact test judges that; the engine must still compute what its ONNX says
+    table = rows(result.report)
+    assert table[("digits-test", "pytorch", "tensorrt")]["top1_agreement"] >= 0.995 and result.ok
+    assert table[("digits-test", "onnxruntime", "tensorrt")]["top1_agreement"] >= 0.995
     # the worker's timer: CUDA-event medians, throughput from them
     measured = TensorRTWorker().benchmark(tmp_path / "fast" / "resnet_q.int8.engine", [1, 16], warmup=5, runs=20,
                                           profile_batch=16)
