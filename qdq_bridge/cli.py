@@ -255,6 +255,17 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_progress() -> None:
+    """qdq_bridge's progress lines on stderr. Other libraries keep their loggers' defaults: at INFO the dynamo
+    exporter's optimizer logs every Q/DQ constant it does not fold."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("qdq_bridge: %(message)s"))
+    logger = logging.getLogger("qdq_bridge")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _print_convert(console: Console, result) -> None:
     table = Table(title=f"{result.report['model']} -> {result.onnx_path}")
     for column in ("dataset", "reference", "candidate", "samples", "top-1 agreement", "accuracy (ref / cand)",
@@ -285,7 +296,7 @@ def _print_convert(console: Console, result) -> None:
     console.print(f"lint: {n_errors} errors, {len(result.lint) - n_errors} warnings; "
                   f"reports: {result.report_md}, {result.report_json}")
     reference = result.report["pytorch_reference"]
-    console.print("PyTorch reference: the PT2E program" if result.report["kind"] == "pt2e" else
+    console.print("PyTorch reference: the PT2E program" if result.report["kind"].startswith("pt2e") else
                   f"PyTorch reference: {reference['backend']} backend", highlight=False)
     console.print("[green]PASS[/green]" if result.ok else "[red]FAIL[/red]: " + "; ".join(result.report["failed"]),
                   highlight=False)
@@ -335,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             compare_precisions=_precisions(args.compare_precisions),
             trt=_build_settings(args))
         readable_file(args.model, "model file")  # a path that is no readable file: refused before torch loads
-        logging.basicConfig(level=logging.INFO, format="qdq_bridge: %(message)s", stream=sys.stderr)
+        _log_progress()
         from .pipeline import convert  # the conversion's side (torch, ONNX Runtime, scipy), once the options hold
 
         result = convert(args.model, args.output_dir, options)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from .data import sources as datasets
 from .data.preprocessing import Preprocessing
@@ -33,7 +34,7 @@ from .graph.runtime import onnxruntime_runner
 from .options import ConvertOptions
 from .outputs import logits_output
 from .pt2e.program import export_program, is_program, load_program, program_input_shape
-from .pytorch.load import TORCHVISION_INPUT, LoadedModel, load_model, torchvision_arch
+from .pytorch.load import CALIBRATION_BATCH, TORCHVISION_INPUT, LoadedModel, load_model, torchvision_arch
 from .pytorch.quantize import available_backends, using_backend
 from .pytorch.reference import (CHECK_SAMPLES, Reference, check_sample, cross_check, output_step,
                                 runnable_reference)
@@ -135,15 +136,17 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def convert(model_path: str | Path, output_dir: str | Path | None = None,
+def convert(model: str | Path | torch.export.ExportedProgram, output_dir: str | Path | None = None,
             options: ConvertOptions | None = None) -> ConvertResult:
     """Convert a quantized (or QAT, or float + calibration data) PyTorch model into TensorRT-legal Q/DQ ONNX,
-    lint it, check its parity with the PyTorch model on ONNX Runtime, and write the reports."""
+    lint it, check its parity with the PyTorch model on ONNX Runtime, and write the reports. `model`: a model
+    file, or a PT2E program in memory (its files are named `program.*`)."""
     options = options or ConvertOptions()
-    model_path = readable_file(model_path, "model file")
-    output_dir = Path(output_dir) if output_dir else Path(f"{model_path.stem}_qdq")
+    source = model if isinstance(model, torch.export.ExportedProgram) else readable_file(model, "model file")
+    name = "program" if isinstance(source, torch.export.ExportedProgram) else source.stem
+    output_dir = Path(output_dir) if output_dir else Path(f"{name}_qdq")
     with _output_folder(output_dir) as scratch:
-        return _convert(model_path, output_dir, scratch, options)
+        return _convert(source, name, output_dir, scratch, options)
 
 
 def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, count: int | None):
@@ -229,38 +232,58 @@ def _dataset_entry(data, run: StreamedParity) -> DatasetEntry:
     return entry
 
 
-def _pt2e_program(model_path: Path, options: ConvertOptions):
-    """A quantized PT2E program; a float one (no quantize ops) is refused with the way to quantize it."""
-    if options.calibrate or options.arch:
-        raise BridgeError(f"'{model_path.name}' is a PT2E program: --calibrate and --arch are for eager models",
-                          "quantize a float program with qdq_bridge.pt2e.quantizer.TensorRTQuantizer (README, PT2E)")
-    program = load_program(model_path)
-    if not any("quantize_per_tensor" in str(n.target) for n in program.graph.nodes if n.op == "call_function"):
-        raise BridgeError(f"'{model_path.name}' is a PT2E program without quantize ops (a float program)",
-                          "quantize it with prepare_pt2e/convert_pt2e and qdq_bridge.pt2e.quantizer."
-                          "TensorRTQuantizer (README, PT2E), then torch.export.save it")
-    return program
+def _pt2e_program(source: Path | torch.export.ExportedProgram, options: ConvertOptions,
+                  calibration) -> LoadedModel:
+    """A quantized PT2E program; a float one quantized here by PTQ on --calibrate's data (qdq_bridge's TensorRT
+    quantizer, in --placement's placement), or refused with the ways to quantize it."""
+    label = f"'{source.name}'" if isinstance(source, Path) else "the program"
+    eager_only = [option for option, used in (("--arch", options.arch), ("--keep-float", options.keep_float),
+                                              ("--qconfig", options.qconfig != "tensorrt"),
+                                              ("--observer", options.observer != "histogram")) if used]
+    if eager_only:
+        raise BridgeError(f"{label} is a PT2E program: {', '.join(eager_only)} apply to eager models",
+                          "drop them (--calibrate quantizes a float program with qdq_bridge's TensorRT quantizer)")
+    program = load_program(source) if isinstance(source, Path) else source
+    quantized = any("quantize_per_tensor" in str(n.target) for n in program.graph.nodes if n.op == "call_function")
+    input_shape = program_input_shape(program)
+    notes = ["the PyTorch reference is the PT2E program itself: its quantize/dequantize ops run in float, no "
+             "quantized backend involved"]
+    if quantized and calibration is not None:
+        raise BridgeError(f"{label} is a quantized PT2E program and --calibrate quantizes float ones",
+                          "drop --calibrate")
+    if not quantized:
+        if calibration is None:
+            raise BridgeError(f"{label} is a PT2E program without quantize ops (a float program)",
+                              "pass --calibrate DATA to quantize it here, or quantize it with prepare_pt2e/"
+                              "convert_pt2e and qdq_bridge.pt2e.quantizer.TensorRTQuantizer (README, PT2E) and "
+                              "torch.export.save it")
+        from .pt2e.quantizer import quantize_program  # torchao's quantizer: imported where a program needs it
+        calibration = calibration.fit(input_shape)
+        program = quantize_program(program, torch.zeros(2, *input_shape[1:]),
+                                   (torch.from_numpy(x) for x, _ in calibration.labelled_batches(CALIBRATION_BATCH)),
+                                   options.placement)
+        notes.insert(0, f"quantized by qdq_bridge: PT2E PTQ with its TensorRT quantizer ({options.placement} "
+                        f"placement), {len(calibration)} calibration samples of {calibration.name}")
+    return LoadedModel(program.module(), "pt2e" if quantized else "pt2e+ptq",
+                       available_backends(options.torch_backends)[0], input_shape, notes=notes, program=program)
 
 
-def _loaded_program(program, options: ConvertOptions) -> LoadedModel:
-    return LoadedModel(program.module(), "pt2e", available_backends(options.torch_backends)[0],
-                       program_input_shape(program), notes=[
-                           "the PyTorch reference is the PT2E program itself: its quantize/dequantize ops run in "
-                           "float, no quantized backend involved"])
-
-
-def _convert(model_path: Path, output_dir: Path, scratch: Path, options: ConvertOptions) -> ConvertResult:
+def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir: Path, scratch: Path,
+             options: ConvertOptions) -> ConvertResult:
     timer = _StageTimer()
     with timer("load"):
         calibration = _open(options.calibrate, options, None, options.calibration_samples)
-        if calibration is not None:  # a float model's shape is known from the options alone (no metadata)
-            calibration = calibration.fit(options.input_shape or (TORCHVISION_INPUT if torchvision_arch(options.arch)
-                                                                  else None))
-        program = _pt2e_program(model_path, options) if is_program(model_path) else None
-        loaded = _loaded_program(program, options) if program is not None else load_model(
-            model_path, arch=options.arch, trust_pickle=options.trust_pickle, calibration=calibration,
-            observer=options.observer, backends=options.torch_backends, keep_float=options.keep_float,
-            qconfig=options.qconfig)
+        if is_program(source):
+            loaded = _pt2e_program(source, options, calibration)
+        else:
+            if calibration is not None:  # a float model's shape is known from the options alone (no metadata)
+                calibration = calibration.fit(options.input_shape or (
+                    TORCHVISION_INPUT if torchvision_arch(options.arch) else None))
+            loaded = load_model(
+                source, arch=options.arch, trust_pickle=options.trust_pickle, calibration=calibration,
+                observer=options.observer, backends=options.torch_backends, keep_float=options.keep_float,
+                qconfig=options.qconfig)
+        program = loaded.program
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []
         # shape precedence: --input-shape, the file's metadata, the labelled dataset, torchvision's 224x224 for
@@ -293,7 +316,7 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
         model, applied = run_passes(legalizable, options.disabled_passes, options.placement)
     with timer("lint"):
         violations = lint_model(model)
-    onnx_name = f"{model_path.stem}.qdq.onnx"
+    onnx_name = f"{name}.qdq.onnx"
     onnx.save(model, str(scratch / onnx_name))
 
     with timer("reference"):  # the checks that need a few rows take them from the head already read (reach)
@@ -340,7 +363,8 @@ def _convert(model_path: Path, output_dir: Path, scratch: Path, options: Convert
             notes.append(f"the divergence locator failed: {exc.problem}")
     worker.close()  # its process, if a call started one; on an error garbage collection ends it
     report = Report(
-        model=model_path.name, source=str(model_path), kind=loaded.kind, notes=notes,
+        model=source.name if isinstance(source, Path) else name, source=str(source) if isinstance(source, Path)
+        else "an ExportedProgram in memory", kind=loaded.kind, notes=notes,
         input_shape=list(input_shape), opset=_opset(exported), exporter=exported_by(exported), onnx=onnx_name,
         ok=not failed, failed=failed,
         pytorch_reference=reference.as_dict(),

@@ -153,7 +153,7 @@ def _dataset_line(entry: dict) -> str:
 
 
 def _reference_line(reference: dict, kind: str) -> str:
-    if kind == "pt2e":
+    if kind.startswith("pt2e"):
         return "- PyTorch reference: the PT2E program (its quantize/dequantize ops in float, no quantized backend)"
     line = f"- PyTorch reference: {reference['backend']} backend (weights packed by {reference['packed_by']})"
     backends = reference.get("cross_check", {}).get("backends", {})

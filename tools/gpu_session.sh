@@ -16,7 +16,9 @@
 #                                                      eager one (needs .whl/ to hold torchao and onnxscript wheels)
 #   bash tools/gpu_session.sh reduce ROW SECONDS [ARGS] polygraphy debug reduce on a matrix row's engine ONNX whose
 #                                                      build failed (ROW: e.g. inception_v3-fast; REGEX, the phrase of
-#                                                      TensorRT's error; ARGS: options of qdq_bridge build)
+#                                                      TensorRT's error; ARGS: options of qdq_bridge build, e.g.
+#                                                      --builder-optimization-level 0: the iterations that build take
+#                                                      longest); cut short, it keeps the last failing cut
 #
 # FAMILIES (the matrix's entries), EPOCHS, CONVERT_ARGS (options for every convert) and CONVERT_JOBS (conversions at
 # a time, sharing the 16 cores; 1 by default) change the defaults.
@@ -62,7 +64,10 @@ reduce)
   input=$(python3 -c "import onnx; print(onnx.load('$onnx').graph.input[0].name)")
   timeout "$2" python3 -c "import sys; from polygraphy.tools import main; sys.exit(main())" debug reduce "$onnx" \
     -o reduced.onnx --model-input-shapes "$input:[$shape]" --fail-regex "${REGEX:-chooseHigherPrecision}" \
+    --artifacts polygraphy_debug.onnx --art-dir artifacts \
     --check python3 -m qdq_bridge build polygraphy_debug.onnx "${@:3}" 2>&1 | grep -v "^    \|CAPTURED\|debug replay"
+  # cut short by the timeout: the smallest model that failed so far (each iteration's lands in artifacts/bad)
+  [ -f reduced.onnx ] || cp "$(ls -t artifacts/bad/*.onnx | head -n 1)" reduced.onnx
   python3 -c "import collections, onnx; m = onnx.load('reduced.onnx'); print(len(m.graph.node), 'nodes:',
     dict(collections.Counter(n.op_type for n in m.graph.node)), 'last:', [n.name for n in m.graph.node][-8:])"
   cp reduced.onnx "$OUT/$1.reduced.onnx"

@@ -22,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from .passes import (below_int8, constant_values, export_like, full_range_error, module_path, scale_of,
+from .passes import (below_int8, constant_values, export_like, full_range_error, in_module, module_path, scale_of,
                      zero_point)
 
 INT8_MAX = 127
@@ -175,7 +175,7 @@ def notes(activations: list[AffineActivation], data: str, placement: str) -> lis
                      + ("the fast placement drops their floor at -zero-point steps (TensorRT saturates at -128)"
                         if placement == "fast" else "a Max keeps PyTorch's floor at -zero-point steps"))
     for a in full:
-        lines.append(f"activation '{a.tensor}' (module {a.module}) re-quantized: full-range uint8 (zero_point="
+        lines.append(f"activation '{a.tensor}'{in_module(a.module)} re-quantized: full-range uint8 (zero_point="
                      f"{a.zero_point}, scale {a.scale:.4g}) -> symmetric int8, scale {a.symmetric_scale:.4g}; parity "
                      "below is against the unchanged PyTorch model")
     return lines

@@ -57,10 +57,18 @@ def axis_of(node: gs.Node, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
+TOP_LEVEL = "<top level>"
+
+
 def module_path(node: gs.Node) -> str:
     """torch's exporter names nodes '/layer1/0/conv1/QuantizeLinear': the module is layer1.0.conv1."""
     parts = [p for p in node.name.split("/") if p][:-1]
-    return ".".join(parts) or "<top level>"
+    return ".".join(parts) or TOP_LEVEL
+
+
+def in_module(module: str) -> str:
+    """' (module NAME)' for a message, or nothing where the node names none (a PT2E program's)."""
+    return f" (module {module})" if module != TOP_LEVEL else ""
 
 
 def reroute(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
@@ -145,11 +153,12 @@ def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
 
 
 REQUANTIZE_FIX = ("pass --requantize-activations (each such tensor re-quantized to symmetric int8 over the same range, "
-                  "its parity measured), or quantize the float model again with --qconfig tensorrt")
+                  "its parity measured), or quantize the float model again with --qconfig tensorrt (a PT2E program: "
+                  "with qdq_bridge.pt2e.quantizer.TensorRTQuantizer)")
 
 
 def full_range_error(tensor: str, module: str, zp: int, scale: float, reason: str) -> BridgeError:
-    return BridgeError(f"activation '{tensor}' (module {module}) is quantized affinely over the full uint8 range "
+    return BridgeError(f"activation '{tensor}'{in_module(module)} is quantized affinely over the full uint8 range "
                        f"(zero_point={zp}, scale={scale:.4g}, qnnpack-style): {reason}", REQUANTIZE_FIX)
 
 
@@ -172,7 +181,7 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
             continue
         if zp.dtype == np.int8 or zp.size != 1:
             raise BridgeError(
-                f"node '{node.name}' (module {module_path(node)}) quantizes affinely ({zp.dtype.name}, "
+                f"node '{node.name}'{in_module(module_path(node))} quantizes affinely ({zp.dtype.name}, "
                 f"zero_point={zp.ravel()[:4].tolist()}), which TensorRT's symmetric int8 cannot represent",
                 "re-quantize with per_tensor_symmetric activations (qdq_bridge.pytorch.quantize.trt_qconfig())")
         shift = int(zp.ravel()[0])
@@ -433,27 +442,30 @@ def _first_concats(graph: gs.Graph) -> dict[str, frozenset[str]]:
     return reached
 
 
-def separate_sibling_pointwise_convs(graph: gs.Graph) -> gs.Graph:
-    """Give 1x1 Convs that read one tensor and meet at a Concat distinct dilations, so TensorRT does not merge them.
+def separate_sibling_convs(graph: gs.Graph) -> gs.Graph:
+    """Give Convs that read one tensor and meet at a Concat distinct dilations along their kernels' size-1 axes, so
+    TensorRT does not merge them.
 
-    A dilation does nothing to a 1x1 kernel (exact). TensorRT 8.6.0 merges such sibling convolutions (the
-    branches of an Inception block) horizontally and then fails on the Concat's Q/DQ with "Assertion dt1 ==
-    kFLOAT || dt1 == kHALF" in chooseHigherPrecision; measured on an H200 with a 3-branch block, GoogLeNet and
-    Inception v3 (benchmarks/results/h200_trt8.6.0_families_runs/concat_siblings.md). The branches may reach the
-    Concat through further convolutions (Inception v3's Mixed_7a). Siblings that meet at no Concat (ResNet's
+    A dilation along an axis where the kernel has size 1 does nothing (exact): both axes of a 1x1 kernel, the
+    first of a 1x3, the second of a 3x1. TensorRT 8.6.0 merges sibling 1x1 convolutions (the branches of an
+    Inception block) horizontally and then fails on the Concat's Q/DQ with "Assertion dt1 == kFLOAT || dt1 ==
+    kHALF" in chooseHigherPrecision; measured on an H200 with a 3-branch block, GoogLeNet and Inception v3
+    (benchmarks/results/h200_trt8.6.0_families_runs/concat_siblings.md). The branches may reach the Concat through
+    further convolutions (Inception v3's Mixed_7a); Inception v3's Mixed_7b/7c read one tensor with a 1x3 and a 3x1
+    convolution, where Polygraphy's bisection of the same assertion ends. Siblings that meet at no Concat (ResNet's
     conv1 and downsample, joined by an Add) are left to merge.
     """
-    siblings: dict[str, list[gs.Node]] = {}
+    siblings: dict[str, list[tuple[gs.Node, tuple[int, ...]]]] = {}
     for conv in graph.nodes:
         weight = _conv_weight(conv) if conv.op == "Conv" else None
-        if weight is not None and weight.shape[2:] == (1, 1) and all(d == 1 for d in conv.attrs.get("dilations", [1])):
-            siblings.setdefault(_float_source(conv.inputs[0]).name, []).append(conv)
+        if weight is not None and 1 in weight.shape[2:] and all(d == 1 for d in conv.attrs.get("dilations", [1])):
+            siblings.setdefault(_float_source(conv.inputs[0]).name, []).append((conv, weight.shape[2:]))
     first_concats = _first_concats(graph)
     for convs in siblings.values():
-        concats = [first_concats.get(c.outputs[0].name, frozenset()) for c in convs]
+        concats = [first_concats.get(conv.outputs[0].name, frozenset()) for conv, _ in convs]
         if any(a & b for i, a in enumerate(concats) for b in concats[i + 1:]):
-            for dilation, conv in enumerate(convs[1:], start=2):
-                conv.attrs["dilations"] = [dilation, dilation]
+            for dilation, (conv, kernel) in enumerate(convs[1:], start=2):
+                conv.attrs["dilations"] = [dilation if size == 1 else 1 for size in kernel]
     return _tidy(graph)
 
 
@@ -492,7 +504,7 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) f
     fuse_residual_add,
     skip_grid_preserving_requantize,
     float_network_outputs,
-    separate_sibling_pointwise_convs,
+    separate_sibling_convs,
     conv_kernel_shape,
 ))
 PASS_NAMES = tuple(p.name for p in PASSES)

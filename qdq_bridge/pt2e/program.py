@@ -22,11 +22,13 @@ from ..errors import BridgeError, first_line
 DYNAMO_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter writes
 
 
-def is_program(path: Path) -> bool:
-    """A torch.export.save archive: a zip with an `archive_format` entry. A damaged archive is not one here: the
-    model loader names the damage."""
+def is_program(source: Path | torch.export.ExportedProgram) -> bool:
+    """A program in memory, or a torch.export.save archive: a zip with an `archive_format` entry. A damaged archive
+    is not one here: the model loader names the damage."""
+    if isinstance(source, torch.export.ExportedProgram):
+        return True
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(source) as archive:
             return any(name.endswith("/archive_format") for name in archive.namelist())
     except Exception:  # zipfile raises BadZipFile, NotImplementedError, zlib.error... on damaged archives
         return False

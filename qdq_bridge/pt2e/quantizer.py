@@ -143,7 +143,7 @@ def quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, batches: Iterab
                   ) -> torch.export.ExportedProgram:
     """The module docstring's lines: PTQ on `batches`, or QAT where `train` is given (it runs on the prepared
     graph, which then calibrates on `batches` in eval mode); the converted program, batch dynamic, ready for
-    torch.export.save and `convert`."""
+    torch.export.save and `convert`. `example` is a batch of at least 2 (torch.export takes 1 for a constant)."""
     qat = train is not None
     graph = torch.export.export(model.train(qat), (example,), dynamic_shapes=(BATCH,), strict=True).module()
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, TensorRTQuantizer(placement, is_qat=qat))
@@ -151,6 +151,17 @@ def quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, batches: Iterab
         allow_exported_model_train_eval(prepared)  # training loops call model.train()
         train(prepared)
         move_exported_model_to_eval(prepared)
+    return _calibrated_program(prepared, batches, example)
+
+
+def quantize_program(program: torch.export.ExportedProgram, example: torch.Tensor, batches: Iterable[torch.Tensor],
+                     placement: str = "fast") -> torch.export.ExportedProgram:
+    """A float program (as torch.export.save wrote it, batch dynamic) quantized by PTQ on `batches`."""
+    return _calibrated_program(prepare_pt2e(program.module(), TensorRTQuantizer(placement)), batches, example)
+
+
+def _calibrated_program(prepared: GraphModule, batches: Iterable[torch.Tensor], example: torch.Tensor
+                        ) -> torch.export.ExportedProgram:
     with torch.no_grad():
         for batch in batches:
             prepared(batch)

@@ -27,6 +27,7 @@ LOADABLE = "pass a TorchScript .pt, a torch.save'd module or a state_dict"
 # images.Preprocessing, e.g. {"preset": "imagenet"})
 METADATA_FILE = "qdq_bridge.json"
 TORCHVISION_INPUT = (1, 3, 224, 224)
+CALIBRATION_BATCH = 32  # samples per forward pass while PTQ observers calibrate
 
 
 @dataclass
@@ -40,6 +41,7 @@ class LoadedModel:
     dataset: str | None = None
     preprocess: dict | None = None  # how images become its inputs (images.Preprocessing fields)
     notes: list[str] = field(default_factory=list)
+    program: torch.export.ExportedProgram | None = None  # a PT2E program, which is exported as a program
 
 
 def save_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], dataset: str | None = None,
@@ -182,7 +184,7 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
                calibration: Dataset | ImageSource | None = None, observer: str = "histogram",
-               calibration_batch: int = 32, backends: tuple[str, ...] | None = None,
+               calibration_batch: int = CALIBRATION_BATCH, backends: tuple[str, ...] | None = None,
                keep_float: tuple[str, ...] = (), qconfig: str = "tensorrt") -> LoadedModel:
     """Load any supported model file and return it quantized (converting QAT and quantizing float models, with
     the submodules named in `keep_float` left float), its weights packed for the backend chosen, before anything

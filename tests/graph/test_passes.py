@@ -350,27 +350,29 @@ def test_run_passes_rejects_unknown_pass_names():
         passes.run_passes(model(conv_graph()), disabled=["nope"])
 
 
-def inception_like(join: str = "Concat", through_conv: bool = False) -> gs.Graph:
-    """x quantized once per consumer (as the exporter does) -> two 1x1 ConvReLUs and a 3x3 one -> Q/DQ each
-    (-> a 3x3 ConvReLU and Q/DQ each, `through_conv`: Inception v3's Mixed_7a) -> Concat (or Add: a ResNet-like
-    join) -> Q/DQ."""
+def inception_like(join: str = "Concat", through_conv: bool = False,
+                   kernels: tuple = ((1, 1), (1, 1), (3, 3))) -> gs.Graph:
+    """x quantized once per consumer (as the exporter does) -> ConvReLUs of these kernels (two 1x1 and a 3x3;
+    Inception v3's Mixed_7c: 1x3, 3x1) -> Q/DQ each (-> a 3x3 ConvReLU and Q/DQ each, `through_conv`: Mixed_7a)
+    -> Concat (or Add: a ResNet-like join) -> Q/DQ."""
     x = gs.Variable("input", np.float32, (1, 4, 5, 5))
     nodes: list = []
 
-    def conv_relu(source: gs.Variable, name: str, k: int, channels: int) -> gs.Variable:
-        w_node, w = weight_dq(name, RNG.integers(-127, 128, (6, channels, k, k)).astype(np.int8),
+    def conv_relu(source: gs.Variable, name: str, kernel: tuple[int, int], channels: int) -> gs.Variable:
+        w_node, w = weight_dq(name, RNG.integers(-127, 128, (6, channels, *kernel)).astype(np.int8),
                               RNG.uniform(0.01, 0.02, 6), 0)
         y, r = gs.Variable(f"{name}_out", np.float32), gs.Variable(f"{name}_relu_out", np.float32)
-        nodes.extend([w_node, gs.Node("Conv", f"/{name}/Conv", {"pads": [k // 2] * 4}, [source, w], [y]),
+        pads = [k // 2 for k in kernel] * 2
+        nodes.extend([w_node, gs.Node("Conv", f"/{name}/Conv", {"pads": pads}, [source, w], [y]),
                       gs.Node("Relu", f"/{name}/Relu", inputs=[y], outputs=[r])])
         return r
 
     branches = []
-    for i, k in enumerate((1, 1, 3)):
-        branch = q_dq(nodes, conv_relu(q_dq(nodes, x, f"in{i}", 0.05, 0, np.int8), f"conv{i}", k, 4),
+    for i, kernel in enumerate(kernels):
+        branch = q_dq(nodes, conv_relu(q_dq(nodes, x, f"in{i}", 0.05, 0, np.int8), f"conv{i}", kernel, 4),
                       f"branch{i}", 0.1 + 0.01 * i, 0, np.int8)
         if through_conv:
-            branch = q_dq(nodes, conv_relu(branch, f"tail{i}", 3, 6), f"tail{i}", 0.2, 0, np.int8)
+            branch = q_dq(nodes, conv_relu(branch, f"tail{i}", (3, 3), 6), f"tail{i}", 0.2, 0, np.int8)
         branches.append(branch)
     joined = gs.Variable("joined", np.float32)
     nodes.append(gs.Node(join, f"/{join}", {"axis": 1} if join == "Concat" else {},
@@ -385,17 +387,22 @@ def dilations(m) -> dict[str, list[int]]:
             if n.op_type == "Conv"}
 
 
-@pytest.mark.parametrize("through_conv", [False, True])
-def test_separate_sibling_pointwise_convs_gives_concat_siblings_distinct_dilations_exactly(through_conv):
-    before, after = apply_twice(passes.separate_sibling_pointwise_convs, inception_like(through_conv=through_conv))
+@pytest.mark.parametrize("through_conv, kernels, second", [
+    (False, ((1, 1), (1, 1), (3, 3)), [2, 2]),
+    (True, ((1, 1), (1, 1), (3, 3)), [2, 2]),
+    (False, ((1, 3), (3, 1), (3, 3)), [1, 2]),  # along the 3x1 kernel's size-1 axis only
+])
+def test_separate_sibling_convs_gives_concat_siblings_distinct_dilations_exactly(through_conv, kernels, second):
+    before, after = apply_twice(passes.separate_sibling_convs, inception_like(through_conv=through_conv,
+                                                                              kernels=kernels))
     assert {k: v for k, v in dilations(after).items() if "conv" in k} == {
-        "/conv0/Conv": [], "/conv1/Conv": [[2, 2]], "/conv2/Conv": []}
+        "/conv0/Conv": [], "/conv1/Conv": [second], "/conv2/Conv": []}
     x = sample_input()
     np.testing.assert_array_equal(run(before, x), run(after, x))
 
 
-def test_separate_sibling_pointwise_convs_leaves_siblings_that_feed_no_concat():
-    before, after = apply_twice(passes.separate_sibling_pointwise_convs, inception_like(join="Add"))
+def test_separate_sibling_convs_leaves_siblings_that_feed_no_concat():
+    before, after = apply_twice(passes.separate_sibling_convs, inception_like(join="Add"))
     assert before.graph == after.graph
 
 

@@ -128,7 +128,7 @@ def test_resnet50_int8_engine_matches_pytorch_on_random_task_inputs(tensorrt, op
 @pytest.mark.parametrize("placement", ["faithful", "fast"])
 def test_googlenet_inception_blocks_build_and_match_pytorch(tensorrt, options, tmp_path, placement):
     """TensorRT 8.6.0 failed to build GoogLeNet ("chooseHigherPrecision" assertion) until the sibling 1x1 convs
-    of its Inception blocks were kept apart (passes.separate_sibling_pointwise_convs)."""
+    of its Inception blocks were kept apart (passes.separate_sibling_convs)."""
     shape = (1, 3, 64, 64)
     path = tmp_path / "googlenet_q.pt"
     save_torchscript(zoo.quantized_torchvision("googlenet", shape), path, shape)
@@ -136,7 +136,7 @@ def test_googlenet_inception_blocks_build_and_match_pytorch(tensorrt, options, t
     np.savez(tmp_path / "task.npz", x=inputs.x, y=inputs.y)
     result = convert(path, tmp_path / placement, options(dataset=str(tmp_path / "task.npz"), placement=placement))
     print_summary(f"googlenet {placement}", result.report)
-    assert "separate_sibling_pointwise_convs" in result.report["passes"]
+    assert "separate_sibling_convs" in result.report["passes"]
     assert result.report["tensorrt"]["layer_summary"]["conv_gemm_not_int8"] == []
     assert rows(result.report)[("task", "pytorch", "tensorrt")]["top1_agreement"] >= 0.99
 
