@@ -11,7 +11,7 @@
 #   bash tools/gpu_session.sh prepare                  train, quantize and save the family matrix's models
 #   bash tools/gpu_session.sh clamps                   benchmarks/affine_clamps.py on the x86-default ResNet-18
 #   bash tools/gpu_session.sh convert SECONDS          the matrix's conversions not yet done, for at most SECONDS
-#   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/trt/test_gpu_tensorrt.py
+#   bash tools/gpu_session.sh gputests SECONDS [ARGS]  tests/trt/test_gpu_tensorrt.py, 4 at a time
 #   bash tools/gpu_session.sh pt2e SECONDS             benchmarks/pt2e_vs_eager.py: PT2E ResNet-50's engine beside the
 #                                                      eager one (needs .whl/ to hold torchao and onnxscript wheels)
 #   bash tools/gpu_session.sh reduce ROW SECONDS [ARGS] polygraphy debug reduce on a matrix row's engine ONNX whose
@@ -50,8 +50,10 @@ convert)
     --threads $((16 / jobs)) --out $out \
     --convert-args "$CONVERT_ARGS" 2>&1 | grep -v Warning | grep -v "^  " ;;
 gputests)
-  # line by line, so that a run cut short still shows what it finished
-  timeout "$1" python3 -m pytest -q -rs -s tests/trt/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep --line-buffered -v Warning ;;
+  # four workers (pytest-xdist): the whole file took ~290 s on an H200 so; SIGINT at the limit, so that pytest
+  # still prints what it finished, each test's summary lines (-rA) included
+  OMP_NUM_THREADS=4 timeout -s INT "$1" python3 -m pytest -q -rA -n 4 -p no:cacheprovider \
+    tests/trt/test_gpu_tensorrt.py "${@:2}" 2>&1 | grep -v "Warning\|calibrating" | tee "$OUT/gputests.log" ;;
 pt2e)
   timeout "$1" python3 benchmarks/pt2e_vs_eager.py --out benchmarks/out/pt2e_vs_eager --convert-args \
     "--builder-optimization-level 1" 2>&1 | grep -v "Warning\|calibrating\|W1202"
