@@ -3,7 +3,8 @@
 The program holds int8 tensors and quantize/dequantize ops (Q/DQ already) and runs in float: it is its own PyTorch
 reference, with no quantized backend involved. torch.onnx's dynamo exporter writes its Q/DQ as ONNX
 QuantizeLinear/DequantizeLinear (measured against the structural exporter's FX side, which knows eager modules
-only: the dynamo export passes the linter untouched, so it is the one kept).
+only: the dynamo export passes the linter untouched but for its opset-18 ReduceMean, which a pass rewrites, so it is
+the one kept).
 """
 from __future__ import annotations
 
