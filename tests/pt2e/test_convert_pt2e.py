@@ -14,6 +14,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86  # noqa: E402
 
 from qdq_bridge import ConvertOptions, convert  # noqa: E402
+from qdq_bridge.errors import BridgeError  # noqa: E402
 from qdq_bridge.pt2e.quantizer import BATCH, quantize_pt2e  # noqa: E402
 from qdq_bridge.testing import zoo  # noqa: E402
 
@@ -122,15 +123,9 @@ def tiny() -> torch.nn.Module:
                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
 
 
-@pytest.mark.parametrize("case, args, message", [
-    ("float", (), "is a PT2E program without quantize ops (a float program): pass --calibrate DATA"),
-    ("static", (), "the program's batch dimension is fixed at 2: export it with dynamic_shapes="),
-    ("quantized", ("--calibrate", "calibration.npz"), "is a quantized PT2E program and --calibrate quantizes float "
-                                                      "ones: drop --calibrate"),
-    ("float", ("--calibrate", "calibration.npz", "--qconfig", "x86"), "is a PT2E program: --qconfig apply to eager "
-                                                                      "models"),
-])
-def test_programs_it_cannot_take_are_refused_in_one_line(tmp_path, case, args, message):
+def program_file(tmp_path, case: str) -> tuple:
+    """A tiny program, `case`: float, quantized or static (quantized, batch fixed), saved as model.pt2 beside
+    calibration.npz."""
     example = torch.randn(2, 3, 8, 8)
     np.savez(tmp_path / "calibration.npz", x=example.numpy())
     if case == "float":
@@ -139,6 +134,24 @@ def test_programs_it_cannot_take_are_refused_in_one_line(tmp_path, case, args, m
         quantized = quantize_pt2e(tiny(), example, [example])
         program = quantized if case == "quantized" else torch.export.export(quantized.module(), (example,))
     torch.export.save(program, tmp_path / "model.pt2")
-    result = run_cli("convert", str(tmp_path / "model.pt2"), "-o", str(tmp_path / "out"), *args, cwd=tmp_path)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+    return tmp_path / "model.pt2", str(tmp_path / "calibration.npz")
+
+
+def test_a_float_program_is_refused_in_one_line_with_the_ways_to_quantize_it(tmp_path):
+    model, _ = program_file(tmp_path, "float")
+    result = run_cli("convert", str(model), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert "is a PT2E program without quantize ops (a float program): pass --calibrate DATA" in result.stderr
+
+
+@pytest.mark.parametrize("case, calibrate, options, message", [
+    ("static", False, {}, "the program's batch dimension is fixed at 2: export it with dynamic_shapes="),
+    ("quantized", True, {}, "is a quantized PT2E program and --calibrate quantizes float ones: drop --calibrate"),
+    ("float", True, {"qconfig": "x86"}, "is a PT2E program: --qconfig apply to eager models"),
+])
+def test_programs_it_cannot_take_are_refused(tmp_path, case, calibrate, options, message):
+    """In this process (the CLI's one line and exit status: the test above)."""
+    model, calibration = program_file(tmp_path, case)
+    with pytest.raises(BridgeError) as refused:
+        convert(model, tmp_path / "out", ConvertOptions(calibrate=calibration if calibrate else None, **options))
+    assert message in str(refused.value) and not (tmp_path / "out").exists()
