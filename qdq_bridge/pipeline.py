@@ -310,7 +310,7 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
         affine = affine_activations(exported, reach.batches(options.batch_size))
         full_range = [a for a in affine if a.full_range]
         if full_range and not options.requantize_activations:
-            refuse_full_range(affine)
+            refuse_full_range(affine, program=program is not None)
         legalizable = requantize(exported, affine) if full_range else exported
     with timer("passes"):
         model, applied = run_passes(legalizable, options.disabled_passes, options.placement)

@@ -122,8 +122,9 @@ def _count_values_above_int8(model: onnx.ModelProto, activations: list[AffineAct
             activation.values_measured += q.size
 
 
-def refuse_full_range(activations: list[AffineActivation]) -> None:
-    """One line naming the first full-range activation, how many more there are, and the two ways out."""
+def refuse_full_range(activations: list[AffineActivation], program: bool = False) -> None:
+    """One line naming the first full-range activation, how many more there are, and the two ways out (`program`:
+    those for a PT2E program)."""
     full = [a for a in activations if a.full_range]
     if not full:
         return
@@ -132,7 +133,7 @@ def refuse_full_range(activations: list[AffineActivation]) -> None:
         f"{first.values_above_int8:,} of {first.values_measured:,} values on the data lie past int8's +127 steps, "
         f"where PyTorch's uint8 goes on to {255 - first.zero_point}")
     more = f" ({len(full) - 1} more such activations)" if len(full) > 1 else ""
-    raise full_range_error(first.tensor, first.module, first.zero_point, first.scale, why + more)
+    raise full_range_error(first.tensor, first.module, first.zero_point, first.scale, why + more, program)
 
 
 def requantize(model: onnx.ModelProto, activations: list[AffineActivation]) -> onnx.ModelProto:

@@ -152,14 +152,18 @@ def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
     return _tidy(graph)
 
 
-REQUANTIZE_FIX = ("pass --requantize-activations (each such tensor re-quantized to symmetric int8 over the same range, "
-                  "its parity measured), or quantize the float model again with --qconfig tensorrt (a PT2E program: "
-                  "with qdq_bridge.pt2e.quantizer.TensorRTQuantizer)")
+def requantize_fix(program: bool = False) -> str:
+    """The two ways out of full-range activations; quantizing again differs for an eager model and a PT2E program."""
+    again = ("quantize the float program again with --calibrate DATA (qdq_bridge.pt2e.quantizer.TensorRTQuantizer)"
+             if program else "quantize the float model again with --qconfig tensorrt")
+    return ("pass --requantize-activations (each such tensor re-quantized to symmetric int8 over the same range, "
+            f"its parity measured), or {again}")
 
 
-def full_range_error(tensor: str, module: str, zp: int, scale: float, reason: str) -> BridgeError:
+def full_range_error(tensor: str, module: str, zp: int, scale: float, reason: str,
+                     program: bool = False) -> BridgeError:
     return BridgeError(f"activation '{tensor}'{in_module(module)} is quantized affinely over the full uint8 range "
-                       f"(zero_point={zp}, scale={scale:.4g}, qnnpack-style): {reason}", REQUANTIZE_FIX)
+                       f"(zero_point={zp}, scale={scale:.4g}, qnnpack-style): {reason}", requantize_fix(program))
 
 
 def below_int8(zp: int) -> str:

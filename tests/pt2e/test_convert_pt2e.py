@@ -110,7 +110,9 @@ def test_x86_quantizer_program_is_refused_then_requantized_on_request(task, tmp_
     refused = run_cli("convert", str(tmp_path / "x86.pt2"), "--dataset", str(dataset), "-o", str(tmp_path / "no"))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "is quantized affinely over the full uint8 range (zero_point=0" in refused.stderr
-    assert "pass --requantize-activations" in refused.stderr and "TensorRTQuantizer" in refused.stderr
+    assert refused.stderr.rstrip().endswith("or quantize the float program again with --calibrate DATA "
+                                            "(qdq_bridge.pt2e.quantizer.TensorRTQuantizer)"), refused.stderr
+    assert "pass --requantize-activations" in refused.stderr and "--qconfig" not in refused.stderr
     assert "(module" not in refused.stderr  # a PT2E program's nodes name no module
     report, _ = convert_cli(tmp_path, tmp_path / "x86.pt2", dataset, "--requantize-activations")
     assert report["lint"] == [] and report["activations"]["requantized"]
