@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "TensorRT could not build it, 2 bad input or no TensorRT.")
     build.add_argument("onnx", help="ONNX model file")
     build.add_argument("-o", "--engine-file", help="engine to write (default: the ONNX file's name with .engine)")
+    build.add_argument("--trt-log", metavar="FILE", type=Path,
+                       help="write TensorRT's log of the build to FILE at VERBOSE severity (as trtexec --verbose), "
+                            "also when the build fails: its last lines name the layers TensorRT was fusing")
     _add_build_options(build)
 
     lint = commands.add_parser("lint", help="check an ONNX file against TensorRT's explicit-quantization rules",
@@ -238,8 +242,9 @@ def _build(args: argparse.Namespace) -> int:
     source = readable_file(args.onnx, "ONNX file")
     engine = Path(args.engine_file or source.with_suffix(".engine"))
     worker = TensorRTWorker(args.trt_python, args.trt_timeout)
+    settings = dataclasses.replace(_build_settings(args), verbose_log=args.trt_log is not None)
     try:
-        built = build_engine(source, engine, _build_settings(args), worker)
+        built = build_engine(source, engine, settings, worker, args.trt_log)
     except TensorRTUnavailable:
         raise  # a set-up to mend: exit status 2
     except BridgeError as exc:  # TensorRT could not build this ONNX: a failed check

@@ -55,6 +55,9 @@ class BuildSettings:
     calibration_data: str | None = None
     calibration_batch: int = 8
     calibration_cache: str | None = None
+    # TensorRT's log at VERBOSE (every optimizer step and fusion, as trtexec --verbose): where a build fails inside
+    # TensorRT, its last lines name the layers it was fusing
+    verbose_log: bool = False
 
 
 @dataclass
@@ -70,16 +73,25 @@ class TensorRTWorker:
     def __post_init__(self):
         self.python = self.python or os.environ.get(PYTHON_ENV) or sys.executable
 
-    def call(self, command: str, **params) -> dict:
+    def call(self, command: str, log_path: Path | None = None, **params) -> dict:
         """Run one worker command; the response, with "call_seconds": the call's wall time (the process's start
-        included where this call started it)."""
+        included where this call started it). `log_path`: where to write the worker's log of this call, whether it
+        succeeds or fails."""
         started = time.perf_counter()
         running = self._start()
+        log_start = running.log.seek(0, os.SEEK_END)
+        try:
+            return self._call(running, command, started, log_start, log_path, params)
+        finally:
+            if log_path is not None and not running.log.closed:  # a crashed worker's log is kept before it closes
+                running.save_log(log_start, log_path)
+
+    def _call(self, running: _Process, command: str, started: float, log_start: int, log_path: Path | None,
+              params: dict) -> dict:
         with tempfile.TemporaryDirectory(prefix="qdq-trt-") as work:
             request = Path(work) / "request.json"
             response = Path(work) / "response.json"
             request.write_text(json.dumps({"command": command, "response": str(response), **params}))
-            log_start = running.log.seek(0, os.SEEK_END)
             try:
                 running.process.stdin.write(f"{request}\n".encode())
                 ready = select.select([running.process.stdout], [], [], self.timeout_s)[0]
@@ -90,6 +102,8 @@ class TensorRTWorker:
                 running.process.kill()  # hung, or half-ended
                 running.process.wait()
                 log = running.log_tail(log_start)
+                if log_path is not None:
+                    running.save_log(log_start, log_path)
                 self.close()
                 if not ready:
                     raise BridgeError(f"TensorRT worker '{command}' timed out after {self.timeout_s:g} s (log: {log})",
@@ -129,9 +143,10 @@ class TensorRTWorker:
         return self.call("probe")
 
     def build(self, onnx_path: Path, engine_path: Path, settings: BuildSettings,
-              layers_path: Path | None = None) -> BuildResponse:
-        """Builds the engine; says how it was typed and how long it took (trt_protocol.BuildResponse)."""
-        return self.call("build", onnx=str(onnx_path), engine=str(engine_path),
+              layers_path: Path | None = None, log_path: Path | None = None) -> BuildResponse:
+        """Builds the engine; says how it was typed and how long it took (trt_protocol.BuildResponse). `log_path`:
+        TensorRT's log of the build, written also when it fails."""
+        return self.call("build", log_path, onnx=str(onnx_path), engine=str(engine_path),
                          layers=str(layers_path) if layers_path else None, **vars(settings))
 
     def benchmark(self, engine_path: Path, batches: list[int], warmup: int = 50, runs: int = 200,
@@ -155,11 +170,12 @@ class BuiltEngine:
     layer_summary: dict  # summarize_layers of it (all counts 0 without)
 
 
-def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, worker: TensorRTWorker) -> BuiltEngine:
-    """Builds the engine of an ONNX file with its layer report beside it (`<engine>.layers.json`); a build
-    TensorRT refuses raises BridgeError with TensorRT's reason."""
+def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, worker: TensorRTWorker,
+                 log_path: Path | None = None) -> BuiltEngine:
+    """Builds the engine of an ONNX file with its layer report beside it (`<engine>.layers.json`) and, if asked,
+    TensorRT's log of the build at `log_path`; a build TensorRT refuses raises BridgeError with TensorRT's reason."""
     layers_path = engine_path.with_name(f"{engine_path.name.removesuffix('.engine')}.layers.json")
-    build = worker.build(onnx_path, engine_path, settings, layers_path)
+    build = worker.build(onnx_path, engine_path, settings, layers_path, log_path)
     if not layers_path.exists():
         return BuiltEngine(build, None, summarize_layers({}))
     return BuiltEngine(build, layers_path, summarize_layers(json.loads(layers_path.read_text())))
@@ -284,6 +300,11 @@ class _Process:
         """The end of the log written since byte `start`."""
         self.log.seek(start)
         return _tail(self.log.read())
+
+    def save_log(self, start: int, path: Path) -> None:
+        """The log written since byte `start`, into the file `path`."""
+        self.log.seek(start)
+        Path(path).write_bytes(self.log.read())
 
 
 def _end_process(process: subprocess.Popen, log, farewell: bytes) -> None:

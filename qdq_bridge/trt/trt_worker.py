@@ -141,8 +141,8 @@ def make_cuda():
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
-def _logger():
-    return trt.Logger(trt.Logger.WARNING)
+def _logger(verbose: bool = False):
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
 def features() -> dict:
@@ -253,7 +253,7 @@ def build(request: dict) -> BuildResponse:
         route = _route(feats, request)
     except RouteError as exc:
         return {"error": str(exc)}
-    logger = _logger()
+    logger = _logger(request.get("verbose_log", False))
     builder = trt.Builder(logger)
     network_flags = _network_flags(feats, route["typing"])
     network = builder.create_network(_bits(trt.NetworkDefinitionCreationFlag, network_flags))

@@ -555,6 +555,22 @@ def test_build_command_fails_with_tensorrts_reason_in_one_line_and_writes_nothin
     assert not list(tmp_path.glob("out*"))
 
 
+def test_build_command_keeps_tensorrts_verbose_log_of_a_failed_build(fake_trt, monkeypatch, tmp_path):
+    """--trt-log: the whole log at VERBOSE (each node as the parser reads it), kept when the build fails."""
+    fake_trt()
+    monkeypatch.setenv("FAKE_TRT_FAILING_OPS", "Relu")
+    model = tiny_onnx(tmp_path / "m.onnx")
+    result = run_cli("build", str(model), "--trt-log", str(tmp_path / "build.log"))
+    assert result.returncode == 1
+    log = (tmp_path / "build.log").read_text().splitlines()
+    nodes = onnx.load(str(model)).graph.node
+    assert [line for line in log if "[V] Parsing node" in line] == [
+        f"[TRT] [V] Parsing node: {n.name} [{n.op_type}]" for n in nodes]
+    assert "chooseHigherPrecision" in log[-1]
+    quiet = run_cli("build", str(model), "-o", str(tmp_path / "quiet.engine"))
+    assert "[V]" not in quiet.stderr and "chooseHigherPrecision" in quiet.stderr  # without it: warnings and errors
+
+
 def test_build_command_without_tensorrt_says_how_to_enable_it(tmp_path):
     result = run_cli("build", str(tiny_onnx(tmp_path / "m.onnx")))
     assert result.returncode == 2

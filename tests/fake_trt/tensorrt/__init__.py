@@ -81,9 +81,14 @@ def _keep(data: bytes, suffix: str):
 
 class Logger:
     WARNING = 2
+    VERBOSE = 4
 
     def __init__(self, min_severity):
         self._min_severity = min_severity
+
+    def verbose(self, message: str) -> None:
+        if self._min_severity >= Logger.VERBOSE:
+            print(f"[TRT] [V] {message}", file=sys.stderr)
 
 
 class IHostMemory(bytes):
@@ -157,8 +162,8 @@ class OnnxParser:
     """Reads the ONNX with the onnx package: graph inputs (symbolic dimensions become -1), one layer per node
     (its outputs have shape [-1, 1] unless they are graph outputs), graph outputs."""
 
-    def __init__(self, network: INetworkDefinition, logger):
-        self._network, self._errors = network, []
+    def __init__(self, network: INetworkDefinition, logger: Logger):
+        self._network, self._errors, self._logger = network, [], logger
 
     num_errors = property(lambda self: len(self._errors))
 
@@ -179,6 +184,7 @@ class OnnxParser:
         self._network._inputs = [declared[v.name] for v in graph.input if v.name not in weights]
         self._network._trips = any(node.op_type in _FAILING_OPS for node in graph.node)
         for node in graph.node:
+            self._logger.verbose(f"Parsing node: {node.name} [{node.op_type}]")  # as TensorRT's parser logs it
             outputs = [declared.get(name) or ITensor(name, [-1, 1], DataType.FLOAT) for name in node.output]
             self._network._layers.append(ILayer(node.name or node.op_type, _LAYER_TYPES.get(node.op_type,
                                                                                            "PointWiseV2"), outputs))
