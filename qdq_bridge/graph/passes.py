@@ -82,11 +82,11 @@ def reroute(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
     return True
 
 
-def _producer(tensor: gs.Tensor, op: str) -> gs.Node | None:
+def producer(tensor: gs.Tensor, op: str) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) == 1 and tensor.inputs[0].op == op else None
 
 
-def _tidy(graph: gs.Graph) -> gs.Graph:
+def tidy(graph: gs.Graph) -> gs.Graph:
     return graph.cleanup().toposort()
 
 
@@ -95,18 +95,18 @@ def _tidy(graph: gs.Graph) -> gs.Graph:
 def fold_constants(graph: gs.Graph) -> gs.Graph:
     """Fold Constant/ConstantOfShape/Cast chains into initializers, never folding Q/DQ (int8 weights stay int8)."""
     graph.fold_constants(should_exclude_node=lambda node: node.op in QDQ_OPS, error_ok=False)
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def remove_cast_between_q_dq(graph: gs.Graph) -> gs.Graph:
     """Drop Cast nodes between QuantizeLinear and DequantizeLinear that cast to the type Q already produces."""
     for cast in [n for n in graph.nodes if n.op == "Cast"]:
-        q = _producer(cast.inputs[0], "QuantizeLinear")
+        q = producer(cast.inputs[0], "QuantizeLinear")
         if q is None or cast.attrs.get("to") != onnx.helper.np_dtype_to_tensor_dtype(zero_point(q).dtype):
             continue
         if all(consumer.op == "DequantizeLinear" for consumer in cast.outputs[0].outputs):
             reroute(graph, cast.outputs[0], cast.inputs[0])
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def _along_axis(param: np.ndarray, node: gs.Node, rank: int) -> np.ndarray:
@@ -133,7 +133,7 @@ def fold_bias_dequantize(graph: gs.Graph) -> gs.Graph:
         if values is None or constant_values(dq.inputs[1]) is None or values.dtype != np.int32:
             continue
         reroute(graph, dq.outputs[0], gs.Constant(dq.outputs[0].name + "_float", dequantize_constant(dq, values)))
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
@@ -149,7 +149,7 @@ def float_fixed_range_outputs(graph: gs.Graph) -> gs.Graph:
             continue
         for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
             reroute(graph, dq.outputs[0], q.inputs[0])
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def requantize_fix(program: bool = False) -> str:
@@ -198,12 +198,12 @@ def int8_zero_point(graph: gs.Graph) -> gs.Graph:
             node.inputs.append(zero)
         if node.op == "QuantizeLinear":
             node.outputs[0].dtype = np.int8
-            if shift < 128 and constant_values(node.inputs[0]) is None and _producer(node.inputs[0], "Relu") is None:
+            if shift < 128 and constant_values(node.inputs[0]) is None and producer(node.inputs[0], "Relu") is None:
                 _floor_before(graph, node, -shift)
         elif (values := constant_values(node.inputs[0])) is not None:
             shifted = values.astype(np.int16) - shift
             node.inputs[0] = gs.Constant(node.inputs[0].name + "_int8", np.clip(shifted, -128, 127).astype(np.int8))
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def _floor_before(graph: gs.Graph, q: gs.Node, low_steps: int) -> None:
@@ -239,7 +239,7 @@ def drop_activation_clamps(graph: gs.Graph) -> gs.Graph:
     """
     for floor in [n for n in graph.nodes if is_grid_floor(n)]:
         reroute(graph, floor.outputs[0], floor.inputs[0])
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def quantize_weight_constants(graph: gs.Graph) -> gs.Graph:
@@ -254,7 +254,7 @@ def quantize_weight_constants(graph: gs.Graph) -> gs.Graph:
         quantized = np.rint(values / _along_axis(scale, q, values.ndim)) + _along_axis(zp, q, values.ndim)
         weight = gs.Constant(q.outputs[0].name + "_quantized", np.clip(quantized, info.min, info.max).astype(zp.dtype))
         reroute(graph, q.outputs[0], weight)
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def fold_weight_transpose(graph: gs.Graph) -> gs.Graph:
@@ -282,7 +282,7 @@ def fold_weight_transpose(graph: gs.Graph) -> gs.Graph:
             new_dq.attrs["axis"] = list(perm).index(axis_of(dq, values.ndim))
         if reroute(graph, transpose.outputs[0], new_dq.outputs[0]):
             graph.nodes.append(new_dq)
-    return _tidy(graph)
+    return tidy(graph)
 
 
 REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -324,7 +324,7 @@ def spatial_mean_as_global_average_pool(graph: gs.Graph) -> gs.Graph:
             pooled = gs.Variable(f"{node.outputs[0].name}_pooled", node.outputs[0].dtype)
             graph.nodes.append(gs.Node("Flatten", f"{node.name}_flatten", {"axis": 1}, [pooled], node.outputs))
             node.outputs = [pooled]
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def _same_quantization(a: gs.Node, b: gs.Node) -> bool:
@@ -343,17 +343,17 @@ def _per_tensor(node: gs.Node) -> bool:
 def drop_redundant_dq_q(graph: gs.Graph) -> gs.Graph:
     """DequantizeLinear followed by QuantizeLinear with equal scale, zero-point and axis is the identity: drop it."""
     for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
-        dq = _producer(q.inputs[0], "DequantizeLinear")
+        dq = producer(q.inputs[0], "DequantizeLinear")
         if dq is not None and _same_quantization(dq, q):
             reroute(graph, q.outputs[0], dq.inputs[0])
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def _requantized_conv_output(tensor: gs.Tensor) -> gs.Tensor | None:
     """For tensor = DQ(Q(conv output)) with no other consumers along the way: the conv output; else None."""
-    dq = _producer(tensor, "DequantizeLinear")
-    q = _producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
-    conv = _producer(q.inputs[0], "Conv") if q is not None else None
+    dq = producer(tensor, "DequantizeLinear")
+    q = producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+    conv = producer(q.inputs[0], "Conv") if q is not None else None
     if conv is None or len(tensor.outputs) != 1 or len(dq.inputs[0].outputs) != 1 or len(q.inputs[0].outputs) != 1:
         return None
     return q.inputs[0]
@@ -369,10 +369,10 @@ def fuse_residual_add(graph: gs.Graph) -> gs.Graph:
     for add in [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2]:
         for index in (0, 1):
             conv_output = _requantized_conv_output(add.inputs[index])
-            if conv_output is not None and _producer(add.inputs[1 - index], "DequantizeLinear") is not None:
+            if conv_output is not None and producer(add.inputs[1 - index], "DequantizeLinear") is not None:
                 add.inputs[index] = conv_output
                 break
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def skip_grid_preserving_requantize(graph: gs.Graph) -> gs.Graph:
@@ -389,7 +389,7 @@ def skip_grid_preserving_requantize(graph: gs.Graph) -> gs.Graph:
         if op is None or op.op not in GRID_PRESERVING_OPS or len(op.outputs) != 1 or not _per_tensor(q):
             continue
         data = op.inputs if op.op == "Concat" else op.inputs[:1]
-        sources = [_producer(t, "DequantizeLinear") for t in data]
+        sources = [producer(t, "DequantizeLinear") for t in data]
         if not all(dq is not None and _same_quantization(dq, q) for dq in sources):
             continue
         dqs = q.outputs[0].outputs
@@ -399,7 +399,7 @@ def skip_grid_preserving_requantize(graph: gs.Graph) -> gs.Graph:
                for dq in dqs):
             for dq in list(dqs):
                 reroute(graph, dq.outputs[0], op.outputs[0])
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def float_network_outputs(graph: gs.Graph) -> gs.Graph:
@@ -409,8 +409,8 @@ def float_network_outputs(graph: gs.Graph) -> gs.Graph:
     the precision the rounding removed.
     """
     for index, output in enumerate(list(graph.outputs)):
-        dq = _producer(output, "DequantizeLinear")
-        q = _producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+        dq = producer(output, "DequantizeLinear")
+        q = producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
         if q is None or constant_values(q.inputs[0]) is not None or len(q.outputs[0].outputs) != 1 \
                 or q.inputs[0] in graph.inputs or q.inputs[0] in graph.outputs:
             continue
@@ -418,19 +418,19 @@ def float_network_outputs(graph: gs.Graph) -> gs.Graph:
         output.name, unrounded.name = f"{output.name}_rounded", output.name  # the network keeps its output name
         unrounded.dtype, unrounded.shape = output.dtype, unrounded.shape or output.shape
         graph.outputs[index] = unrounded
-    return _tidy(graph)
+    return tidy(graph)
 
 
-def _conv_weight(conv: gs.Node) -> np.ndarray | None:
+def conv_weight(conv: gs.Node) -> np.ndarray | None:
     """The constant weights of a Conv/ConvTranspose, read through their DequantizeLinear if they have one."""
-    dq = _producer(conv.inputs[1], "DequantizeLinear")
+    dq = producer(conv.inputs[1], "DequantizeLinear")
     return constant_values(dq.inputs[0] if dq is not None else conv.inputs[1])
 
 
 def _float_source(tensor: gs.Tensor) -> gs.Tensor:
     """The float tensor a DQ'd input was quantized from (the exporter quantizes it once per consumer)."""
-    dq = _producer(tensor, "DequantizeLinear")
-    q = _producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+    dq = producer(tensor, "DequantizeLinear")
+    q = producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
     return q.inputs[0] if q is not None else tensor
 
 
@@ -461,7 +461,7 @@ def separate_sibling_convs(graph: gs.Graph) -> gs.Graph:
     """
     siblings: dict[str, list[tuple[gs.Node, tuple[int, ...]]]] = {}
     for conv in graph.nodes:
-        weight = _conv_weight(conv) if conv.op == "Conv" else None
+        weight = conv_weight(conv) if conv.op == "Conv" else None
         if weight is not None and 1 in weight.shape[2:] and all(d == 1 for d in conv.attrs.get("dilations", [1])):
             siblings.setdefault(_float_source(conv.inputs[0]).name, []).append((conv, weight.shape[2:]))
     first_concats = _first_concats(graph)
@@ -470,16 +470,16 @@ def separate_sibling_convs(graph: gs.Graph) -> gs.Graph:
         if any(a & b for i, a in enumerate(concats) for b in concats[i + 1:]):
             for dilation, (conv, kernel) in enumerate(convs[1:], start=2):
                 conv.attrs["dilations"] = [dilation if size == 1 else 1 for size in kernel]
-    return _tidy(graph)
+    return tidy(graph)
 
 
 def conv_kernel_shape(graph: gs.Graph) -> gs.Graph:
     """Set `kernel_shape` on Conv/ConvTranspose from their (DQ'd) constant weights; TensorRT 8.6's parser needs it."""
     for conv in [n for n in graph.nodes if n.op in ("Conv", "ConvTranspose") and "kernel_shape" not in n.attrs]:
-        values = _conv_weight(conv)
+        values = conv_weight(conv)
         if values is not None:
             conv.attrs["kernel_shape"] = list(values.shape[2:])
-    return _tidy(graph)
+    return tidy(graph)
 
 
 @dataclass(frozen=True)

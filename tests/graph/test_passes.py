@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.graph import passes
 
-from helpers.graphs import pooled_head, RNG, conv_graph, const, model, q_dq, run, sample_input, weight_dq
+from helpers.graphs import conv_graph, const, inception_like, model, pooled_head, q_dq, run, sample_input, weight_dq
 
 
 def apply_twice(graph_pass, graph: gs.Graph):
@@ -348,38 +348,6 @@ def test_float_network_outputs_keeps_the_output_name_and_drops_its_rounding():
 def test_run_passes_rejects_unknown_pass_names():
     with pytest.raises(BridgeError, match="unknown pass nope: choose from fold_constants"):
         passes.run_passes(model(conv_graph()), disabled=["nope"])
-
-
-def inception_like(join: str = "Concat", through_conv: bool = False,
-                   kernels: tuple = ((1, 1), (1, 1), (3, 3))) -> gs.Graph:
-    """x quantized once per consumer (as the exporter does) -> ConvReLUs of these kernels (two 1x1 and a 3x3;
-    Inception v3's Mixed_7c: 1x3, 3x1) -> Q/DQ each (-> a 3x3 ConvReLU and Q/DQ each, `through_conv`: Mixed_7a)
-    -> Concat (or Add: a ResNet-like join) -> Q/DQ."""
-    x = gs.Variable("input", np.float32, (1, 4, 5, 5))
-    nodes: list = []
-
-    def conv_relu(source: gs.Variable, name: str, kernel: tuple[int, int], channels: int) -> gs.Variable:
-        w_node, w = weight_dq(name, RNG.integers(-127, 128, (6, channels, *kernel)).astype(np.int8),
-                              RNG.uniform(0.01, 0.02, 6), 0)
-        y, r = gs.Variable(f"{name}_out", np.float32), gs.Variable(f"{name}_relu_out", np.float32)
-        pads = [k // 2 for k in kernel] * 2
-        nodes.extend([w_node, gs.Node("Conv", f"/{name}/Conv", {"pads": pads}, [source, w], [y]),
-                      gs.Node("Relu", f"/{name}/Relu", inputs=[y], outputs=[r])])
-        return r
-
-    branches = []
-    for i, kernel in enumerate(kernels):
-        branch = q_dq(nodes, conv_relu(q_dq(nodes, x, f"in{i}", 0.05, 0, np.int8), f"conv{i}", kernel, 4),
-                      f"branch{i}", 0.1 + 0.01 * i, 0, np.int8)
-        if through_conv:
-            branch = q_dq(nodes, conv_relu(branch, f"tail{i}", (3, 3), 6), f"tail{i}", 0.2, 0, np.int8)
-        branches.append(branch)
-    joined = gs.Variable("joined", np.float32)
-    nodes.append(gs.Node(join, f"/{join}", {"axis": 1} if join == "Concat" else {},
-                         branches if join == "Concat" else branches[:2], [joined]))
-    out = q_dq(nodes, joined, "out", 0.2, 0, np.int8)
-    out.name = "output"
-    return gs.Graph(nodes, [x], [out], opset=13)
 
 
 def dilations(m) -> dict[str, list[int]]:
