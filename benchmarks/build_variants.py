@@ -142,8 +142,9 @@ def build(name: str, folder: Path, options: list[str]) -> dict:
     if result.returncode == 0:
         row["summary"] = result.stdout.strip().splitlines()[-1].split(": ", 1)[1].split("; layers:")[0]
         return row
-    row["error"] = (result.stderr.strip().splitlines() or ["?"])[-1][:300]
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    errors = [line.strip() for line in lines if "[E]" in line]  # TensorRT's own error line, else the build's
+    row["error"] = (errors or result.stderr.strip().splitlines() or ["?"])[-1][:300]
     row["last_fusions"] = [line.strip() for line in lines if any(w in line for w in FUSION_WORDS)][-4:]
     return row
 

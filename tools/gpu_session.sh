@@ -19,6 +19,10 @@
 #                                                      TensorRT's error; ARGS: options of qdq_bridge build, e.g.
 #                                                      --builder-optimization-level 0: the iterations that build take
 #                                                      longest); cut short, it keeps the last failing cut
+#   bash tools/gpu_session.sh variants ROW SECONDS [ARGS] benchmarks/build_variants.py on a matrix row's engine ONNX:
+#                                                      its variants and block prefixes built side by side (ARGS:
+#                                                      options of every build); the table, and the last 300 lines
+#                                                      of each failed build's VERBOSE log, come back in $OUT
 #
 # FAMILIES (the matrix's entries), EPOCHS, CONVERT_ARGS (options for every convert) and CONVERT_JOBS (conversions at
 # a time, sharing the 16 cores; 1 by default) change the defaults.
@@ -58,6 +62,18 @@ pt2e)
   timeout "$1" python3 benchmarks/pt2e_vs_eager.py --out benchmarks/out/pt2e_vs_eager --convert-args \
     "--builder-optimization-level 1" 2>&1 | grep -v "Warning\|calibrating\|W1202"
   cp benchmarks/out/pt2e_vs_eager/pt2e_vs_eager.json "$OUT/" 2>/dev/null
+  exit 0 ;;
+variants)
+  onnx=$(python3 -c "import json; r=json.load(open('$out/$1/report.json')); print(r['tensorrt'].get('engine_onnx', r['onnx']))")
+  timeout "$2" python3 benchmarks/build_variants.py "$out/$1/$onnx" --out "$out/$1/variants" --jobs 8 \
+    --build-args "${*:3}" 2>&1 | grep -v Warning | tee "$OUT/$1.variants.md"
+  cp "$out/$1/variants/variants.json" "$OUT/$1.variants.json"
+  for log in "$out/$1"/variants/*.log; do
+    name=$(basename "$log" .log)
+    python3 -c "import json, sys; rows = json.load(open('$out/$1/variants/variants.json'))['rows']
+sys.exit(0 if any(r['variant'] == '$name' and r['exit'] != 0 for r in rows) else 1)" &&
+      tail -n 300 "$log" > "$OUT/$1.$name.log"
+  done
   exit 0 ;;
 reduce)
   cd $out/$1
