@@ -54,6 +54,7 @@ def test_prefixes_end_at_each_block(variants):
     assert [o.name for o in variants.prefix(block, "output").graph.output] == ["output"]
 
 
+@pytest.mark.slow  # six `qdq_bridge build` processes
 def test_builds_every_variant_into_one_table(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", f"{FAKE_TRT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv(CUDA_ENV, "fake_cuda:Cuda")

@@ -552,6 +552,7 @@ def test_build_command_fails_with_tensorrts_reason_in_one_line_and_writes_nothin
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "the builder returned no engine" in result.stderr and "chooseHigherPrecision" in result.stderr
+    assert "[V]" not in result.stderr  # TensorRT logs warnings and errors only, unless --trt-log asks for more
     assert not list(tmp_path.glob("out*"))
 
 
@@ -567,8 +568,6 @@ def test_build_command_keeps_tensorrts_verbose_log_of_a_failed_build(fake_trt, m
     assert [line for line in log if "[V] Parsing node" in line] == [
         f"[TRT] [V] Parsing node: {n.name} [{n.op_type}]" for n in nodes]
     assert "chooseHigherPrecision" in log[-1]
-    quiet = run_cli("build", str(model), "-o", str(tmp_path / "quiet.engine"))
-    assert "[V]" not in quiet.stderr and "chooseHigherPrecision" in quiet.stderr  # without it: warnings and errors
 
 
 def test_build_command_without_tensorrt_says_how_to_enable_it(tmp_path):
