@@ -91,10 +91,11 @@ def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path
 
 
 def reduce_hint(onnx_name: str, model: onnx.ModelProto, sample: Dataset) -> str:
-    """The command that cuts an ONNX TensorRT will not build down to the nodes it fails on (polygraphy's
-    bisection, with `qdq_bridge build` as its check)."""
+    """The commands that show what TensorRT did before it failed (its VERBOSE log) and cut an ONNX it will not
+    build down to the nodes it fails on (polygraphy's bisection, with `qdq_bridge build` as its check)."""
     shape = ",".join(map(str, (1, *sample.x.shape[1:])))
-    return (f"to find the nodes TensorRT cannot build, in the output folder: pip install polygraphy; polygraphy debug "
+    return (f"TensorRT's whole log of the build, in the output folder: python -m qdq_bridge build {onnx_name} "
+            f"--trt-log build.log; to find the nodes TensorRT cannot build: pip install polygraphy; polygraphy debug "
             f"reduce {onnx_name} -o reduced.onnx --model-input-shapes {model.graph.input[0].name}:[{shape}] "
             "--fail-regex 'PHRASE OF THE ERROR' --check python -m qdq_bridge build polygraphy_debug.onnx")
 

@@ -529,6 +529,7 @@ def test_engine_stage_failure_keeps_the_cpu_results_and_exits_1(fake_trt, exampl
     reduce = [note for note in report["notes"] if "polygraphy debug reduce" in note]
     if mode == "build-fails":  # how to find the nodes TensorRT fails on, with `build` as polygraphy's check
         assert "reduce resnet_q.qdq.onnx -o reduced.onnx --model-input-shapes input:[1,1,32,32]" in reduce[0]
+        assert "python -m qdq_bridge build resnet_q.qdq.onnx --trt-log build.log;" in reduce[0]
         assert reduce[0].endswith("--check python -m qdq_bridge build polygraphy_debug.onnx")
     else:
         assert not reduce
