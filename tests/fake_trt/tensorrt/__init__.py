@@ -86,7 +86,7 @@ class Logger:
     def __init__(self, min_severity):
         self._min_severity = min_severity
 
-    def verbose(self, message: str) -> None:
+    def _verbose(self, message: str) -> None:  # real Loggers log through their C++ side
         if self._min_severity >= Logger.VERBOSE:
             print(f"[TRT] [V] {message}", file=sys.stderr)
 
@@ -184,7 +184,7 @@ class OnnxParser:
         self._network._inputs = [declared[v.name] for v in graph.input if v.name not in weights]
         self._network._trips = any(node.op_type in _FAILING_OPS for node in graph.node)
         for node in graph.node:
-            self._logger.verbose(f"Parsing node: {node.name} [{node.op_type}]")  # as TensorRT's parser logs it
+            self._logger._verbose(f"Parsing node: {node.name} [{node.op_type}]")  # as TensorRT's parser logs it
             outputs = [declared.get(name) or ITensor(name, [-1, 1], DataType.FLOAT) for name in node.output]
             self._network._layers.append(ILayer(node.name or node.op_type, _LAYER_TYPES.get(node.op_type,
                                                                                            "PointWiseV2"), outputs))
