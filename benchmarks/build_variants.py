@@ -29,29 +29,18 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qdq_bridge.graph.passes import conv_weight, export_like, producer, tidy
+from qdq_bridge.graph.passes import conv_weight, export_like, requantized, tidy
 
 # the log lines that say what TensorRT's optimizer did last before a failure
 FUSION_WORDS = ("Fusing", "Running:", "Eliminating", "Swapping", "Removing", "QDQ", "Merging")
-
-
-def _requantized_concat(tensor: gs.Tensor, axis: int) -> tuple[gs.Node, gs.Node] | None:
-    """For tensor = DQ(Q(Concat(...))) along `axis`, each read only along that path: (the inner Concat, the Q)."""
-    dq = producer(tensor, "DequantizeLinear")
-    q = producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
-    inner = producer(q.inputs[0], "Concat") if q is not None else None
-    if inner is None or inner.attrs["axis"] != axis or any(len(t.outputs) != 1 for t in (tensor, dq.inputs[0],
-                                                                                          q.inputs[0])):
-        return None
-    return inner, q
 
 
 def _flatten_nested_concats(graph: gs.Graph, requantize: bool) -> gs.Graph:
     for outer in [n for n in graph.nodes if n.op == "Concat"]:
         inputs = []
         for tensor in outer.inputs:
-            nested = _requantized_concat(tensor, outer.attrs["axis"])
-            if nested is None:
+            nested = requantized(tensor, "Concat")
+            if nested is None or nested[0].attrs["axis"] != outer.attrs["axis"]:
                 inputs.append(tensor)
                 continue
             inner, q = nested

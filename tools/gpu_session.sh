@@ -68,11 +68,9 @@ variants)
   timeout "$2" python3 benchmarks/build_variants.py "$out/$1/$onnx" --out "$out/$1/variants" --jobs 8 \
     --build-args "${*:3}" 2>&1 | grep -v Warning | tee "$OUT/$1.variants.md"
   cp "$out/$1/variants/variants.json" "$OUT/$1.variants.json"
-  for log in "$out/$1"/variants/*.log; do
-    name=$(basename "$log" .log)
-    python3 -c "import json, sys; rows = json.load(open('$out/$1/variants/variants.json'))['rows']
-sys.exit(0 if any(r['variant'] == '$name' and r['exit'] != 0 for r in rows) else 1)" &&
-      tail -n 300 "$log" > "$OUT/$1.$name.log"
+  for name in $(python3 -c "import json
+print(' '.join(r['variant'] for r in json.load(open('$out/$1/variants/variants.json'))['rows'] if r['exit']))"); do
+    tail -n 300 "$out/$1/variants/$name.log" > "$OUT/$1.$name.log"
   done
   exit 0 ;;
 reduce)

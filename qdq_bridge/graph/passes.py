@@ -349,14 +349,21 @@ def drop_redundant_dq_q(graph: gs.Graph) -> gs.Graph:
     return tidy(graph)
 
 
-def _requantized_conv_output(tensor: gs.Tensor) -> gs.Tensor | None:
-    """For tensor = DQ(Q(conv output)) with no other consumers along the way: the conv output; else None."""
+def requantized(tensor: gs.Tensor, op: str) -> tuple[gs.Node, gs.Node] | None:
+    """For tensor = DQ(Q(output of an `op` node)) with no other consumers along the way: (that node, the Q); else
+    None."""
     dq = producer(tensor, "DequantizeLinear")
     q = producer(dq.inputs[0], "QuantizeLinear") if dq is not None else None
-    conv = producer(q.inputs[0], "Conv") if q is not None else None
-    if conv is None or len(tensor.outputs) != 1 or len(dq.inputs[0].outputs) != 1 or len(q.inputs[0].outputs) != 1:
+    node = producer(q.inputs[0], op) if q is not None else None
+    if node is None or len(tensor.outputs) != 1 or len(dq.inputs[0].outputs) != 1 or len(q.inputs[0].outputs) != 1:
         return None
-    return q.inputs[0]
+    return node, q
+
+
+def _requantized_conv_output(tensor: gs.Tensor) -> gs.Tensor | None:
+    """For tensor = DQ(Q(conv output)) with no other consumers along the way: the conv output; else None."""
+    found = requantized(tensor, "Conv")
+    return found[1].inputs[0] if found is not None else None
 
 
 def fuse_residual_add(graph: gs.Graph) -> gs.Graph:

@@ -81,13 +81,14 @@ class TensorRTWorker:
         running = self._start()
         log_start = running.log.seek(0, os.SEEK_END)
         try:
-            return self._call(running, command, started, log_start, log_path, params)
+            return self._call(running, command, started, log_start, params)
         finally:
-            if log_path is not None and not running.log.closed:  # a crashed worker's log is kept before it closes
+            if log_path is not None:
                 running.save_log(log_start, log_path)
+            if running.process.poll() is not None:  # hung or crashed, and killed: the next call starts another
+                self.close()
 
-    def _call(self, running: _Process, command: str, started: float, log_start: int, log_path: Path | None,
-              params: dict) -> dict:
+    def _call(self, running: _Process, command: str, started: float, log_start: int, params: dict) -> dict:
         with tempfile.TemporaryDirectory(prefix="qdq-trt-") as work:
             request = Path(work) / "request.json"
             response = Path(work) / "response.json"
@@ -102,9 +103,6 @@ class TensorRTWorker:
                 running.process.kill()  # hung, or half-ended
                 running.process.wait()
                 log = running.log_tail(log_start)
-                if log_path is not None:
-                    running.save_log(log_start, log_path)
-                self.close()
                 if not ready:
                     raise BridgeError(f"TensorRT worker '{command}' timed out after {self.timeout_s:g} s (log: {log})",
                                       "raise --trt-timeout or check the GPU")
