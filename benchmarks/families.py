@@ -109,7 +109,7 @@ def convert(entry: str, placement: str, engine: str, threads: int, out: Path, ex
                stage_seconds=report["stage_seconds"], pairs={})
     for r in labelled:
         row["pairs"][f"{r['reference']} vs {r['candidate']}"] = {
-            "agreement": r["top1_agreement"], "reference_accuracy": r["reference_accuracy"],
+            "agreement": r["agreement"], "reference_accuracy": r["reference_accuracy"],
             "candidate_accuracy": r["candidate_accuracy"], "lost": r["lost"], "gained": r["gained"],
             "p_value": r["loss_test"]["p_value"], "max_abs_diff": r["max_abs_diff"]}
     summary = report["tensorrt"].get("layer_summary")

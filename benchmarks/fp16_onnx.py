@@ -69,7 +69,7 @@ def table(results: dict) -> list[str]:
             p = e["parity"]
             fp16_ops = found["mixed_precision"]["fp16_nodes"] if way == "onnx" else "-"
             lines.append(f"{name:<27}{way:<7}{fp16_ops:>9}{len(e['layers']['conv_gemm_not_int8']):>14}"
-                         f"{p['top1_agreement'] * 100:>8.2f}%{p['accuracy_gap_points']:>8.2f}p"
+                         f"{p['agreement'] * 100:>8.2f}%{p['accuracy_gap_points']:>8.2f}p"
                          + "".join(f"{throughput(e, b, 'cuda_graph'):>14,.0f}" for b in BATCHES))
         flags, carried = found["engines"]["flags"], found["engines"]["onnx"]
         for b in BATCHES:

@@ -175,7 +175,7 @@ def report(results: dict, args) -> None:
     for count, r in results.items():
         rates = " ".join(f"{r['dataset']['images_per_second'][b]:>17.1f}" for b in backends)
         print(f"{count:>8} {r['seconds']:>8.1f} {r['self_maxrss_mib']:>6.0f} MiB {r['worker_maxrss_mib']:>7.0f} MiB "
-              f"{r['tree_pss_mib']:>6.0f} MiB {rates} {r['parity']['top1_agreement'] * 100:>8.2f}% "
+              f"{r['tree_pss_mib']:>6.0f} MiB {rates} {r['parity']['agreement'] * 100:>8.2f}% "
               f"{r['dataset']['classes']:>7}")
     small, large = results[min(results)], results[max(results)]
     for key, label in (("self_maxrss_mib", "main RSS"), ("tree_pss_mib", "tree PSS")):

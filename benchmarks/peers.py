@@ -358,12 +358,12 @@ def print_tables(results: dict) -> None:
                    f"{_cell(graph.get('opset'), 'd', 6)}{_cell(graph.get('quantize_nodes'), 'd', 5)}"
                    f"{_cell(graph.get('dequantize_nodes'), 'd', 5)}"
                    f"{_cell(ort and ort['candidate_accuracy'] * 100, '.2f', 8)}{'%' if ort else ' '}"
-                   f"{_cell(ort and ort['top1_agreement'] * 100, '.2f', 7)}{'%' if ort else ' '}")
+                   f"{_cell(ort and ort['agreement'] * 100, '.2f', 7)}{'%' if ort else ' '}")
             if engine:
                 s, p = engine["layers"], engine["parity"]
                 row += (f"{engine['build_seconds']:>8.0f}{s['layers']:>7}{len(s['pointwise_layers']):>7}"
                         f"{len(s['reformat_layers']):>7}{len(s['conv_gemm_not_int8']):>6}"
-                        f"{p['candidate_accuracy'] * 100:>8.2f}%{p['top1_agreement'] * 100:>7.2f}%")
+                        f"{p['candidate_accuracy'] * 100:>8.2f}%{p['agreement'] * 100:>7.2f}%")
             print(row)
             problem = entry.get("error") or (entry.get("engine") or {}).get("error")
             if problem:

@@ -159,7 +159,7 @@ def print_tables(results: dict) -> list[tuple[str, bool]]:
         rows = [*r["onnxruntime"].values(), *(e["parity"] for e in engines.values())]
         for c in rows:
             print(f"  {c['candidate']:<28} accuracy {c['candidate_accuracy'] * 100:6.2f}%  gap "
-                  f"{c['accuracy_gap_points']:5.2f} pt  top-1 agreement {c['top1_agreement'] * 100:6.2f}%  "
+                  f"{c['accuracy_gap_points']:5.2f} pt  top-1 agreement {c['agreement'] * 100:6.2f}%  "
                   f"max|diff| {c['max_abs_diff']:.4f}")
         print(f"lint violations: {r['lint_violations']}")
         targets += _targets(name, r)

@@ -33,6 +33,9 @@ FLOAT_PRECISIONS = ("fp16", "fp32")  # float compute outside the Q/DQ pairs in e
 OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels (8.6+)
 
 SIGNIFICANCE = 0.05  # an accuracy loss fails only where a one-sided exact McNemar test finds it at this level
+# how an output is judged (qdq_bridge.measures): top-1 on N x C, per-position argmax on N x C x ..., cosine and
+# steps on anything
+OUTPUT_KINDS = ("classification", "dense", "generic")
 
 PRESETS = {  # what torchvision's reference training scripts and tutorials use
     "imagenet": {"resize_ratio": 256 / 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),

@@ -53,6 +53,20 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _assignments(items: list[str], whole: bool = False) -> dict[str, str | int]:
+    """`--task OUTPUT=KIND` / `--class-axis OUTPUT=AXIS` items as {output: value}; an item without OUTPUT= applies
+    to every output (key ""). ConvertOptions checks the values."""
+    parsed: dict[str, str | int] = {}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        try:
+            parsed[name] = int(value) if whole else value
+        except ValueError:
+            raise BridgeError(f"--class-axis {item} does not end in a whole number",
+                              "pass --class-axis [OUTPUT=]AXIS, e.g. --class-axis -1") from None
+    return parsed
+
+
 def _backends(text: str) -> tuple[str, ...]:
     chosen = tuple(e for e in text.split(",") if e)
     if not chosen or any(e not in BACKEND_ORDER for e in chosen):
@@ -152,9 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a loss beyond --max-accuracy-gap fails when an exact one-sided McNemar test on the "
                            f"samples the two get differently finds it at p < ALPHA (default: {SIGNIFICANCE:g}; 1: "
                            "every loss beyond the gap fails)")
-    conv.add_argument("--logits", metavar="NAME|INDEX", help="the output judged for top-1 and accuracy, by name or "
-                                                             "index (default: the first 2-D output); every output's "
-                                                             "differences are reported")
+    conv.add_argument("--logits", metavar="NAME|INDEX", help="the output the dataset's labels and the headline "
+                                                             "agreement are taken on, by name or index (default: the "
+                                                             "first 2-D output); every output is judged by its kind")
+    conv.add_argument("--task", action="append", default=[], metavar="[OUTPUT=]KIND",
+                      help="how an output is judged: classification (N x C, top-1), dense (N x C x ..., per-position "
+                           "argmax) or generic (cosine and steps); default from its shape (README, Parity); "
+                           "repeatable, without OUTPUT= for every output")
+    conv.add_argument("--class-axis", action="append", default=[], metavar="[OUTPUT=]AXIS",
+                      help="the axis classes lie on for classification and dense outputs (default: 1)")
+    conv.add_argument("--min-position-agreement", type=float, default=0.99,
+                      help="minimum per-position argmax agreement of dense outputs, 0..1 (default: 0.99)")
+    conv.add_argument("--min-cosine", type=float, default=0.99,
+                      help="generic outputs: a sample agrees at this cosine similarity and norm ratio, or with every "
+                           "element within one output step (default: 0.99); --min-agreement of samples must agree")
+    conv.add_argument("--ignore-index", type=int, default=255,
+                      help="per-position labels of this value are not judged (default: 255)")
 
     data = conv.add_argument_group("datasets (image datasets are streamed: decoded batch by batch by worker processes)")
     data.add_argument("--preprocess", choices=sorted(PRESETS), help="preset resize ratio, mean/std and color; "
@@ -273,19 +300,20 @@ def _log_progress() -> None:
 
 def _print_convert(console: Console, result) -> None:
     table = Table(title=f"{result.report['model']} -> {result.onnx_path}")
-    for column in ("dataset", "reference", "candidate", "samples", "top-1 agreement", "accuracy (ref / cand)",
+    for column in ("dataset", "reference", "candidate", "samples", "agreement", "accuracy (ref / cand)",
                    "lost / gained, p", "max |diff|"):
         table.add_column(column, no_wrap=True)
     for c in result.parity:
         accuracy = "–" if c.reference_accuracy is None else \
             f"{c.reference_accuracy * 100:.2f}% / {c.candidate_accuracy * 100:.2f}%"
         discordant = "–" if c.lost is None else f"{c.lost} / {c.gained}, {c.loss_test()['p_value']:.2g}"
-        table.add_row(c.dataset, c.reference, c.candidate, str(c.samples), f"{c.top1_agreement * 100:.2f}%", accuracy,
-                      discordant, f"{c.max_abs_diff:.4g}")
+        table.add_row(c.dataset, c.reference, c.candidate, str(c.samples), f"{c.agreement * 100:.2f}%", accuracy,
+                      discordant, "–" if c.max_abs_diff is None else f"{c.max_abs_diff:.4g}")
     console.print(table)
-    if len(result.report["outputs"]) > 1:
-        console.print(f"outputs: {', '.join(result.report['outputs'])}; top-1 judged on {result.report['logits']}",
-                      highlight=False)
+    first = result.parity[0].outputs if result.parity else {}
+    console.print(f"judged on {result.report['logits']}; outputs: " + ", ".join(
+        f"{name} {m['kind']} ({m.get('measure', 'cannot be measured')})" for name, m in first.items()),
+        highlight=False)
     for entry in result.report["datasets"]:
         console.print(f"{entry['name']}: {entry['samples']} samples, images/s " + ", ".join(
             f"{backend} {rate:,.0f}" for backend, rate in entry["images_per_second"].items()), highlight=False)
@@ -346,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset, dynamic_batch=not args.static_batch,
             batch_size=args.batch_size, min_agreement=args.min_agreement,
             max_accuracy_gap_points=args.max_accuracy_gap, significance=args.significance, logits=args.logits,
+            tasks=_assignments(args.task), class_axes=_assignments(args.class_axis, whole=True),
+            min_position_agreement=args.min_position_agreement, min_cosine=args.min_cosine,
+            ignore_index=args.ignore_index,
             engine=args.engine, trt_python=args.trt_python,
             trt_timeout_s=args.trt_timeout, float_precision=args.float_precision,
             compare_precisions=_precisions(args.compare_precisions),

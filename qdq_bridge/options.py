@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .choices import (BACKEND_ORDER, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
-                      OPTIMIZATION_LEVELS, PLACEMENTS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
+                      OPTIMIZATION_LEVELS, OUTPUT_KINDS, PLACEMENTS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError
 from .trt.engine import BuildSettings
@@ -47,6 +47,13 @@ class ConvertOptions:
     max_accuracy_gap_points: float = 0.2  # an accuracy loss beyond this fails where it is significant:
     significance: float = SIGNIFICANCE  # the exact McNemar test's level (verify.Comparison.accuracy_verdict)
     logits: str | None = None  # the output judged for top-1: a name or index (default: outputs.logits_output)
+    # how each output is judged (qdq_bridge.measures), by output name ("" for every output): its kind
+    # (classification | dense | generic; default from its shape) and the axis its classes lie on (default 1)
+    tasks: dict[str, str] = field(default_factory=dict)
+    class_axes: dict[str, int] = field(default_factory=dict)
+    min_position_agreement: float = 0.99  # dense outputs: per-position argmax agreement
+    min_cosine: float = 0.99  # generic outputs: a sample agrees at this cosine and norm ratio (or within a step)
+    ignore_index: int | None = 255  # per-position labels of this value are not judged
     engine: str = "auto"  # auto: build when TensorRT is found | off | require: fail without TensorRT
     trt_python: str | None = None  # interpreter with tensorrt (default: $QDQ_BRIDGE_TRT_PYTHON or this one)
     trt_timeout_s: float = 900.0
@@ -70,6 +77,16 @@ class ConvertOptions:
         bounded("--min-agreement", self.min_agreement, 0, 1)
         bounded("--max-accuracy-gap", self.max_accuracy_gap_points, 0, 100)
         bounded("--significance", self.significance, 0, 1, open_low=True)
+        bounded("--min-position-agreement", self.min_position_agreement, 0, 1)
+        bounded("--min-cosine", self.min_cosine, -1, 1)
+        for name, kind in self.tasks.items():
+            if kind not in OUTPUT_KINDS:
+                raise BridgeError(f"--task {name + '=' if name else ''}{kind}: '{kind}' is not one of "
+                                  f"{', '.join(OUTPUT_KINDS)}", "pass --task [OUTPUT=]KIND with one of them")
+        for name, axis in self.class_axes.items():
+            if not isinstance(axis, int) or axis == 0:
+                raise BridgeError(f"--class-axis {name + '=' if name else ''}{axis} is not a whole number other than "
+                                  "0 (axis 0 is the batch)", "pass --class-axis [OUTPUT=]AXIS, e.g. 1 or -1")
         bounded("--batch-size", self.batch_size, 1, whole=True)
         bounded("--random-inputs", self.random_inputs, 0, whole=True)
         bounded("--seed", self.seed, 0, whole=True)

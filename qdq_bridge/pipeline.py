@@ -43,6 +43,7 @@ from .report import DatasetEntry, ParityRow, Report, Thresholds, write_reports
 from .trt.divergence import locate_divergence
 from .trt.engine import TensorRTSession, TensorRTWorker
 from .trt.stage import TensorRTStageResult, tensorrt_stage
+from .measures import Judging
 from .verify import Comparison, StreamedParity, interval_confidence, run_onnxruntime, stream_parity
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)
@@ -157,12 +158,24 @@ def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, coun
     return source.subset(count, options.seed)
 
 
-def _check_labels(checks: list, logits: np.ndarray) -> None:
-    """Labels must name one of the model's logits (class indices are logit positions)."""
-    for data in checks:
-        if logits.ndim == 2 and data.classes and data.classes > logits.shape[1]:
-            raise BridgeError(f"dataset {data.name} has {data.classes} classes, the model {logits.shape[1]} outputs",
-                              "pass the dataset the model was trained on (labels are indices of its outputs)")
+def _check_labels(checks: list, heads: list, outputs: dict[str, np.ndarray], judging: Judging) -> None:
+    """Labels must fit an output (one per sample: a classification output; per position: a dense one) and name one
+    of its classes (class indices are positions on its class axis; on a dense output, or the ignored value)."""
+    for data, head in zip(checks, heads):
+        if head.y is None:
+            continue
+        spec = next(spec for spec in judging.specs(outputs, head.y).values() if spec.labelled)
+        classes = outputs[spec.name].shape[spec.class_axis]
+        labels = data.y if isinstance(data, datasets.Dataset) else None  # streamed images: class folders
+        if labels is not None and spec.kind == "dense" and judging.ignore_index is not None:
+            labels = labels[labels != judging.ignore_index]
+        low, high = (int(labels.min()), int(labels.max())) if labels is not None and labels.size else (0, 0)
+        count = (data.classes or 0) if labels is None else high + 1
+        if low < 0 or count > classes:
+            ignored = f" or {judging.ignore_index}, the ignored value" if spec.kind == "dense" else ""
+            raise BridgeError(f"dataset {data.name} has labels from {low} to {max(high, count - 1)} and output "
+                              f"{spec.name} has {classes} classes",
+                              f"pass the dataset the model was trained on (labels are 0 to {classes - 1}{ignored})")
 
 
 def _check_memory(input_shape: tuple[int, ...], options: ConvertOptions) -> None:
@@ -193,7 +206,7 @@ def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) 
 
 
 def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
-                   tensorrt: TensorRTStageResult, options: ConvertOptions, logits: str) -> list[StreamedParity]:
+                   tensorrt: TensorRTStageResult, options: ConvertOptions, judging: Judging) -> list[StreamedParity]:
     """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
     TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.backend), "onnxruntime": onnxruntime_runner(model)}
@@ -203,7 +216,7 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
                    for backend, name in tensorrt.get("backends", {}).items()}
         for data in checks:
             engines = {backend: run for backend, run in runners.items() if backend not in broken}
-            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines, options.progress, logits)
+            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines, options.progress, judging)
             for backend, message in run.failed.items():
                 tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
             broken |= run.failed.keys()
@@ -321,7 +334,10 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
 
     with timer("reference"):  # the checks that need a few rows take them from the head already read (reach)
         heads = [reach.head(CHECK_SAMPLES)] if checks else []  # checks: the one dataset, random inputs come later
-        _check_labels(checks, outputs[logits])
+        judging = Judging(options.logits, options.tasks, options.class_axes,
+                          {name: output_step(exported, name) for name in outputs}, options.min_cosine,
+                          options.ignore_index)
+        _check_labels(checks, heads, outputs, judging)
         sample = check_sample(heads, input_shape)
         if program is None:  # a PT2E program runs in float, on no quantized backend: nothing to cross-check
             cross_check(reference, sample,
@@ -336,14 +352,14 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
         tensorrt = tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
     with timer("verify"):
-        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options, logits)
+        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options, judging)
     parity = [c for run in streamed for c in run.comparisons]
     # The verdict is taken on labelled data where there is some: on random inputs a model made for other data
     # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.
     int8 = [c for c in parity if (c.reference, c.candidate) in JUDGED_PAIRS]
     judged = [c for c in int8 if c.reference_accuracy is not None] or int8
     failed = [f for c in judged for f in c.failures(options.min_agreement, options.max_accuracy_gap_points,
-                                                   options.significance)]
+                                                   options.significance, options.min_position_agreement)]
     compared = min((c.samples for c in judged), default=0)
     if compared < MIN_VERDICT_SAMPLES:
         failed.append(f"only {compared} samples were compared; a verdict needs at least {MIN_VERDICT_SAMPLES} "
@@ -370,6 +386,8 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
         pytorch_reference=reference.as_dict(),
         outputs={name: list(value.shape[1:]) for name, value in outputs.items()}, logits=logits,
         thresholds=Thresholds(min_agreement=options.min_agreement,
+                              min_position_agreement=options.min_position_agreement,
+                              min_cosine=options.min_cosine,
                               max_accuracy_gap_points=options.max_accuracy_gap_points,
                               significance=options.significance,
                               loss_interval_confidence=interval_confidence(options.significance)),

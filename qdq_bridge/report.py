@@ -5,12 +5,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
+from .measures import agreement_threshold
+
 if TYPE_CHECKING:  # the report is plain JSON-able dicts; these name the shapes of its parts made elsewhere
+    from .measures import OutputMeasures
     from .trt.stage import TensorRTStageResult
 
 
 class Thresholds(TypedDict):
-    min_agreement: float
+    min_agreement: float  # top-1 of classification outputs, agreeing samples of generic ones
+    min_position_agreement: float  # per-position argmax of dense outputs
+    min_cosine: float  # a generic output's sample agrees at this cosine and norm ratio (or within one step)
     max_accuracy_gap_points: float
     significance: float
     loss_interval_confidence: float  # of the loss's confidence interval (verify.interval_confidence)
@@ -22,16 +27,17 @@ class ParityRow(TypedDict, total=False):
     reference: str  # "pytorch", "onnxruntime"
     candidate: str  # "onnxruntime", "tensorrt", "tensorrt-fp16", "tensorrt-fp32"
     samples: int
-    top1_agreement: float  # on the logits output, ties counted as verify.RunningComparison says
-    max_abs_diff: float  # of the logits output
-    mean_abs_diff: float
-    reference_accuracy: float | None  # None on unlabelled data
+    agreement: float  # of the judged output (`logits`), by its kind's measure (outputs[logits]["measure"])
+    max_abs_diff: float | None  # of the judged output; None where it could not be measured
+    mean_abs_diff: float | None
+    reference_accuracy: float | None  # of the labelled output (pixel accuracy on a dense one); None unlabelled
     candidate_accuracy: float | None
     logits: str
     reference_ties: int
     lost: int | None  # labelled samples the reference gets right and the candidate wrong
     gained: int | None
-    outputs: dict[str, dict[str, float]]  # every output: max/mean abs diff
+    outputs: dict[str, OutputMeasures]  # every output by its kind: differences, agreement, accuracy
+    accuracy_of: str | None  # the output the labels were judged on
     missing_outputs: list[str]
     nonfinite: dict[str, int]
     accuracy_gap_points: float | None
@@ -81,37 +87,69 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.2f}%"
 
 
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _outputs_section(report: Report) -> list[str]:
+    """Every output of every pair: its kind and where it came from, the measure the verdict took with its
+    threshold, and the element-wise differences (in output steps where the output is quantized)."""
+    thresholds = report["thresholds"]
+    lines = ["", "## Outputs", "",
+             "Differences are in the output's quantization steps where it leaves the graph through a "
+             "DequantizeLinear, absolute otherwise; p99.9 is the 99.9th percentile of the element-wise |diff|.", "",
+             "| dataset | reference | candidate | output | shape | kind (from) | measure | agreement | needed | "
+             "max / p99.9 / mean diff | within 1 step | cosine mean / min | accuracy ref / cand | mIoU ref / cand |",
+             "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in report["parity"]:
+        for name, m in c["outputs"].items():
+            shape = "x".join(["N", *map(str, report["outputs"].get(name, []))])
+            head = f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {name} | {shape} | {m['kind']} " \
+                   f"({m['kind_source']}) |"
+            if "unmeasurable" in m:
+                lines.append(f"{head} cannot be measured: {m['unmeasurable']} | – | – | – | – | – | – | – |")
+                continue
+            needed = agreement_threshold(m["kind"], thresholds["min_agreement"], thresholds["min_position_agreement"])
+            diffs = f"{m['max_diff']:.4g} / {m['p999_diff']:.4g} / {m['mean_diff']:.4g} {m['unit']}"
+            cosine = f"{m['cosine_mean']:.5f} / {m['cosine_min']:.5f}" if "cosine_mean" in m else "–"
+            accuracy = f"{_pct(m['reference_accuracy'])} / {_pct(m['candidate_accuracy'])}" \
+                if "reference_accuracy" in m else "–"
+            miou = f"{_pct(m['reference_miou'])} / {_pct(m['candidate_miou'])}" if "reference_miou" in m else "–"
+            lines.append(f"{head} {m['measure']} | {_pct(m['agreement'])} | {_pct(needed)} | {diffs} | "
+                         f"{_pct(m['within_one_step'])} | {cosine} | {accuracy} | {miou} |")
+    return lines
+
+
 def render_markdown(report: Report) -> str:
+    thresholds = report["thresholds"]
     lines = [f"# qdq_bridge report: {report['model']}", "",
              f"- source: `{report['source']}` ({report['kind']})",
              f"- input shape: {report['input_shape']}, opset {report['opset']}",
              f"- ONNX: `{report['onnx']}`",
-             f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** (top-1 agreement on `{report['logits']}` ≥ "
-             f"{report['thresholds']['min_agreement'] * 100:g}%, no accuracy loss beyond "
-             f"{report['thresholds']['max_accuracy_gap_points']:g} points that an exact McNemar test finds at p < "
-             f"{report['thresholds']['significance']:g} on the judged rows, no lint errors)"]
+             f"- verdict: **{'PASS' if report['ok'] else 'FAIL'}** (on the judged rows, every output by its kind: "
+             f"classification top-1 agreement ≥ {thresholds['min_agreement'] * 100:g}%, dense per-position argmax "
+             f"agreement ≥ {thresholds['min_position_agreement'] * 100:g}%, generic: ≥ "
+             f"{thresholds['min_agreement'] * 100:g}% of samples within one output step or at cosine and norm ratio "
+             f"≥ {thresholds['min_cosine']:g}; no accuracy loss on the labelled output beyond "
+             f"{thresholds['max_accuracy_gap_points']:g} points that an exact McNemar test (a sign test over images "
+             f"on per-position labels) finds at p < {thresholds['significance']:g}; no lint errors)"]
     lines += [f"  - failed: {reason}" for reason in report["failed"]]
     lines += [_reference_line(report["pytorch_reference"], report["kind"])]
     lines += [f"- note: {note}" for note in report["notes"]]
     lines += ["", "## Parity", "", TIES_RULE, "",
-              "| dataset | reference | candidate | samples | top-1 agreement | ref. accuracy | cand. accuracy "
+              f"Agreement and accuracy are taken on `{report['logits']}`; every output's measures follow.", "",
+              "| dataset | reference | candidate | samples | agreement | ref. accuracy | cand. accuracy "
               f"| lost / gained | loss, points [{report['thresholds']['loss_interval_confidence'] * 100:g}% CI] "
               "| McNemar p | max abs diff | mean abs diff | judged |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in report["parity"]:
         lines.append(f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {c['samples']} | "
-                     f"{_pct(c['top1_agreement'])} | {_pct(c['reference_accuracy'])} | "
-                     f"{_pct(c['candidate_accuracy'])} | {_loss_cells(c)} | {c['max_abs_diff']:.4g} | "
-                     f"{c['mean_abs_diff']:.4g} | {'yes' if c['judged'] else 'shown only'} |")
+                     f"{_pct(c['agreement'])} | {_pct(c['reference_accuracy'])} | "
+                     f"{_pct(c['candidate_accuracy'])} | {_loss_cells(c)} | {_number(c['max_abs_diff'])} | "
+                     f"{_number(c['mean_abs_diff'])} | {'yes' if c['judged'] else 'shown only'} |")
     lines += [f"- {c['reference']} vs {c['candidate']} on {c['dataset']}: {c['accuracy_verdict']}"
               for c in report["parity"] if c["judged"] and c.get("accuracy_verdict")]
-    if len(report["outputs"]) > 1:
-        lines += ["", "## Outputs", "", f"Top-1 and accuracy are judged on `{report['logits']}`.", "",
-                  "| dataset | reference | candidate | output | shape | max abs diff | mean abs diff |",
-                  "|---|---|---|---|---|---:|---:|"]
-        lines += [f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {name} | "
-                  f"{'x'.join(map(str, report['outputs'][name])) or 'scalar'} | {d['max_abs_diff']:.4g} | "
-                  f"{d['mean_abs_diff']:.4g} |" for c in report["parity"] for name, d in c["outputs"].items()]
+    lines += _outputs_section(report)
     lines += ["", "## Datasets", ""] + [_dataset_line(entry) for entry in report.get("datasets", [])]
     lines += ["", "## Graph", "", "| op | count |", "|---|---:|"]
     lines += [f"| {op} | {n} |" for op, n in report["op_counts"].items()]
@@ -135,13 +173,13 @@ TIES_RULE = ("Ties: where the reference's largest logits tie exactly (int8 logit
 
 
 def _loss_cells(row: dict) -> str:
-    """lost / gained, the loss with its interval, and the one-sided McNemar p (– without labels)."""
+    """lost / gained, the loss with its interval (none on per-position labels), and the one-sided McNemar (sign
+    test) p; – without labels."""
     test = row.get("loss_test")
     if test is None:
         return "– | – | –"
-    low, high = test["gap_ci_points"]
-    return (f"{row['lost']} / {row['gained']} | {row['accuracy_gap_points']:.2f} [{low:.2f}, {high:.2f}] | "
-            f"{test['p_value']:.3g}")
+    interval = "" if test["gap_ci_points"] is None else " [{:.2f}, {:.2f}]".format(*test["gap_ci_points"])
+    return f"{row['lost']} / {row['gained']} | {row['accuracy_gap_points']:.2f}{interval} | {test['p_value']:.3g}"
 
 
 def _dataset_line(entry: dict) -> str:
@@ -205,7 +243,7 @@ def parity_lines(report: Report) -> list[str]:
         accuracy = "" if row["reference_accuracy"] is None else \
             f" acc {row['reference_accuracy'] * 100:.2f}% / {row['candidate_accuracy'] * 100:.2f}%"
         lines.append(f"  {row['dataset']:<22} {row['reference']:>11} vs {row['candidate']:<14} agree "
-                     f"{row['top1_agreement'] * 100:6.2f}%{accuracy} max|diff| {row['max_abs_diff']:.4f}")
+                     f"{row['agreement'] * 100:6.2f}%{accuracy} max|diff| {_number(row['max_abs_diff'])}")
     return lines
 
 

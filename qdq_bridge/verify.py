@@ -1,8 +1,8 @@
 """Stage 5, verify: run the PyTorch quantized model and the Q/DQ ONNX (ONNX Runtime), and the TensorRT engine
-where there is one, on the same batches as they are decoded and compare their outputs: top-1 agreement and
-accuracy on the logits output (ties as `RunningComparison` says; an accuracy loss judged by an exact McNemar
-test, `Comparison.accuracy_verdict`), max/mean absolute difference of every output, as running sums
-(`stream_parity`)."""
+where there is one, on the same batches as they are decoded and compare their outputs, as running sums
+(`stream_parity`): every output by its kind (classification, dense or generic: `qdq_bridge.measures`), ties as
+`RunningComparison` says, and an accuracy loss on the labelled output judged by an exact McNemar test (a sign
+test over images on per-position labels), `Comparison.accuracy_verdict`."""
 from __future__ import annotations
 
 import time
@@ -18,7 +18,8 @@ from .choices import SIGNIFICANCE
 from .data.arrays import Dataset
 from .errors import BridgeError
 from .graph.runtime import onnxruntime_runner
-from .outputs import SINGLE_OUTPUT, Outputs, collect_logits
+from .measures import Judging, OutputMeasures, RunningOutput, agreement_threshold
+from .outputs import SINGLE_OUTPUT, Outputs, collect_logits, logits_output
 
 
 def interval_confidence(significance: float) -> float:
@@ -28,26 +29,33 @@ def interval_confidence(significance: float) -> float:
 
 @dataclass
 class Comparison:
-    """How far a candidate backend's outputs are from the reference's on one dataset. Top-1 agreement and accuracy
-    are taken on the logits output, with ties as `RunningComparison` says; `lost` and `gained` count the labelled
-    samples the reference gets right and the candidate wrong, and the converse (the discordant pairs)."""
+    """How far a candidate backend's outputs are from the reference's on one dataset: every output measured by its
+    kind (qdq_bridge.measures), and the headline figures of the judged output (`logits`): its agreement (top-1,
+    per-position or per-sample, by its kind) and absolute differences. `lost` and `gained` count the labelled
+    samples the reference gets right and the candidate wrong, and the converse (the discordant pairs); on a dense
+    output with per-position labels, the images whose pixel accuracy the candidate lowers and raises."""
 
     dataset: str
     reference: str
     candidate: str
     samples: int
-    top1_agreement: float
-    max_abs_diff: float  # of the logits output
-    mean_abs_diff: float
-    reference_accuracy: float | None = None
+    agreement: float  # of the judged output, by its kind's measure
+    max_abs_diff: float | None  # of the judged output (None where it could not be measured)
+    mean_abs_diff: float | None
+    reference_accuracy: float | None = None  # of the labelled output: accuracy, or pixel accuracy on a dense one
     candidate_accuracy: float | None = None
     logits: str = SINGLE_OUTPUT
-    reference_ties: int = 0  # samples whose reference top logits tie exactly
+    reference_ties: int = 0  # samples (positions) of the judged output whose reference top values tie exactly
     lost: int | None = None
     gained: int | None = None
-    outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # every output: max/mean abs diff
+    outputs: dict[str, OutputMeasures] = field(default_factory=dict)  # every output, by its kind
     missing_outputs: list[str] = field(default_factory=list)  # reference outputs the candidate does not have
     nonfinite: dict[str, int] = field(default_factory=dict)  # backend -> NaN/infinite output values it gave
+    accuracy_of: str | None = None  # the labelled output
+
+    @property
+    def dense_labels(self) -> bool:
+        return self.accuracy_of is not None and self.outputs[self.accuracy_of]["kind"] == "dense"
 
     @property
     def accuracy_gap_points(self) -> float | None:
@@ -61,14 +69,18 @@ class Comparison:
         """The exact McNemar test of an accuracy loss on the discordant pairs: under no loss, `lost` is
         Binomial(lost + gained, 1/2); p is the one-sided probability of `lost` or more. The gap's interval, at
         confidence 1 - 2 x significance, maps the exact (Clopper-Pearson) interval of lost / (lost + gained) onto
-        points of accuracy: its lower end is above 0 exactly where p < significance."""
+        points of accuracy: its lower end is above 0 exactly where p < significance. On dense labels the same
+        test is a sign test over images, and the images' counts map onto no interval of pixel accuracy (None)."""
         if self.lost is None:
             return None
         discordant = self.lost + self.gained
         confidence = interval_confidence(significance)
         if not discordant:
-            return {"p_value": 1.0, "gap_ci_points": [0.0, 0.0], "confidence": confidence}
+            return {"p_value": 1.0, "gap_ci_points": None if self.dense_labels else [0.0, 0.0],
+                    "confidence": confidence}
         test = binomtest(self.lost, discordant, 0.5, alternative="greater")
+        if self.dense_labels:
+            return {"p_value": float(test.pvalue), "confidence": confidence, "gap_ci_points": None}
         interval = binomtest(self.lost, discordant).proportion_ci(confidence, method="exact")
         scale = discordant / self.samples * 100
         return {"p_value": float(test.pvalue), "confidence": confidence,
@@ -78,30 +90,44 @@ class Comparison:
         """(whether the candidate lost accuracy, why): a loss beyond the threshold that the sample count can tell
         apart from chance (p < significance) fails; one that it cannot, or a gain, passes."""
         gap, test = self.accuracy_gap_points, self.loss_test(significance)
-        counts = (f"{self.lost} right in {self.reference} and wrong in {self.candidate}, {self.gained} the other "
-                  f"way; exact McNemar p = {test['p_value']:.3g}")
+        if self.dense_labels:
+            what, counts = "pixel accuracy", (
+                f"{self.lost} images lower in {self.candidate} than in {self.reference}, {self.gained} higher; "
+                f"sign test p = {test['p_value']:.3g}")
+        else:
+            what, counts = "accuracy", (f"{self.lost} right in {self.reference} and wrong in {self.candidate}, "
+                                        f"{self.gained} the other way; exact McNemar p = {test['p_value']:.3g}")
         if gap <= max_accuracy_gap_points + 1e-9:
             return False, f"{'gain' if gap < 0 else 'loss'} {abs(gap):.2f} points within {max_accuracy_gap_points:g} ({counts})"
         if test["p_value"] >= significance:
             return False, (f"loss {gap:.2f} points > {max_accuracy_gap_points:g} but not significant ({counts} "
                            f">= {significance:g})")
-        return True, (f"accuracy loss {gap:.2f} points > {max_accuracy_gap_points:g} ({self.reference} "
+        return True, (f"{what} loss {gap:.2f} points > {max_accuracy_gap_points:g} ({self.reference} "
                       f"{self.reference_accuracy * 100:.2f}%, {self.candidate} {self.candidate_accuracy * 100:.2f}%; "
                       f"{counts} < {significance:g})")
 
-    def within(self, min_agreement: float, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE) -> bool:
-        return not self.failures(min_agreement, max_accuracy_gap_points, significance)
+    def within(self, min_agreement: float, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE,
+               min_position_agreement: float | None = None) -> bool:
+        return not self.failures(min_agreement, max_accuracy_gap_points, significance, min_position_agreement)
 
-    def failures(self, min_agreement: float, max_accuracy_gap_points: float,
-                 significance: float = SIGNIFICANCE) -> list[str]:
+    def failures(self, min_agreement: float, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE,
+                 min_position_agreement: float | None = None) -> list[str]:
         """Each criterion this comparison misses, with its numbers, e.g. 'pytorch vs onnxruntime on digits-test:
-        top-1 agreement 10.44% < 99.50%'."""
+        logits (classification) top-1 agreement 10.44% < 99.50%'. Every output is judged by its kind; one that
+        could not be measured fails with the reason."""
         pair = f"{self.reference} vs {self.candidate} on {self.dataset}"
         found = [f"{pair}: the candidate lacks output {name}" for name in self.missing_outputs]
         found += [f"{pair}: {backend} gave {count} non-finite output values (NaN or infinity)"
                   for backend, count in self.nonfinite.items() if count]
-        if self.top1_agreement < min_agreement:
-            found.append(f"{pair}: top-1 agreement {self.top1_agreement * 100:.2f}% < {min_agreement * 100:.2f}%")
+        for name, measures in self.outputs.items():
+            if "unmeasurable" in measures:
+                found.append(f"{pair}: output {name} ({measures['kind']}) cannot be measured: "
+                             f"{measures['unmeasurable']}")
+                continue
+            needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
+            if measures["agreement"] < needed:
+                found.append(f"{pair}: {name} ({measures['kind']}) {measures['measure']} agreement "
+                             f"{measures['agreement'] * 100:.2f}% < {needed * 100:.2f}%")
         if self.reference_accuracy is not None:
             lost, why = self.accuracy_verdict(max_accuracy_gap_points, significance)
             if lost:
@@ -125,67 +151,67 @@ def run_onnxruntime(model: onnx.ModelProto | str, data: Dataset, batch_size: int
 
 class RunningComparison:
     """A Comparison as running sums over batches: no outputs are kept, so a dataset of any size takes the memory
-    of one batch.
+    of one batch. Each output is measured by `qdq_bridge.measures.RunningOutput`, its kind and the other
+    particulars taken by `judging` from the reference's first batch.
 
     Ties: int8 logits often tie exactly, and the reference's own argmax is then just the lowest tied index. A
     candidate agrees when its top-1 is one of the reference's tied largest logits. For accuracy the reference
     takes, on each sample, the candidate's class where they agree (agreeing backends are right or wrong
     together: 100 % agreement is no gap) and its own argmax where they do not; the candidate takes its argmax."""
 
-    def __init__(self, dataset: str, reference: str, candidate: str, logits: str = SINGLE_OUTPUT):
+    def __init__(self, dataset: str, reference: str, candidate: str, judging: Judging | None = None):
         self.names = (dataset, reference, candidate)
-        self.logits = logits
-        self.samples = self.agreeing = self.ties = 0
-        self.diffs: dict[str, list[float]] = {}  # output -> [max, sum, count]
+        self.judging = judging or Judging()
+        self.samples = 0
+        self.running: dict[str, RunningOutput] | None = None  # made on the first batch
         self.missing: list[str] = []
         self.nonfinite = dict.fromkeys((reference, candidate), 0)
-        self.counts: list[int] | None = [0, 0, 0, 0]  # reference right, candidate right, lost, gained
+        self.discordant: list[int] | None = [0, 0]  # lost, gained: None once a batch comes without labels
 
     def add(self, reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> RunningComparison:
         for backend, outputs in zip(self.nonfinite, (reference, candidate)):
-            self.nonfinite[backend] += sum(int((~np.isfinite(values)).sum()) for values in outputs.values())
+            self.nonfinite[backend] += sum(int((~np.isfinite(values)).sum()) for values in outputs.values()
+                                           if np.issubdtype(values.dtype, np.floating))
+        if self.running is None:
+            self.specs = self.judging.specs(reference, labels)
+            self.running = {name: RunningOutput(spec, self.judging) for name, spec in self.specs.items()}
+        rows = len(next(iter(reference.values())))
+        if labels is None:
+            self.discordant = None
         for name, values in reference.items():
             if name not in candidate:
                 self.missing = sorted({*self.missing, name})
                 continue
-            diff = np.abs(values.astype(np.float64) - candidate[name].astype(np.float64))
-            running = self.diffs.setdefault(name, [0.0, 0.0, 0])
-            running[:] = [max(running[0], float(diff.max())), running[1] + float(diff.sum()), running[2] + diff.size]
-        ref, cand_top1 = reference[self.logits], candidate[self.logits].argmax(1)
-        tied = ref == ref.max(1, keepdims=True)
-        agrees = tied[np.arange(len(ref)), cand_top1]
-        self.agreeing += int(agrees.sum())
-        self.ties += int((tied.sum(1) > 1).sum())
-        self.samples += len(ref)
-        if labels is None:
-            self.counts = None
-        elif self.counts is not None:
-            ref_right = np.where(agrees, cand_top1, ref.argmax(1)) == labels
-            cand_right = cand_top1 == labels
-            self.counts = [self.counts[0] + int(ref_right.sum()), self.counts[1] + int(cand_right.sum()),
-                           self.counts[2] + int((ref_right & ~cand_right).sum()),
-                           self.counts[3] + int((cand_right & ~ref_right).sum())]
+            signs = self.running[name].add(values, candidate[name], labels, rows)
+            if self.discordant is not None and self.specs[name].labelled:
+                self.discordant = [self.discordant[0] + signs.count(-1), self.discordant[1] + signs.count(1)]
+        self.samples += rows
         return self
 
     def result(self) -> Comparison:
-        outputs = {name: {"max_abs_diff": high, "mean_abs_diff": total / count}
-                   for name, (high, total, count) in self.diffs.items()}
-        logits = outputs[self.logits]
-        result = Comparison(*self.names, self.samples, self.agreeing / self.samples, logits["max_abs_diff"],
-                            logits["mean_abs_diff"], logits=self.logits, reference_ties=self.ties, outputs=outputs,
-                            missing_outputs=self.missing, nonfinite=self.nonfinite)
-        if self.counts is not None:
-            right, cand_right, result.lost, result.gained = self.counts
-            result.reference_accuracy, result.candidate_accuracy = right / self.samples, cand_right / self.samples
+        outputs = {name: running.result() for name, running in self.running.items() if name not in self.missing}
+        labelled = next((name for name, spec in self.specs.items() if spec.labelled), None)
+        primary = labelled or logits_output({name: spec.shape for name, spec in self.specs.items()},
+                                            self.judging.logits)
+        head = outputs.get(primary, {})  # {}: the candidate lacks it, which fails on its own
+        result = Comparison(*self.names, self.samples, head.get("agreement", 0.0), head.get("max_abs_diff"),
+                            head.get("mean_abs_diff"), logits=primary, reference_ties=head.get("ties", 0),
+                            outputs=outputs, missing_outputs=self.missing, nonfinite=self.nonfinite)
+        if labelled and self.discordant is not None and "reference_accuracy" in outputs.get(labelled, {}):
+            result.accuracy_of = labelled
+            result.lost, result.gained = self.discordant
+            result.reference_accuracy = outputs[labelled]["reference_accuracy"]
+            result.candidate_accuracy = outputs[labelled]["candidate_accuracy"]
         return result
 
 
 def compare(reference: np.ndarray | Outputs, candidate: np.ndarray | Outputs, data: Dataset, reference_name: str,
-            candidate_name: str, logits: str = SINGLE_OUTPUT) -> Comparison:
+            candidate_name: str, logits: str = SINGLE_OUTPUT, judging: Judging | None = None) -> Comparison:
     """`RunningComparison` over whole outputs (an array is the logits output alone)."""
-    wrap = (lambda v: {logits: v} if isinstance(v, np.ndarray) else v)
-    return RunningComparison(data.name, reference_name, candidate_name, logits).add(
-        wrap(reference), wrap(candidate), data.y).result()
+    reference, candidate = ({logits: v} if isinstance(v, np.ndarray) else v for v in (reference, candidate))
+    judging = judging or Judging(logits=logits if logits in reference else None)
+    return RunningComparison(data.name, reference_name, candidate_name, judging).add(
+        reference, candidate, data.y).result()
 
 
 @dataclass
@@ -205,14 +231,14 @@ class StreamedParity:
 
 def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndarray], Outputs]],
                   pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], Outputs]] | None
-                  = None, progress: bool = True, logits: str = SINGLE_OUTPUT) -> StreamedParity:
-    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums (top-1
-    on the `logits` output), so no outputs are kept. `engines` (TensorRT engines, each in its worker process's
+                  = None, progress: bool = True, judging: Judging | None = None) -> StreamedParity:
+    """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums (each
+    output by its kind, as `judging` says), so no outputs are kept. `engines` (TensorRT engines, each in its worker process's
     session) run on every batch too; one that raises a BridgeError is dropped from then on and reported in
     `failed`, with its comparisons."""
     engines = dict(engines or {})
     ran = [*backends, *engines]
-    running = {pair: RunningComparison(source.name, *pair, logits) for pair in pairs if set(pair) <= set(ran)}
+    running = {pair: RunningComparison(source.name, *pair, judging) for pair in pairs if set(pair) <= set(ran)}
     seconds = dict.fromkeys(ran, 0.0)
     failed: dict[str, str] = {}
 

@@ -28,7 +28,7 @@ def check_report(out_dir, name: str) -> dict:
     assert report["ok"] and report["lint"] == []
     digits = next(c for c in report["parity"] if c["dataset"] == "digits-test")
     assert digits["samples"] == 450
-    assert digits["top1_agreement"] >= 0.995
+    assert digits["agreement"] >= 0.995
     assert abs(digits["accuracy_gap_points"]) * digits["samples"] / 100 <= 1 + 1e-9  # one digit's difference at most
     assert digits["reference_accuracy"] >= 0.95  # a really trained model, not noise
     assert digits["judged"] and not any(c["judged"] for c in report["parity"] if c["dataset"] != "digits-test")
@@ -113,7 +113,7 @@ def test_library_api_and_assert_parity(example_dir, tmp_path):
     assert result.ok and [c.dataset for c in result.parity] == ["digits-test"]
     module = load_model(example_dir / "resnet_q.pt").module
     comparison = assert_parity(module, result.onnx_path, digits_split()[1])
-    assert comparison.top1_agreement >= 0.995 and comparison.max_abs_diff < 1.0
+    assert comparison.agreement >= 0.995 and comparison.max_abs_diff < 1.0
 
 
 def test_assert_parity_fails_on_a_different_model(example_dir, tmp_path):

@@ -40,7 +40,7 @@ def test_reduce_range_model_maps_exactly_onto_int8(example_dir, tmp_path, qconfi
     assert activations["affine"] and not any(a["full_range"] for a in activations["affine"])
     assert not activations["requantized"]
     row = digits_row(report)
-    assert row["top1_agreement"] >= 0.995 and row["lost"] == 0
+    assert row["agreement"] >= 0.995 and row["lost"] == 0
     floors = report["op_counts"].get("Max", 0)
     # faithful keeps PyTorch's floor before each affine Q not fed by a ReLU; fast drops them all
     assert (floors > 0) == (placement == "faithful") and "Clip" not in report["op_counts"]
@@ -53,5 +53,5 @@ def test_qnnpack_model_converts_with_requantized_activations_listed(example_dir,
     for a in requantized:
         assert a["requantized_scale"] == pytest.approx(a["scale"] * max(a["zero_point"], 255 - a["zero_point"]) / 127)
     assert any("re-quantized: full-range uint8" in note for note in report["notes"])
-    assert digits_row(report)["top1_agreement"] >= 0.99
+    assert digits_row(report)["agreement"] >= 0.99
     assert "## Activations" in (tmp_path / "out" / "report.md").read_text()

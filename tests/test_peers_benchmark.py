@@ -67,7 +67,7 @@ def test_round_spread_is_fast_over_the_peer_round_by_round(peers):
 def run_file(folder: Path, name: str, routes: dict) -> Path:
     network = {"float": {"logits_checksum": 1.0}, "routes": {
         route: {"engine": {**engine(ms), "build_seconds": 1.0,
-                           "parity": {"candidate_accuracy": 1.0, "top1_agreement": 1.0},
+                           "parity": {"candidate_accuracy": 1.0, "agreement": 1.0},
                            "layers": {"layers": 3, "pointwise_layers": [], "reformat_layers": [],
                                       "conv_gemm_not_int8": []}}}
         for route, ms in routes.items()}}

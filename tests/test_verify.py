@@ -18,7 +18,7 @@ def test_agreement_accepts_any_of_the_references_tied_top_logits():
     data = Dataset("d", np.zeros((3, 1)), np.array([1, 1, 0]))
     result = compare(reference, candidate, data, "ref", "cand")
     # sample 0: the reference ties classes 0 and 1, the candidate picks 1: agrees; sample 1 does not
-    assert result.top1_agreement == 2 / 3 and result.reference_ties == 1
+    assert result.agreement == 2 / 3 and result.reference_ties == 1
     # where they agree the reference takes the candidate's class (1, right); sample 1 is a real loss
     assert result.reference_accuracy == 1 and result.candidate_accuracy == 2 / 3
     assert (result.lost, result.gained) == (1, 0)
@@ -43,7 +43,7 @@ def test_a_candidate_that_resolves_the_references_ties_agrees_fully_and_loses_no
     'accuracy gap'): one definition for both, so full agreement is no gap."""
     reference, candidate, labels = _tied_digits()
     result = compare(reference, candidate, Dataset("d", np.zeros((450, 1)), labels), "pytorch", "tensorrt")
-    assert result.top1_agreement == 1 and result.reference_ties == 9
+    assert result.agreement == 1 and result.reference_ties == 9
     assert result.accuracy_gap_points == 0 and (result.lost, result.gained) == (0, 0)
     assert result.within(0.995, 0.2)
 
@@ -87,17 +87,23 @@ def test_significance_one_fails_every_loss_beyond_the_gap_and_the_gap_still_boun
     assert _discordant(1, 0).within(0.0, 0.3, significance=1.0)
 
 
-def test_every_output_is_compared_and_top1_taken_on_the_named_one():
-    """(logits, features): differences per output; a candidate missing an output fails with its name."""
+def test_every_output_is_judged_by_its_kind_and_top1_taken_on_the_named_one():
+    """(logits, features): logits by top-1, features (a second 2-D output) as generic; a features output moved off
+    fails on its own although top-1 agrees; a candidate missing an output fails with its name."""
     logits = np.float32([[2, 1], [0, 3]])
     features = np.float32([[0.5, 0.5, 0.5], [1, 1, 1]])
     reference = {"logits": logits, "features": features}
-    candidate = {"logits": logits + 0.25, "features": features - 1}
     data = Dataset("d", np.zeros((2, 1)), np.array([0, 1]))
-    result = compare(reference, candidate, data, "pytorch", "onnxruntime", logits="logits")
-    assert result.outputs == {"logits": {"max_abs_diff": 0.25, "mean_abs_diff": 0.25},
-                              "features": {"max_abs_diff": 1.0, "mean_abs_diff": 1.0}}
-    assert result.top1_agreement == 1 and result.max_abs_diff == 0.25 and result.failures(1.0, 0.0) == []
+    result = compare(reference, {"logits": logits + 0.25, "features": features * 1.001}, data, "pytorch",
+                     "onnxruntime", logits="logits")
+    assert {name: m["kind"] for name, m in result.outputs.items()} == {"logits": "classification",
+                                                                       "features": "generic"}
+    assert result.outputs["logits"]["max_abs_diff"] == 0.25 and result.outputs["features"]["agreement"] == 1
+    assert result.agreement == 1 and result.max_abs_diff == 0.25 and result.failures(1.0, 0.0) == []
+    moved = compare(reference, {"logits": logits, "features": features - 1}, data, "pytorch", "onnxruntime")
+    assert moved.failures(0.995, 0.2) == [
+        "pytorch vs onnxruntime on d: features (generic) samples within one step or at cosine and norm ratio >= 0.99 "
+        "agreement 0.00% < 99.50%"]
     partial = compare(reference, {"logits": logits}, data, "pytorch", "onnxruntime")
     assert partial.failures(1.0, 0.0) == ["pytorch vs onnxruntime on d: the candidate lacks output features"]
 
@@ -186,8 +192,8 @@ def test_streamed_parity_keeps_no_logits_and_equals_the_one_shot_figures(with_en
     whole = compare(x, noisy(x), Dataset("counted", x, y), "pytorch", "onnxruntime")
     assert [c.candidate for c in result.comparisons] == ["onnxruntime", "tensorrt"][:1 + with_engine]
     for streamed in result.comparisons:
-        assert (streamed.samples, streamed.top1_agreement, streamed.max_abs_diff) == \
-            (whole.samples, whole.top1_agreement, whole.max_abs_diff)
+        assert (streamed.samples, streamed.agreement, streamed.max_abs_diff) == \
+            (whole.samples, whole.agreement, whole.max_abs_diff)
         assert streamed.reference_accuracy == whole.reference_accuracy
         assert streamed.candidate_accuracy == whole.candidate_accuracy
         assert np.isclose(streamed.mean_abs_diff, whole.mean_abs_diff, rtol=1e-12)

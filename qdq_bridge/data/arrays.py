@@ -19,7 +19,8 @@ def random_subset(total: int, count: int | None, seed: int) -> np.ndarray:
 
 @dataclass
 class Dataset:
-    """Inputs (N, ...) float32 and optional integer labels (N,)."""
+    """Inputs (N, ...) float32 and optional integer labels: one per sample (N,), or per position (N, ...) for a
+    dense output."""
 
     name: str
     x: np.ndarray

@@ -61,10 +61,10 @@ def load_dataset(spec: str) -> Dataset:
 def _checked(data: Dataset, spec: str) -> Dataset:
     """Refuses arrays no verdict can rest on: no samples, labels that do not pair with the inputs, inputs that
     are not finite."""
-    fix = "save it with numpy.savez(path, x=inputs, y=labels), one label per input"
+    fix = "save it with numpy.savez(path, x=inputs, y=labels), one label (or one label map) per input"
     if not len(data.x) or data.x.ndim < 2:
         raise BridgeError(f"dataset '{spec}' has no samples (x has shape {data.x.shape})", fix)
-    if data.y is not None and data.y.shape != (len(data.x),):
+    if data.y is not None and data.y.shape[:1] != (len(data.x),):
         raise BridgeError(f"dataset '{spec}' has {len(data.x)} inputs but labels of shape {data.y.shape}", fix)
     bad = int((~np.isfinite(data.x)).sum())
     if bad:
@@ -94,3 +94,21 @@ def random_inputs(shape: tuple[int, ...], count: int, seed: int = 0) -> Dataset:
     """Standard-normal inputs of the model's per-sample shape; no labels."""
     rng = np.random.default_rng(seed)
     return Dataset(f"random-normal x{count}", rng.standard_normal((count, *shape[1:]), dtype=np.float32))
+
+
+def digits_segmentation(count: int, seed: int = 0, size: int = 32, split: str = "test") -> Dataset:
+    """A segmentation task from scikit-learn's digits: each sample one digit (of `split`, as `digits_split` makes
+    it), upsampled to half the canvas and placed at a random spot on a `size` x `size` canvas with faint noise;
+    labels per pixel: 0 for background, the digit + 1 where its ink is (11 classes)."""
+    train, test = digits_split(size // 2)
+    source = train if split == "train" else test
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(source), count)
+    x = (0.05 * rng.standard_normal((count, 1, size, size))).astype(np.float32)
+    y = np.zeros((count, size, size), np.int64)
+    for row, (pick, (top, left)) in enumerate(zip(picks, rng.integers(0, size // 2 + 1, (count, 2)))):
+        digit = source.x[pick, 0]
+        window = (slice(top, top + size // 2), slice(left, left + size // 2))
+        x[row, 0][window] += digit
+        y[row][window] = np.where(digit > 0.35, source.y[pick] + 1, 0)
+    return Dataset(f"digits-segmentation-{split} x{count}", x, y)

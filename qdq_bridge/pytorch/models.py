@@ -72,3 +72,36 @@ class DigitsResNet(nn.Module):
 def digits_resnet() -> DigitsResNet:
     """Factory for `--arch qdq_bridge.pytorch.models:digits_resnet`."""
     return DigitsResNet()
+
+
+class DigitsSegNet(nn.Module):
+    """A small encoder-decoder for per-pixel classes (a UNet of one level): two conv stages down to half size,
+    a transposed convolution back up, the skip connection added, and a 1x1 head giving N x classes x H x W."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 11, width: int = 16):
+        super().__init__()
+        self.quant = QuantStub()
+        self.enc1 = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
+                                  nn.ReLU(), nn.Conv2d(2 * width, 2 * width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.up = nn.ConvTranspose2d(2 * width, width, 2, 2)
+        self.skip = FloatFunctional()
+        self.head = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, num_classes, 1))
+        self.dequant = DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.enc1(self.quant(x))
+        x = self.skip.add(self.up(self.enc2(skip)), skip)
+        return self.dequant(self.head(x))
+
+    def fuse_model(self, is_qat: bool = False) -> None:
+        _fuse(self.enc1, [["0", "1", "2"]], is_qat)
+        _fuse(self.enc2, [["0", "1", "2"], ["3", "4", "5"]], is_qat)
+        _fuse(self.head, [["0", "1", "2"]], is_qat)
+
+
+def digits_segnet() -> DigitsSegNet:
+    """Factory for `--arch qdq_bridge.pytorch.models:digits_segnet`."""
+    return DigitsSegNet()

@@ -268,9 +268,26 @@ def _prepare(model: nn.Module, qconfig: QConfig, qat: bool, keep_float: Iterable
     _fuse(model, is_qat=qat)
     keep_float_modules(model, keep_float)
     model.qconfig = qconfig
+    for module in model.modules():
+        if isinstance(module, _CONV_TRANSPOSE) and getattr(module, "qconfig", qconfig) is not None:
+            module.qconfig = per_tensor_weights(qconfig, qat)
     with quiet_torch_warnings():
         (torch.ao.quantization.prepare_qat if qat else torch.ao.quantization.prepare)(model, inplace=True)
     return model
+
+
+# eager mode refuses per-channel weight observers on transposed convolutions ("not supported yet"); TensorRT takes
+# per-tensor symmetric int8 weights there as well
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def per_tensor_weights(qconfig: QConfig, qat: bool) -> QConfig:
+    """`qconfig` with per-tensor symmetric int8 weights over the same range, for transposed convolutions."""
+    weight = {**WEIGHT, "qscheme": torch.per_tensor_symmetric}
+    weight.pop("ch_axis", None)
+    return QConfig(activation=qconfig.activation,
+                   weight=FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, **weight) if qat
+                   else MinMaxObserver.with_args(**weight))
 
 
 def keep_float_modules(model: nn.Module, names: Iterable[str]) -> None:

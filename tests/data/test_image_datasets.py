@@ -80,7 +80,7 @@ def test_cifar10_folder_gives_the_npz_numbers(example_dir, digit_images, tmp_pat
         rows[name] = parity_rows(json.loads((tmp_path / name / "report.json").read_text()))
     assert rows["cifar"] == rows["npz"]
     (row,) = rows["cifar"]
-    assert row["samples"] == 200 and row["top1_agreement"] == 1.0 and row["reference_accuracy"] >= 0.95
+    assert row["samples"] == 200 and row["agreement"] == 1.0 and row["reference_accuracy"] >= 0.95
 
 
 def test_mnist_files_give_the_npz_numbers(example_dir, digit_images, tmp_path):

@@ -63,4 +63,4 @@ def test_qint8_torchscript_and_state_dict_files_convert_with_a_note(example_dir,
         assert report["ok"] and report["lint"] == []
         assert any("qint8 symmetric activations rewritten at 14 quantizers" in n for n in report["notes"])
         digits = report["parity"][0]
-        assert digits["top1_agreement"] >= 0.995 and digits["reference_accuracy"] >= 0.95
+        assert digits["agreement"] >= 0.995 and digits["reference_accuracy"] >= 0.95

@@ -100,7 +100,7 @@ def test_the_process_backend_never_decides_the_reference(example_dir, tmp_path):
     for case, result in found.items():
         assert result["reference"]["backend"] == result["reference"]["packed_by"] == "qnnpack", case
         row = result["row"]
-        assert row["top1_agreement"] >= 0.995 and row["reference_accuracy"] >= 0.95, (case, row)
+        assert row["agreement"] >= 0.995 and row["reference_accuracy"] >= 0.95, (case, row)
         assert row["reference_accuracy"] == row["candidate_accuracy"], case
 
 
@@ -127,7 +127,7 @@ def test_a_deviating_backend_is_named_and_replaced(example_dir, tmp_path):
     assert any(n.startswith("PyTorch's fbgemm backend deviates from the model's exact integer semantics")
                and n.endswith("the reference runs on qnnpack") for n in report["notes"])
     digits = report["parity"][0]
-    assert digits["top1_agreement"] == 1.0 and digits["reference_accuracy"] == digits["candidate_accuracy"]
+    assert digits["agreement"] == 1.0 and digits["reference_accuracy"] == digits["candidate_accuracy"]
 
 
 @needs_fbgemm
@@ -178,4 +178,4 @@ def test_qnnpack_add_limit_falls_back_to_the_next_backend(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["pytorch_reference"]["backend"] == "onednn"
-    assert report["parity"][0]["top1_agreement"] == 1.0
+    assert report["parity"][0]["agreement"] == 1.0

@@ -523,7 +523,7 @@ def test_engine_stage_failure_keeps_the_cpu_results_and_exits_1(fake_trt, exampl
     report = json.loads((out / "report.json").read_text())
     assert report["tensorrt"]["failed"]["step"] == step
     assert report["failed"][-1].startswith(f"TensorRT: the {step} failed (")
-    assert report["parity"][0]["candidate"] == "onnxruntime" and report["parity"][0]["top1_agreement"] == 1.0
+    assert report["parity"][0]["candidate"] == "onnxruntime" and report["parity"][0]["agreement"] == 1.0
     assert f"**the {step} failed**" in (out / "report.md").read_text()
     assert f"FAIL: TensorRT: the {step} failed" in " ".join(result.stdout.split())
     reduce = [note for note in report["notes"] if "polygraphy debug reduce" in note]
