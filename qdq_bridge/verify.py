@@ -88,23 +88,28 @@ class Comparison:
 
     def accuracy_verdict(self, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE) -> tuple[bool, str]:
         """(whether the candidate lost accuracy, why): a loss beyond the threshold that the sample count can tell
-        apart from chance (p < significance) fails; one that it cannot, or a gain, passes."""
+        apart from chance (p < significance) fails; one that it cannot, or a gain, passes. On per-position labels
+        the loss is the larger of pixel accuracy's and mean IoU's, tested over images."""
         gap, test = self.accuracy_gap_points, self.loss_test(significance)
+        what, scores = "accuracy", (self.reference_accuracy, self.candidate_accuracy)
         if self.dense_labels:
-            what, counts = "pixel accuracy", (
-                f"{self.lost} images lower in {self.candidate} than in {self.reference}, {self.gained} higher; "
-                f"sign test p = {test['p_value']:.3g}")
+            # pixel accuracy is mostly background: a lost class shows in the mean IoU first
+            measures = self.outputs[self.accuracy_of]
+            miou_gap = (measures["reference_miou"] - measures["candidate_miou"]) * 100
+            what, gap, scores = ("mean IoU", miou_gap, (measures["reference_miou"], measures["candidate_miou"])) \
+                if miou_gap > gap else ("pixel accuracy", gap, scores)
+            counts = (f"{self.lost} images of lower pixel accuracy in {self.candidate} than in {self.reference}, "
+                      f"{self.gained} higher; sign test p = {test['p_value']:.3g}")
         else:
-            what, counts = "accuracy", (f"{self.lost} right in {self.reference} and wrong in {self.candidate}, "
-                                        f"{self.gained} the other way; exact McNemar p = {test['p_value']:.3g}")
+            counts = (f"{self.lost} right in {self.reference} and wrong in {self.candidate}, {self.gained} the other "
+                      f"way; exact McNemar p = {test['p_value']:.3g}")
         if gap <= max_accuracy_gap_points + 1e-9:
             return False, f"{'gain' if gap < 0 else 'loss'} {abs(gap):.2f} points within {max_accuracy_gap_points:g} ({counts})"
         if test["p_value"] >= significance:
             return False, (f"loss {gap:.2f} points > {max_accuracy_gap_points:g} but not significant ({counts} "
                            f">= {significance:g})")
         return True, (f"{what} loss {gap:.2f} points > {max_accuracy_gap_points:g} ({self.reference} "
-                      f"{self.reference_accuracy * 100:.2f}%, {self.candidate} {self.candidate_accuracy * 100:.2f}%; "
-                      f"{counts} < {significance:g})")
+                      f"{scores[0] * 100:.2f}%, {self.candidate} {scores[1] * 100:.2f}%; {counts} < {significance:g})")
 
     def within(self, min_agreement: float, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE,
                min_position_agreement: float | None = None) -> bool:

@@ -11,7 +11,7 @@ from helpers import ROOT  # noqa: E402
 
 # Fixtures that train a model (or convert one through the CLI): whoever uses one is in the slow tier, which
 # `pytest -m "not slow"` leaves out. Tests that train or convert in their own body are marked where they are.
-TRAINING_FIXTURES = {"example_dir", "task", "family"}
+TRAINING_FIXTURES = {"example_dir", "task", "family", "segmentation"}
 
 
 def pytest_collection_modifyitems(items):
@@ -27,3 +27,19 @@ def example_dir(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"), "--out", str(out)], check=True,
                    capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def segmentation(tmp_path_factory) -> tuple[Path, Path]:
+    """A segmentation model (qdq_bridge's DigitsSegNet, trained briefly, PTQ) saved as TorchScript as a user would,
+    and its labelled test set (per-pixel labels) as .npz."""
+    import numpy as np
+
+    from qdq_bridge import save_torchscript
+    from qdq_bridge.testing import zoo
+
+    out = tmp_path_factory.mktemp("segmentation")
+    model, test = zoo.segmentation_on_digits()
+    save_torchscript(model, out / "segnet_q.pt", (1, 1, 32, 32), None)
+    np.savez(out / "test.npz", x=test.x, y=test.y)
+    return out / "segnet_q.pt", out / "test.npz"

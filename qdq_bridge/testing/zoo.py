@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.sources import Dataset, digits_split
+from ..data.sources import Dataset, digits_segmentation, digits_split
 from ..pytorch import quantize
 
 TORCHVISION_FAMILIES = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "googlenet",
@@ -139,3 +139,16 @@ def trained_on_digits(name: str, epochs: int = 40, seed: int = 0,
     train_steps(model, shuffled_batches(train, epochs, batch, seed, max_shift=size // 16), lr=3e-3,
                 one_cycle_steps=epochs * -(-len(train) // batch))
     return model, train, test
+
+
+def segmentation_on_digits(epochs: int = 4, seed: int = 0, train_count: int = 1200,
+                           test_count: int = 200) -> tuple[nn.Module, Dataset]:
+    """`DigitsSegNet` trained briefly on `digits_segmentation` (a weak first model: most of its pixels are
+    background) and PTQ-quantized for TensorRT; returns it and a labelled test set (per-pixel labels)."""
+    from ..pytorch.models import DigitsSegNet
+
+    torch.manual_seed(seed)
+    train = digits_segmentation(train_count, seed=seed + 1, split="train")
+    model = DigitsSegNet()
+    train_steps(model, shuffled_batches(train, epochs, 32, seed), lr=3e-3)
+    return quantize.quantize_ptq(model, train.head(256).batches(64)), digits_segmentation(test_count, seed=seed + 2)
