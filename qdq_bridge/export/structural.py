@@ -248,8 +248,7 @@ class _Ops(_Builder):
         elif kind == "ReLU":
             return Value(self.node(where, "Relu", [x.name]), x.scale, zero_point=x.zero_point)  # still grid values
         elif kind == "ReLU6":
-            bounds = [self.constant(where, np.array(b, np.float32)) for b in (0.0, 6.0)]
-            return Value(self.node(where, "Clip", [x.name, *bounds]), x.scale, zero_point=x.zero_point)
+            return self.clip(where, x, 0.0, 6.0)
         elif kind == "Hardsigmoid":
             return Value(self.node(where, "HardSigmoid", [x.name], alpha=1 / 6, beta=0.5))
         elif kind == "Sigmoid":
@@ -258,6 +257,59 @@ class _Ops(_Builder):
             raise BridgeError(f"activation {kind} at '{_module_name(where)}' has no structural ONNX translation",
                               UNSUPPORTED_FIX)
         return self.quantized(where, out, scale) if scale else Value(out)
+
+    def clip(self, where: str, x: Value, low: float | None, high: float | None) -> Value:
+        """ReLU6, hardtanh and clamp: PyTorch clamps a quantized tensor on its own grid, each bound first rounded
+        onto that grid (and into uint8's range), so the result stays on the input's grid."""
+        bounds = []
+        for bound in (low, high):
+            if bound is not None and x.scale:
+                bound = (np.clip(np.rint(bound / x.scale) + x.zero_point, 0, 255) - x.zero_point) * x.scale
+            bounds.append("" if bound is None else self.constant(where, np.array(bound, np.float32)))
+        return Value(self.node(where, "Clip", [x.name, *bounds]), x.scale, zero_point=x.zero_point)
+
+    def scalar_op(self, where: str, op: str, x: Value, other: float) -> Value:
+        """QFunctional's add_scalar and mul_scalar as PyTorch's kernels compute them: no observer, the output grid
+        derived from the input's. add_scalar shifts the zero-point by the scalar in steps (exact), or where that
+        leaves uint8's range requantizes onto a wider grid; mul_scalar scales the grid (exact), mirrored for a
+        negative factor."""
+        if x.scale is None:
+            raise BridgeError(f"{op} at '{_module_name(where)}' takes a float tensor", "add a QuantStub before it")
+        low, high, z, s = 0, 255, x.zero_point, x.scale
+        if op == "add_scalar":
+            steps = int(np.rint(other / s))
+            out = self.node(where, "Add", [x.name, self.constant(where, np.array(steps * s, np.float32))])
+            if low <= z - steps <= high:
+                return Value(out, s, zero_point=z - steps)
+            shifted = z - steps
+            wide = Grid((high - shifted) / (high - low) * s, low) if shifted < low else \
+                Grid((shifted - low) / (high - low) * s, high)
+            return self.quantized(where, out, wide)
+        if op == "mul_scalar":
+            out = self.node(where, "Mul", [x.name, self.constant(where, np.array(other, np.float32))])
+            if other == 0:
+                return Value(out, 1.0, zero_point=0)
+            return Value(out, abs(other) * s, zero_point=z if other > 0 else high - (z - low))
+        raise BridgeError(f"quantized op '{op}' at '{_module_name(where)}' has no structural ONNX translation",
+                          UNSUPPORTED_FIX)
+
+    def permute(self, where: str, x: Value, dims) -> Value:
+        return Value(self.node(where, "Transpose", [x.name], perm=[int(d) for d in dims]), x.scale,
+                     zero_point=x.zero_point)
+
+    def pixel_shuffle(self, where: str, x: Value, factor: int, inverse: bool = False) -> Value:
+        """pixel_shuffle as DepthToSpace in PyTorch's channel order (CRD); pixel_unshuffle as the reshape,
+        transpose and reshape that invert it (ONNX's SpaceToDepth orders channels the other way)."""
+        if not inverse:
+            out = self.node(where, "DepthToSpace", [x.name], blocksize=int(factor), mode="CRD")
+            return Value(out, x.scale, zero_point=x.zero_point)
+        channels, height, width = self.shape_of(x.name)[1:]
+        split = self.node(where, "Reshape", [x.name, self.constant(where, np.array(
+            [0, channels, height // factor, factor, width // factor, factor], np.int64))])
+        moved = self.node(where, "Transpose", [split], perm=[0, 1, 3, 5, 2, 4])
+        out = self.node(where, "Reshape", [moved, self.constant(where, np.array(
+            [0, channels * factor * factor, height // factor, width // factor], np.int64))])
+        return Value(out, x.scale, zero_point=x.zero_point)
 
     def max_pool(self, where: str, x: Value, kernel, stride, padding, dilation, ceil_mode) -> Value:
         out = self.node(where, "MaxPool", [x.name], kernel_shape=_pair(kernel), strides=_pair(stride or kernel),
@@ -382,7 +434,9 @@ class _FxFrontend:
                                   ops.grid(sub.scale, sub.zero_point), "ReLU" in kind)
         if kind in ("Hardswish", "ELU", "LeakyReLU", "ReLU", "ReLU6", "Hardsigmoid", "Sigmoid"):
             alpha = getattr(sub, "alpha", getattr(sub, "negative_slope", 0.0))
-            return ops.activation(where, kind, x, ops.grid(sub.scale, sub.zero_point) if quantized else None, alpha)
+            # nnq.ReLU6 keeps its input's grid: no qparams of its own
+            grid = ops.grid(sub.scale, sub.zero_point) if quantized and hasattr(sub, "scale") else None
+            return ops.activation(where, kind, x, grid, alpha)
         if kind.startswith("MaxPool"):
             return ops.max_pool(where, x, sub.kernel_size, sub.stride, sub.padding, sub.dilation, sub.ceil_mode)
         if kind.startswith("AdaptiveAvgPool"):
@@ -392,6 +446,11 @@ class _FxFrontend:
                                 sub.count_include_pad)
         if kind == "Flatten":
             return ops.flatten(where, x, sub.start_dim, sub.end_dim)
+        if kind == "Hardtanh":
+            return ops.clip(where, x, sub.min_val, sub.max_val)
+        if kind in ("PixelShuffle", "PixelUnshuffle"):
+            return ops.pixel_shuffle(where, x, getattr(sub, "upscale_factor", getattr(sub, "downscale_factor", 1)),
+                                     inverse=kind == "PixelUnshuffle")
         raise BridgeError(f"module '{node.target}' ({kind}) has no structural ONNX translation", UNSUPPORTED_FIX)
 
     def _call_function(self, node: torch.fx.Node, *args, **kwargs):
@@ -399,6 +458,8 @@ class _FxFrontend:
         op_name = getattr(target, "_qualified_op_name", "")
         if op_name.startswith("quantized::"):
             op = op_name.split("::")[-1]
+            if op in ("add_scalar", "mul_scalar"):  # (x, scalar): no qparams, the kernel derives them
+                return ops.scalar_op(where, op, args[0], float(args[1]))
             # quantized::cat(tensors, dim, scale, zero_point), quantized::add(a, b, scale, zero_point)
             first_qparam = 2
             grid = ops.grid(kwargs.get("scale", args[first_qparam] if len(args) > first_qparam else None),
@@ -420,6 +481,16 @@ class _FxFrontend:
             return ops.adaptive_avg_pool(where, *args)
         if target is nn.functional.relu:
             return ops.activation(where, "ReLU", args[0], None)
+        if target in (torch.clamp, torch.clip):
+            return ops.clip(where, args[0], *_clamp_bounds(args[1:], kwargs))
+        if target is nn.functional.hardtanh:
+            return ops.clip(where, args[0], *(list(args[1:3]) + [-1.0, 1.0][len(args) - 1:])[:2])
+        if target is nn.functional.relu6:
+            return ops.clip(where, args[0], 0.0, 6.0)
+        if target is torch.permute:
+            return ops.permute(where, args[0], args[1] if len(args) == 2 else kwargs["dims"])
+        if target in (nn.functional.pixel_shuffle, nn.functional.pixel_unshuffle):
+            return ops.pixel_shuffle(where, args[0], args[1], inverse=target is nn.functional.pixel_unshuffle)
         raise BridgeError(f"function {getattr(target, '__name__', target)} at '{node.name}' has no structural ONNX "
                           "translation", UNSUPPORTED_FIX)
 
@@ -443,6 +514,10 @@ class _FxFrontend:
                             kwargs.get("keepdim", args[1] if len(args) > 1 else False))
         if method == "dequantize":
             return Value(x.name)
+        if method == "permute":
+            return ops.permute(where, x, args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)
+        if method in ("clamp", "clip"):
+            return ops.clip(where, x, *_clamp_bounds(args, kwargs))
         raise BridgeError(f"method .{method}() at '{node.name}' has no structural ONNX translation", UNSUPPORTED_FIX)
 
 
@@ -527,8 +602,16 @@ class _TorchScriptFrontend:
                                   ops.grid(args[3], args[4]) if len(args) > 4 else None, args[1])
         if kind in ("aten::relu", "aten::relu_"):
             return ops.activation(where, "ReLU", args[0], None)
-        if kind in ("aten::hardtanh", "aten::hardtanh_") and list(args[1:3]) == [0.0, 6.0]:
-            return ops.activation(where, "ReLU6", args[0], None)
+        if kind in ("aten::hardtanh", "aten::hardtanh_", "aten::clamp", "aten::clamp_", "aten::clip"):
+            return ops.clip(where, args[0], args[1], args[2])
+        if kind == "quantized::relu6":
+            return ops.clip(where, args[0], 0.0, 6.0)
+        if kind in ("quantized::add_scalar", "quantized::mul_scalar"):
+            return ops.scalar_op(where, kind.split("::")[1], args[0], float(args[1]))
+        if kind == "aten::permute":
+            return ops.permute(where, args[0], args[1])
+        if kind in ("aten::pixel_shuffle", "aten::pixel_unshuffle"):
+            return ops.pixel_shuffle(where, args[0], args[1], inverse=kind.endswith("unshuffle"))
         if kind in ("aten::hardsigmoid", "aten::hardsigmoid_", "aten::sigmoid", "aten::sigmoid_"):
             return ops.activation(where, "Hardsigmoid" if "hard" in kind else "Sigmoid", args[0], None)
         if kind in ("aten::max_pool1d", "aten::max_pool2d", "aten::max_pool3d"):
@@ -578,6 +661,12 @@ class _TorchScriptFrontend:
         """The module path from the node's scope, or its output's name."""
         scope = node.scopeName().replace("__module.", "")
         return _where(scope) if scope else f"/{next(node.outputs()).debugName() if node.outputsSize() else node.kind()}"
+
+
+def _clamp_bounds(args: tuple, kwargs: dict) -> tuple[float | None, float | None]:
+    """clamp's (min, max), given by position or keyword, either possibly None."""
+    bounds = list(args[:2]) + [None] * (2 - len(args[:2]))
+    return kwargs.get("min", bounds[0]), kwargs.get("max", bounds[1])
 
 
 BIAS_ROUNDINGS = ("nearest", "toward_zero")

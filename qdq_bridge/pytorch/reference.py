@@ -80,9 +80,14 @@ def probe_exactness(backend: str, seed: int = 0) -> int:
     return int(np.abs(y_q - exact).max())
 
 
+# ops whose outputs stay on their (first) input's grid: data movement, selection, clamping
+GRID_PRESERVING = ("Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Transpose", "DepthToSpace", "MaxPool",
+                   "Relu", "Clip")
+
+
 def output_step(model: onnx.ModelProto, output: str | None = None) -> float | None:
     """The quantization step of the network's output `output` (default: the first): the scale of the
-    DequantizeLinear it comes from, through data movement (Flatten, Reshape, Identity...); None when the output
+    DequantizeLinear it comes from, through ops that keep its grid (GRID_PRESERVING); None when the output
     is computed in float."""
     scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     scales.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t) for node in model.graph.node
@@ -93,7 +98,7 @@ def output_step(model: onnx.ModelProto, output: str | None = None) -> float | No
         if node.op_type == "DequantizeLinear":
             scale = scales.get(node.input[1])
             return float(scale) if scale is not None and scale.size == 1 else None
-        if node.op_type not in ("Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Transpose"):
+        if node.op_type not in GRID_PRESERVING:
             return None
         node = producers.get(node.input[0])
     return None

@@ -113,7 +113,7 @@ def test_cli_records_the_exporter(example_dir, tmp_path, exporter, expected):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_rest_of_the_quantized_module_set(name):
     """BatchNorm, Hardswish, ELU, LeakyReLU, ConvTranspose, AvgPool, QFunctional mul/cat/add, Linear+ReLU, Conv1d,
-    Conv3d: both frontends give the same graph, lint-clean, within one output step of PyTorch; torch.onnx equals
+    Conv3d, clamps, scalar ops, pixel shuffles and permute: both frontends give the same graph, lint-clean, within one output step of PyTorch; torch.onnx equals
     it bit for bit where it can export the model at all (it has no quantized BatchNorm2d, and cannot serialize
     onednn's 3-d packed weights)."""
     model, shape = quantized(name)
@@ -128,11 +128,15 @@ def test_the_rest_of_the_quantized_module_set(name):
     output_step = float(next(m for n, m in quantize.activation_quantizers(model) if n == "fc2" or n == "conv1").scale)
     # PyTorch as the yardstick where its kernels are exact: onednn, the only backend with 3-d convolutions, saturates
     # full-range activations on CPUs without VNNI (26 steps off on this project's AMD EPYC; probe_exactness)
-    if probe_exactness(quantize.backend_for(model)) <= 1:
-        assert np.abs(outputs - run_torch(model, data, 32)).max() <= output_step + 1e-6
+    # qnnpack's relu6 and hardtanh clamp channels-last tensors (what its convolutions return) at the wrong
+    # positions (torch 2.14: 2.3 of 2.65 off), which the pipeline's cross-check catches; onednn's are right
+    backend = "onednn" if name == "clamp_and_move" else quantize.backend_for(model)
+    if probe_exactness(backend) <= 1:
+        assert np.abs(outputs - run_torch(repack(model, backend), data, 32, backend)).max() <= output_step + 1e-6
     try:
         torch_graph, _ = run_passes(export_onnx(model, shape, exporter="torch"))
     except BridgeError as exc:  # what torch.onnx cannot export, measured on torch 2.14
-        assert {"modules2d": "quantized::batch_norm2d", "modules1d3d": "Conv3dPackedParamsBase"}[name] in str(exc)
+        assert {"modules2d": "quantized::batch_norm2d", "modules1d3d": "Conv3dPackedParamsBase",
+                "clamp_and_move": "quantized::relu6"}[name] in str(exc)
     else:
         np.testing.assert_array_equal(run_onnxruntime(torch_graph, data, 32), outputs)

@@ -1,5 +1,6 @@
 """Small models built from the rest of eager mode's quantized module set (BatchNorm, Hardswish, ELU, LeakyReLU,
-ConvTranspose, AvgPool, QFunctional mul/cat/add, Linear+ReLU, Conv1d, Conv3d), for the exporters' tests."""
+ConvTranspose, AvgPool, QFunctional mul/cat/add, Linear+ReLU, Conv1d, Conv3d; clamps, scalar ops, pixel shuffles,
+permute), for the exporters' tests."""
 import numpy as np
 import torch
 from torch import nn
@@ -50,7 +51,30 @@ class Modules1d3d(nn.Module):
         torch.ao.quantization.fuse_modules(self, [["conv3", "bn3", "relu3"], ["conv1", "relu1"]], inplace=True)
 
 
-MODELS = {"modules2d": (Modules2d, (1, 3, 16, 16)), "modules1d3d": (Modules1d3d, (1, 2, 4, 6, 6))}
+class ModulesClampAndMove(nn.Module):
+    """Clamps (ReLU6, Hardtanh, clamp), QFunctional's scalar ops (their output grids derived, not observed) and data
+    movement (PixelShuffle/PixelUnshuffle, permute), as super-resolution and sequence models use them."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.conv0, self.relu6, self.hardtanh = nn.Conv2d(3, 16, 3, padding=1), nn.ReLU6(), nn.Hardtanh(-0.5, 1.5)
+        self.shuffle, self.unshuffle = nn.PixelShuffle(2), nn.PixelUnshuffle(2)
+        self.add_scalar, self.mul_scalar = FloatFunctional(), FloatFunctional()
+        self.conv1 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):  # N x 3 x 8 x 8
+        x = self.hardtanh(self.relu6(self.conv0(self.quant(x))))
+        x = self.unshuffle(self.shuffle(torch.clamp(x, -0.25, 1.0)))
+        x = self.mul_scalar.mul_scalar(self.add_scalar.add_scalar(x, 0.3), 0.5)
+        return self.dequant(self.conv1(x).permute(0, 2, 3, 1))
+
+    def fuse_model(self):
+        pass
+
+
+MODELS = {"modules2d": (Modules2d, (1, 3, 16, 16)), "modules1d3d": (Modules1d3d, (1, 2, 4, 6, 6)),
+          "clamp_and_move": (ModulesClampAndMove, (1, 3, 8, 8))}
 
 
 def quantized(name: str) -> tuple[nn.Module, tuple[int, ...]]:
