@@ -144,12 +144,19 @@ def test_affine_qint8_activations_are_refused_naming_the_module(tmp_path):
 
 
 @pytest.mark.slow
-def test_dynamic_quantization_is_refused(tmp_path):
+@pytest.mark.parametrize("saved", ["pickled", "torchscript"])
+def test_dynamic_quantization_is_refused(tmp_path, saved):
+    """quantize_dynamic's modules, pickled or scripted (the TorchScript file once got torch.onnx's message about
+    quantized::linear_dynamic instead)."""
     model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 4)), {torch.nn.Linear})
-    path = tmp_path / "dynamic.pth"
-    torch.save(model, path)
+    path = tmp_path / "dynamic.pt"
+    if saved == "pickled":
+        torch.save(model, path)
+    else:
+        torch.jit.save(torch.jit.script(model), path)
     message = refused(tmp_path, str(path), "--trust-pickle", "--input-shape", "1,8")
-    assert "dynamically quantized module '0' (DynamicQuantizedLinear)" in message
+    name = "DynamicQuantizedLinear" if saved == "pickled" else "Linear"
+    assert f"dynamically quantized module '0' ({name})" in message
     assert "use static quantization" in message
 
 

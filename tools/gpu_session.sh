@@ -19,6 +19,8 @@
 #                                                      TensorRT's error; ARGS: options of qdq_bridge build, e.g.
 #                                                      --builder-optimization-level 0: the iterations that build take
 #                                                      longest); cut short, it keeps the last failing cut
+#   bash tools/gpu_session.sh models DIR SECONDS       convert every DIR/NAME.pt with DIR/NAME.npz, --engine require,
+#                                                      both placements; one line each, and models.json in $OUT
 #   bash tools/gpu_session.sh variants ROW SECONDS [ARGS] benchmarks/build_variants.py on a matrix row's engine ONNX:
 #                                                      its variants and block prefixes built side by side (ARGS:
 #                                                      options of every build); the table, and the last 300 lines
@@ -62,6 +64,34 @@ pt2e)
   timeout "$1" python3 benchmarks/pt2e_vs_eager.py --out benchmarks/out/pt2e_vs_eager --convert-args \
     "--builder-optimization-level 1" 2>&1 | grep -v "Warning\|calibrating\|W1202"
   cp benchmarks/out/pt2e_vs_eager/pt2e_vs_eager.json "$OUT/" 2>/dev/null
+  exit 0 ;;
+models)
+  end=$((SECONDS + $2))
+  for model in "$1"/*.pt; do
+    name=$(basename "$model" .pt)
+    for placement in faithful fast; do
+      [ $SECONDS -lt $end ] || break 2
+      timeout $((end - SECONDS)) python3 -m qdq_bridge convert "$model" --dataset "$1/$name.npz" --engine require \
+        --placement $placement --no-progress -o "benchmarks/out/models/$name-$placement" > /dev/null 2>&1
+      echo "$name $placement: exit $?"
+    done
+  done
+  python3 - "$OUT/models.json" <<'PY'
+import json, pathlib, sys
+rows = []
+for path in sorted(pathlib.Path("benchmarks/out/models").glob("*/report.json")):
+    r = json.loads(path.read_text())
+    trt = [p for p in r["parity"] if (p["reference"], p["candidate"]) == ("pytorch", "tensorrt") and p["judged"]]
+    rows.append({"run": path.parent.name, "ok": r["ok"], "failed": r["failed"], "exporter": r["exporter"],
+                 "tensorrt": {k: trt[0][k] for k in ("agreement", "reference_accuracy", "candidate_accuracy", "lost",
+                                                     "gained")} if trt else None,
+                 "outputs": trt[0]["outputs"] if trt else None,
+                 "layers": r["tensorrt"].get("layer_summary", {}).get("layers"),
+                 "build": r["tensorrt"].get("failed")})
+    print(f"{path.parent.name:28} {'PASS' if r['ok'] else 'FAIL'} trt agreement "
+          f"{trt[0]['agreement'] * 100 if trt else float('nan'):.2f}% {'; '.join(r['failed'])[:200]}")
+json.dump(rows, open(sys.argv[1], "w"), indent=1)
+PY
   exit 0 ;;
 variants)
   onnx=$(python3 -c "import json; r=json.load(open('$out/$1/report.json')); print(r['tensorrt'].get('engine_onnx', r['onnx']))")

@@ -253,9 +253,14 @@ def _from_state_dict(state: dict, arch: str | None, backends: tuple[str, ...] | 
 
 
 def _refuse_dynamic(module: nn.Module) -> None:
+    """Dynamic quantization (quantize_dynamic) is refused by module class, eager or scripted (a TorchScript
+    module's class is its type's qualified name, __torch__.torch.ao.nn.quantized.dynamic...)."""
     for name, sub in module.named_modules():
-        if type(sub).__module__.startswith("torch.ao.nn.quantized.dynamic"):
-            raise BridgeError(f"dynamically quantized module '{name}' ({sub._get_name()}) computes activation scales "
+        scripted = isinstance(sub, torch.jit.ScriptModule)
+        where = sub._c._type().qualified_name() if scripted else type(sub).__module__
+        if ".quantized.dynamic" in f".{where}":
+            kind = sub.original_name if scripted else sub._get_name()
+            raise BridgeError(f"dynamically quantized module '{name}' ({kind}) computes activation scales "
                               "at run time, which TensorRT's explicit quantization cannot express",
                               "use static quantization (PTQ with calibration, or QAT)")
 
@@ -265,6 +270,7 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
     if keep_float and (loaded.kind == "torchscript" or module_kind(loaded.module) != "float"):
         raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
                           "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
+    _refuse_dynamic(loaded.module)
     if loaded.kind != "torchscript":
         _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig)
     elif not quantize.activation_quantizers(loaded.module):
@@ -282,7 +288,6 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
 
 def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
                          batch: int, keep_float: tuple[str, ...], qconfig: str) -> None:
-    _refuse_dynamic(loaded.module)
     kind = module_kind(loaded.module)
     if kind == "qat":
         quantize.convert(loaded.module, loaded.backend)
