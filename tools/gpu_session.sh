@@ -20,7 +20,7 @@
 #                                                      --builder-optimization-level 0: the iterations that build take
 #                                                      longest); cut short, it keeps the last failing cut
 #   bash tools/gpu_session.sh models DIR SECONDS       convert every DIR/NAME.pt with DIR/NAME.npz, --engine require,
-#                                                      both placements; one line each, and models.json in $OUT
+#                                                      both placements, four at a time; a line each, models.json in $OUT
 #   bash tools/gpu_session.sh variants ROW SECONDS [ARGS] benchmarks/build_variants.py on a matrix row's engine ONNX:
 #                                                      its variants and block prefixes built side by side (ARGS:
 #                                                      options of every build); the table, and the last 300 lines
@@ -66,16 +66,11 @@ pt2e)
   cp benchmarks/out/pt2e_vs_eager/pt2e_vs_eager.json "$OUT/" 2>/dev/null
   exit 0 ;;
 models)
-  end=$((SECONDS + $2))
-  for model in "$1"/*.pt; do
-    name=$(basename "$model" .pt)
-    for placement in faithful fast; do
-      [ $SECONDS -lt $end ] || break 2
-      timeout $((end - SECONDS)) python3 -m qdq_bridge convert "$model" --dataset "$1/$name.npz" --engine require \
-        --placement $placement --no-progress -o "benchmarks/out/models/$name-$placement" > /dev/null 2>&1
-      echo "$name $placement: exit $?"
-    done
-  done
+  # four conversions at a time (each its own TensorRT worker; 16 cores)
+  for model in "$1"/*.pt; do for placement in faithful fast; do echo "$model $placement"; done; done |
+    timeout "$2" xargs -P 4 -L 1 sh -c 'name=$(basename "$0" .pt); python3 -m qdq_bridge convert "$0" \
+      --dataset "${0%.pt}.npz" --engine require --placement "$1" --no-progress -o "benchmarks/out/models/$name-$1" \
+      > /dev/null 2>&1; echo "$name $1: exit $?"'
   python3 - "$OUT/models.json" <<'PY'
 import json, pathlib, sys
 rows = []
