@@ -2,7 +2,7 @@
 
 Every output gets the element-wise differences, in its own quantization steps where it comes from a quantized
 tensor (the scale of the DequantizeLinear it leaves the graph through) and in absolute terms otherwise: max, the
-99.9th percentile (exact: the running largest 0.1 %), mean, and the fraction of elements within one step. Each kind
+99.9th percentile (exact where the sample count is known: the largest 0.1 % are kept), mean, and the fraction of elements within one step. Each kind
 adds the per-sample measure its verdict rests on:
 
 - classification (N x C): top-1 agreement, ties counted as agreement (`argmax_agreement`), accuracy and the
@@ -102,12 +102,12 @@ def choose_kind(name: str, shape: tuple[int, ...], is_float: bool, primary: bool
                 class_axis: int = 1) -> tuple[str, str, str | None]:
     """(kind, where it came from, why it cannot be measured or None) of an output whose batch-1 shape is `shape`
     (batch first). The primary output (the one `--logits` names, by default the first 2-D one) is classification
-    when 2-D; other 2-D outputs are generic (features, boxes); an output with positions (3-D and more) whose class
+    when N x C with C >= 2; other 2-D outputs are generic (features, boxes); an output with positions (3-D and more) whose class
     axis holds two or more values is dense; everything else is generic. `forced` (--task) overrides the shape."""
     dims = "x".join(["N", *map(str, shape[1:])])
     if forced:
         kind, source = forced, "--task"
-    elif len(shape) == 2 and primary:
+    elif len(shape) == 2 and primary and shape[1] >= 2:
         kind, source = "classification", f"shape {dims}, the judged output"
     elif len(shape) >= 3 and -len(shape) < class_axis < len(shape) and shape[class_axis] >= 2 and class_axis != 0:
         kind, source = "dense", f"shape {dims}, classes on axis {class_axis}"
@@ -165,10 +165,12 @@ class OutputMeasures(TypedDict, total=False):
 
 class RunningOutput:
     """One output's measures over batches as running sums, so that a dataset of any size takes one batch's memory
-    (the percentile keeps the largest 0.1 % of the differences, at most)."""
+    (the percentile keeps the largest 0.1 % of the differences of the `samples` expected)."""
 
-    def __init__(self, spec: OutputSpec, judging: Judging):
+    def __init__(self, spec: OutputSpec, judging: Judging, samples: int | None = None):
         self.spec = spec
+        self.samples = samples  # expected in all: the percentile's pool is sized for them from the first batch
+        self.keep: int | None = None
         self.ignore_index, self.min_cosine = judging.ignore_index, judging.min_cosine
         self.problem = spec.unmeasurable
         self.max = self.sum = 0.0
@@ -213,7 +215,9 @@ class RunningOutput:
         self.max = max(self.max, float(diff.max(initial=0.0)))
         self.sum += float(diff.sum())
         self.elements += diff.size
-        keep = math.ceil(self.elements * (1 - PERCENTILE / 100))
+        if self.keep is None and self.samples:
+            self.keep = math.ceil(self.samples * (diff.size // len(diff)) * (1 - PERCENTILE / 100))
+        keep = self.keep or math.ceil(self.elements * (1 - PERCENTILE / 100))  # unknown count: a lower bound
         pool = np.concatenate([self.largest, diff.ravel()])
         self.largest = np.partition(pool, len(pool) - keep)[len(pool) - keep:] if len(pool) > keep else pool
 
@@ -250,8 +254,9 @@ class RunningOutput:
             return OutputMeasures(**measures, unmeasurable=self.problem)
         if not self.elements:
             return OutputMeasures(**measures, unmeasurable="no samples were compared")
+        rank = min(math.ceil(self.elements * (1 - PERCENTILE / 100)), self.largest.size)  # nearest rank, upper
         measures.update(unit="steps" if self.spec.step else "absolute", step=self.spec.step, max_diff=self.max,
-                        p999_diff=float(self.largest.min()) if self.largest.size else 0.0, mean_diff=self.sum / self.elements,
+                        p999_diff=float(np.partition(self.largest, self.largest.size - rank)[self.largest.size - rank]), mean_diff=self.sum / self.elements,
                         max_abs_diff=self.abs_max, mean_abs_diff=self.abs_sum / self.elements,
                         within_one_step=self.within / self.elements if self.spec.step else None,
                         elements=self.elements)

@@ -164,9 +164,11 @@ class RunningComparison:
     takes, on each sample, the candidate's class where they agree (agreeing backends are right or wrong
     together: 100 % agreement is no gap) and its own argmax where they do not; the candidate takes its argmax."""
 
-    def __init__(self, dataset: str, reference: str, candidate: str, judging: Judging | None = None):
+    def __init__(self, dataset: str, reference: str, candidate: str, judging: Judging | None = None,
+                 samples: int | None = None):
         self.names = (dataset, reference, candidate)
         self.judging = judging or Judging()
+        self.expected = samples  # the dataset's size, for the exact percentile (measures.RunningOutput)
         self.samples = 0
         self.running: dict[str, RunningOutput] | None = None  # made on the first batch
         self.missing: list[str] = []
@@ -179,7 +181,7 @@ class RunningComparison:
                                            if np.issubdtype(values.dtype, np.floating))
         if self.running is None:
             self.specs = self.judging.specs(reference, labels)
-            self.running = {name: RunningOutput(spec, self.judging) for name, spec in self.specs.items()}
+            self.running = {name: RunningOutput(spec, self.judging, self.expected) for name, spec in self.specs.items()}
         rows = len(next(iter(reference.values())))
         if labels is None:
             self.discordant = None
@@ -215,7 +217,7 @@ def compare(reference: np.ndarray | Outputs, candidate: np.ndarray | Outputs, da
     """`RunningComparison` over whole outputs (an array is the logits output alone)."""
     reference, candidate = ({logits: v} if isinstance(v, np.ndarray) else v for v in (reference, candidate))
     judging = judging or Judging(logits=logits if logits in reference else None)
-    return RunningComparison(data.name, reference_name, candidate_name, judging).add(
+    return RunningComparison(data.name, reference_name, candidate_name, judging, len(data)).add(
         reference, candidate, data.y).result()
 
 
@@ -243,7 +245,7 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
     `failed`, with its comparisons."""
     engines = dict(engines or {})
     ran = [*backends, *engines]
-    running = {pair: RunningComparison(source.name, *pair, judging) for pair in pairs if set(pair) <= set(ran)}
+    running = {pair: RunningComparison(source.name, *pair, judging, len(source)) for pair in pairs if set(pair) <= set(ran)}
     seconds = dict.fromkeys(ran, 0.0)
     failed: dict[str, str] = {}
 

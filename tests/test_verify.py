@@ -9,7 +9,8 @@ from onnx import TensorProto, helper
 from qdq_bridge.data.arrays import Dataset
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.trt.divergence import markable_tensors, quantized_tensors
-from qdq_bridge.verify import Comparison, compare, stream_parity
+from qdq_bridge.measures import Judging
+from qdq_bridge.verify import Comparison, RunningComparison, compare, stream_parity
 
 
 def test_agreement_accepts_any_of_the_references_tied_top_logits():
@@ -214,3 +215,47 @@ def test_a_failing_engine_is_left_out_from_then_on_and_named():
     assert calls == [8, 8]  # not called again after its failure, on the two batches left
     assert result.comparisons == [] and result.failed == {"tensorrt": "worker crashed"}
     assert result.samples == 32
+
+
+def test_a_regression_output_off_by_half_fails_although_its_cosine_is_one():
+    """N x 1 outputs: a one-element vector has cosine 1 at any value of the right sign, so the norm ratio judges
+    the size; within one output step still agrees."""
+    reference = np.linspace(1, 2, 40, dtype=np.float32)[:, None]
+    data = Dataset("d", np.zeros((40, 1)))
+    half = compare(reference, reference * 1.5, data, "pytorch", "onnxruntime")
+    measures = half.outputs["logits"]
+    assert measures["kind"] == "generic" and measures["cosine_min"] == pytest.approx(1)
+    assert measures["agreement"] == 0 and half.failures(0.995, 0.2)
+    stepped = compare(reference, reference + 0.1, data, "pytorch", "onnxruntime",
+                      judging=Judging(steps={"logits": 0.1}))
+    assert stepped.outputs["logits"]["agreement"] == 1 and stepped.outputs["logits"]["within_one_step"] == 1
+
+
+def test_the_percentile_is_exact_over_streamed_batches():
+    """The 99.9th percentile of |diff| over 20 batches equals numpy's on all of them (nearest rank, upper)."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((2000, 3, 4, 4)).astype(np.float32)
+    candidate = reference + rng.standard_normal(reference.shape).astype(np.float32) ** 3
+    running = RunningComparison("d", "a", "b", samples=2000)
+    for rows in np.array_split(np.arange(2000), 20):
+        running.add({"logits": reference[rows]}, {"logits": candidate[rows]}, None)
+    diff = np.abs(reference.astype(np.float64) - candidate)
+    measures = running.result().outputs["logits"]
+    assert measures["p999_diff"] == pytest.approx(np.quantile(diff, 0.999, method="higher"))
+    assert measures["max_diff"] == pytest.approx(diff.max()) and measures["units"] == 2000 * 16
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros((8, 5, 5), np.int64), r"the dataset's labels \(shape N x 5x5\) fit no output"),
+    (np.zeros((8, 3), np.int64), r"the dataset's labels \(shape N x 3\) fit no output")])
+def test_labels_that_fit_no_output_are_refused(labels, message):
+    maps = np.zeros((8, 4, 6, 6), np.float32)
+    with pytest.raises(BridgeError, match=message):
+        compare({"out": maps}, {"out": maps}, Dataset("d", np.zeros((8, 1)), labels), "a", "b")
+
+
+def test_an_unknown_output_in_task_is_refused_naming_the_outputs():
+    with pytest.raises(BridgeError, match=r"--task names feature, not an output of this model \(its outputs: "
+                                          r"logits\)"):
+        compare(np.zeros((2, 3)), np.zeros((2, 3)), Dataset("d", np.zeros((2, 1))), "a", "b",
+                judging=Judging(tasks={"feature": "generic"}))

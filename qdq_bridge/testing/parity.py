@@ -27,7 +27,7 @@ def assert_parity(module: nn.Module, onnx_model: onnx.ModelProto | str | Path, d
     if isinstance(onnx_model, Path):
         onnx_model = str(onnx_model)
     reference, candidate = torch_runner(module), onnxruntime_runner(onnx_model)
-    running = RunningComparison(data.name, "pytorch", "onnxruntime", judging or Judging(logits=logits))
+    running = RunningComparison(data.name, "pytorch", "onnxruntime", judging or Judging(logits=logits), len(data))
     for x, labels in data.labelled_batches(batch_size):
         running.add(reference(x), candidate(x), labels)
     result = running.result()
