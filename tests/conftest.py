@@ -11,7 +11,7 @@ from helpers import ROOT  # noqa: E402
 
 # Fixtures that train a model (or convert one through the CLI): whoever uses one is in the slow tier, which
 # `pytest -m "not slow"` leaves out. Tests that train or convert in their own body are marked where they are.
-TRAINING_FIXTURES = {"example_dir", "task", "family", "segmentation"}
+TRAINING_FIXTURES = {"example_dir", "task", "family", "segmentation", "super_resolution"}
 
 
 def pytest_collection_modifyitems(items):
@@ -43,3 +43,19 @@ def segmentation(tmp_path_factory) -> tuple[Path, Path]:
     save_torchscript(model, out / "segnet_q.pt", (1, 1, 32, 32), None)
     np.savez(out / "test.npz", x=test.x, y=test.y)
     return out / "segnet_q.pt", out / "test.npz"
+
+
+@pytest.fixture(scope="session")
+def super_resolution(tmp_path_factory) -> tuple[Path, Path]:
+    """A super-resolution model (DigitsSuperRes: 16 x 16 digits to 32 x 32, trained briefly, PTQ) as TorchScript,
+    and its test inputs as .npz (no labels)."""
+    import numpy as np
+
+    from qdq_bridge import save_torchscript
+    from qdq_bridge.testing import zoo
+
+    out = tmp_path_factory.mktemp("super_resolution")
+    model, test = zoo.super_resolution_on_digits()
+    save_torchscript(model, out / "superres_q.pt", (1, 1, 16, 16), None)
+    np.savez(out / "test.npz", x=test.x)
+    return out / "superres_q.pt", out / "test.npz"

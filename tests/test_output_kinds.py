@@ -108,6 +108,19 @@ def test_an_output_the_judge_cannot_measure_fails_with_the_reason(segmentation, 
     assert "FAIL" in result.stdout and report["parity"][0]["outputs"]["logits"]["kind_source"] == "--task"
 
 
+def test_a_super_resolution_model_is_judged_as_an_image_per_sample(super_resolution, tmp_path):
+    """N x 1 x 32 x 32 (PixelShuffle's output): generic, every sample within one output step or at cosine and norm
+    ratio >= 0.99, differences in the output's steps."""
+    model, dataset = super_resolution
+    result, report = convert(tmp_path, model, dataset, "--engine", "off")
+    assert result.returncode == 0, result.stdout + result.stderr
+    measures = report["parity"][0]["outputs"]["logits"]
+    assert measures["kind"] == "generic" and measures["units"] == 450 and measures["agreement"] == 1
+    assert measures["unit"] == "steps" and measures["max_diff"] <= 1 + 1e-3 and measures["cosine_min"] > 0.999
+    assert report["exporter"] == "structural (TorchScript graph)" and "DepthToSpace" in report["op_counts"]
+    assert all(0 <= rate <= 1 for rate in rates(report))
+
+
 class FeatureExtractor(nn.Module):
     """A Conv1d feature extractor (N x 16 x 64): the last dimension equals the parity batch of 64 rows, where the
     old top-1 code reported 51,783 % agreement and PASS."""

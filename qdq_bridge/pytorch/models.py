@@ -105,3 +105,23 @@ class DigitsSegNet(nn.Module):
 def digits_segnet() -> DigitsSegNet:
     """Factory for `--arch qdq_bridge.pytorch.models:digits_segnet`."""
     return DigitsSegNet()
+
+
+class DigitsSuperRes(nn.Module):
+    """A small super-resolution net (ESPCN-like): features at the input's size, then a convolution to scale²
+    channels and PixelShuffle to an image `scale` times larger, N x 1 x (scale H) x (scale W)."""
+
+    def __init__(self, scale: int = 2, width: int = 16):
+        super().__init__()
+        self.quant = QuantStub()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1),
+                                      nn.ReLU())
+        self.expand = nn.Conv2d(width, scale * scale, 3, 1, 1)
+        self.shuffle = nn.PixelShuffle(scale)
+        self.dequant = DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.shuffle(self.expand(self.features(self.quant(x)))))
+
+    def fuse_model(self, is_qat: bool = False) -> None:
+        _fuse(self.features, [["0", "1"], ["2", "3"]], is_qat)
