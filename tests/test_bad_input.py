@@ -440,3 +440,53 @@ def test_a_torch_without_eager_quantization_is_one_line_naming_the_way_out(examp
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "has no eager-mode quantization" in result.stderr
     assert "torch 2.11 to 2.15" in result.stderr and "PT2E" in result.stderr and not (tmp_path / "o").exists()
+
+
+class Recurrent(torch.nn.Module):
+    """Conv1d -> LSTM -> Linear, as keyword-spotting models are; `float_lstm` keeps the LSTM float between stubs."""
+
+    def __init__(self, float_lstm: bool = False):
+        super().__init__()
+        stubs = torch.ao.quantization
+        self.quant, self.dequant = stubs.QuantStub(), stubs.DeQuantStub()
+        self.into_lstm, self.out_of_lstm = (stubs.DeQuantStub(), stubs.QuantStub()) if float_lstm else \
+            (torch.nn.Identity(), torch.nn.Identity())
+        self.conv, self.lstm, self.fc = torch.nn.Conv1d(4, 8, 3, padding=1), torch.nn.LSTM(8, 16, batch_first=True), \
+            torch.nn.Linear(16, 5)
+        if float_lstm:
+            self.lstm.qconfig = None
+
+    def forward(self, x):
+        y, _ = self.lstm(self.into_lstm(self.conv(self.quant(x))).permute(0, 2, 1))
+        return self.dequant(self.fc(self.out_of_lstm(y[:, -1])))
+
+    def fuse_model(self):
+        pass
+
+
+@pytest.mark.slow
+def test_a_quantized_lstm_is_refused_naming_the_way_out_which_converts(tmp_path):
+    """torch.ao.nn.quantized.LSTM (eager mode's custom-module route) is refused in one line; the way it names, the
+    LSTM left float between stubs, converts (torch.onnx exports the float LSTM) and passes."""
+    x = np.random.default_rng(0).standard_normal((64, 4, 20)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    lstms = {torch.nn.LSTM: torch.ao.nn.quantizable.LSTM, torch.ao.nn.quantizable.LSTM: torch.ao.nn.quantized.LSTM}
+    model = Recurrent().eval()
+    model.qconfig = quantize.trt_qconfig()
+    with quantize.using_backend("qnnpack"), quantize.quiet_torch_warnings():
+        torch.ao.quantization.prepare(model, inplace=True, prepare_custom_config_dict={
+            "float_to_observed_custom_module_class": {torch.nn.LSTM: lstms[torch.nn.LSTM]}})
+        model(torch.from_numpy(x))
+        torch.ao.quantization.convert(model, inplace=True, convert_custom_config_dict={
+            "observed_to_quantized_custom_module_class": {lstms[torch.nn.LSTM]: torch.ao.nn.quantized.LSTM}})
+    save_torchscript(model, tmp_path / "lstm.pt", (1, 4, 20))
+    message = refused(tmp_path, str(tmp_path / "lstm.pt"), "--dataset", str(tmp_path / "x.npz"))
+    assert message.startswith("error: quantized module 'lstm' (LSTM) runs a time loop or attention of its own")
+    assert message.endswith("leave it float: qconfig None on it, a DeQuantStub before it and a QuantStub after its "
+                            "output tensor")
+    save_torchscript(quantize.quantize_ptq(Recurrent(float_lstm=True).eval(), [x]), tmp_path / "float_lstm.pt",
+                     (1, 4, 20))
+    result = run_cli("convert", str(tmp_path / "float_lstm.pt"), "--dataset", str(tmp_path / "x.npz"), "--engine",
+                     "off", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["exporter"].startswith("torch.onnx")

@@ -252,17 +252,38 @@ def _from_state_dict(state: dict, arch: str | None, backends: tuple[str, ...] | 
     return loaded
 
 
-def _refuse_dynamic(module: nn.Module) -> None:
-    """Dynamic quantization (quantize_dynamic) is refused by module class, eager or scripted (a TorchScript
-    module's class is its type's qualified name, __torch__.torch.ao.nn.quantized.dynamic...)."""
+# quantized modules qdq_bridge refuses: (problem, fix) by `_refused_kind`
+_REFUSED = {
+    "dynamic": ("dynamically quantized module '{name}' ({kind}) computes activation scales at run time, which "
+                "TensorRT's explicit quantization cannot express", "use static quantization (PTQ with calibration, "
+                                                                   "or QAT)"),
+    "recurrent": ("quantized module '{name}' ({kind}) runs a time loop or attention of its own that qdq_bridge does "
+                  "not translate to Q/DQ yet (README, coverage)", "leave it float: qconfig None on it, a DeQuantStub "
+                                                                  "before it and a QuantStub after its output tensor"),
+}
+
+
+def _refused_kind(path: str) -> str | None:
+    """Which of _REFUSED a module class is, from its dotted path (eager: module and class; TorchScript: its type's
+    qualified name, __torch__.torch.ao...)."""
+    if ".quantized.dynamic." in path:
+        return "dynamic"
+    if ".quantizable." in path or ".quantized.modules." in path and path.rsplit(".", 1)[1] in ("LSTM",
+                                                                                               "MultiheadAttention"):
+        return "recurrent"
+    return None
+
+
+def _refuse_unsupported(module: nn.Module) -> None:
+    """Dynamic quantization (quantize_dynamic) and quantized LSTM/MultiheadAttention are refused by module class,
+    eager or scripted."""
     for name, sub in module.named_modules():
         scripted = isinstance(sub, torch.jit.ScriptModule)
-        where = sub._c._type().qualified_name() if scripted else type(sub).__module__
-        if ".quantized.dynamic" in f".{where}":
-            kind = sub.original_name if scripted else sub._get_name()
-            raise BridgeError(f"dynamically quantized module '{name}' ({kind}) computes activation scales "
-                              "at run time, which TensorRT's explicit quantization cannot express",
-                              "use static quantization (PTQ with calibration, or QAT)")
+        refused = _refused_kind(sub._c._type().qualified_name() if scripted else
+                                f"{type(sub).__module__}.{type(sub).__name__}")
+        if refused:
+            problem, fix = _REFUSED[refused]
+            raise BridgeError(problem.format(name=name, kind=sub.original_name if scripted else sub._get_name()), fix)
 
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
@@ -270,7 +291,7 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
     if keep_float and (loaded.kind == "torchscript" or module_kind(loaded.module) != "float"):
         raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
                           "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
-    _refuse_dynamic(loaded.module)
+    _refuse_unsupported(loaded.module)
     if loaded.kind != "torchscript":
         _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig)
     elif not quantize.activation_quantizers(loaded.module):
