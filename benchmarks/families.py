@@ -11,6 +11,10 @@ with the test split as an .npz; then `python -m qdq_bridge convert NAME.pt --dat
 (x86, fbgemm, qnnpack), or torchvision's recipe for its quantized models, saved as a state_dict (as
 `torchvision.models.quantization.FAMILY(quantize=True)` holds one) and converted with --arch torchvision:FAMILY.
 
+Models of other tasks (TASKS: `segnet`, a segmentation net with per-pixel labels; `superres`, PixelShuffle
+super-resolution judged per sample as an image) are trained and quantized by their zoo functions and go through the
+same conversions.
+
 Table (printed, and families.md / families.json in --out): exit status, verdict, top-1 agreement and accuracy per
 backend, the discordant counts lost / gained (samples PyTorch gets right and the candidate wrong, and the converse)
 with the exact McNemar p, the engine's layers, INT8 convolutions, standalone Adds, each stage's seconds and the
@@ -57,16 +61,32 @@ def parse_entry(entry: str) -> tuple[str, str, str]:
     """`resnet18` or `resnet18@x86` -> (family, recipe, label); the label names files and table rows."""
     name, _, recipe = entry.partition("@")
     recipe = recipe or "tensorrt"
-    if name not in zoo.ALL_TORCHVISION_FAMILIES or recipe not in RECIPES:
+    if name not in (*zoo.ALL_TORCHVISION_FAMILIES, *TASKS) or recipe not in RECIPES or \
+            name in TASKS and recipe != "tensorrt":
         raise SystemExit(f"error: '{entry}' is not FAMILY[@RECIPE] with a family of "
-                         f"{', '.join(zoo.ALL_TORCHVISION_FAMILIES)} and a recipe of {', '.join(RECIPES)}")
+                         f"{', '.join(zoo.ALL_TORCHVISION_FAMILIES)} and a recipe of {', '.join(RECIPES)}, "
+                         f"or a task model of {', '.join(TASKS)}")
     return name, recipe, name if recipe == "tensorrt" else f"{name}-{recipe}"
+
+
+# models of other tasks than classification (issue 33), each trained and quantized by its zoo function, which
+# returns the quantized model and its test set (per-pixel labels for segmentation, none for super-resolution)
+TASKS = {"segnet": zoo.segmentation_on_digits, "superres": zoo.super_resolution_on_digits}
 
 
 def prepare(entry: str, size: int, epochs: int, calibration_samples: int, threads: int, out: Path) -> dict:
     """Train, quantize and save one family; its float accuracy and the seconds each step took."""
     name, recipe, label = parse_entry(entry)
     torch.set_num_threads(threads)
+    if name in TASKS:
+        started = time.perf_counter()
+        quantized, test = TASKS[name]()
+        save_torchscript(quantized, out / f"{label}.pt", (1, *test.x.shape[1:]))
+        np.savez(out / f"{label}-test.npz", x=test.x, **({} if test.y is None else {"y": test.y}))
+        info = {"family": label, "recipe": recipe, "size": test.x.shape[-1], "float_accuracy": None,
+                "train_seconds": time.perf_counter() - started, "quantize_seconds": 0.0}
+        (out / f"{label}.json").write_text(json.dumps(info) + "\n")
+        return info
     size = max(size, zoo.MIN_INPUT_SIZE.get(name, 0))
     started = time.perf_counter()
     model, train, test = zoo.trained_on_digits(name, epochs, size=size)
@@ -104,14 +124,14 @@ def convert(entry: str, placement: str, engine: str, threads: int, out: Path, ex
     if not report_path.exists():
         return {**row, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
     report = json.loads(report_path.read_text())
-    labelled = [r for r in report["parity"] if r["reference_accuracy"] is not None]
+    labelled = [r for r in report["parity"] if r["judged"]]  # the labelled rows where there are labels
     row.update(verdict="PASS" if report["ok"] else "FAIL", failed=report["failed"], logits=report["logits"],
                stage_seconds=report["stage_seconds"], pairs={})
     for r in labelled:
         row["pairs"][f"{r['reference']} vs {r['candidate']}"] = {
             "agreement": r["agreement"], "reference_accuracy": r["reference_accuracy"],
             "candidate_accuracy": r["candidate_accuracy"], "lost": r["lost"], "gained": r["gained"],
-            "p_value": r["loss_test"]["p_value"], "max_abs_diff": r["max_abs_diff"]}
+            "p_value": (r["loss_test"] or {}).get("p_value"), "max_abs_diff": r["max_abs_diff"]}
     summary = report["tensorrt"].get("layer_summary")
     if summary:
         row["engine"] = {"layers": summary["layers"], "convolutions": summary["conv_gemm_layers"],
@@ -136,7 +156,7 @@ def table(results: dict) -> str:
     prepared = {p["family"]: p for p in results["prepared"]}
     for row in results["conversions"]:
         info = prepared[row["family"]]
-        head = f"| {row['family']} | {info['size']} | {info['float_accuracy'] * 100:.2f}% | {row['placement']} | " \
+        head = f"| {row['family']} | {info['size']} | {_pct(info['float_accuracy'])} | {row['placement']} | " \
                f"{row['exit']} |"
         if "error" in row:
             lines.append(f"{head} error: {row['error']} |" + " |" * 9)
@@ -144,7 +164,7 @@ def table(results: dict) -> str:
         ort, trt = (row["pairs"].get(" vs ".join(pair), {}) for pair in PAIRS)
         accuracies = " / ".join(f"{v * 100:.2f}%" for v in (ort.get("reference_accuracy"), ort.get(
             "candidate_accuracy"), trt.get("candidate_accuracy")) if v is not None)
-        discordant = f"{trt['lost']} / {trt['gained']} ({trt['p_value']:.2g})" if trt else "–"
+        discordant = f"{trt['lost']} / {trt['gained']} ({trt['p_value']:.2g})" if trt.get("lost") is not None else "–"
         engine = row.get("engine", {})
         stages = sorted(row["stage_seconds"].items(), key=lambda item: -item[1])[:3]
         lines.append(
@@ -197,7 +217,7 @@ def main() -> None:
             for info in pool.map(prepare, entries, *zip(*[(args.size, args.epochs, args.calibration_samples,
                                                            args.threads, args.out)] * len(entries))):
                 print(f"{info['family']}: {info['size']}x{info['size']}, float accuracy "
-                      f"{info['float_accuracy'] * 100:.2f}%, trained in {info['train_seconds']:.0f} s, quantized in "
+                      f"{_pct(info['float_accuracy'])}, trained in {info['train_seconds']:.0f} s, quantized in "
                       f"{info['quantize_seconds']:.0f} s", flush=True)
     if args.stage == "prepare":
         return
