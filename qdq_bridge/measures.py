@@ -263,7 +263,7 @@ class RunningOutput:
         measures.update(agreement=self.agreeing / self.units, units=self.units)
         if self.spec.kind == "generic":
             cosine = np.concatenate(self.cosines)
-            measures.update(measure=f"samples within one step or at cosine and norm ratio >= {self.min_cosine:g}",
+            measures.update(measure=f"per-sample (cosine and norm ratio >= {self.min_cosine:g}, or within one step)",
                             cosine_mean=float(cosine.mean()), cosine_min=float(cosine.min()))
             return measures
         measures.update(measure="top-1" if self.spec.kind == "classification" else "per-position argmax",

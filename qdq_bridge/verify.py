@@ -118,7 +118,7 @@ class Comparison:
     def failures(self, min_agreement: float, max_accuracy_gap_points: float, significance: float = SIGNIFICANCE,
                  min_position_agreement: float | None = None) -> list[str]:
         """Each criterion this comparison misses, with its numbers, e.g. 'pytorch vs onnxruntime on digits-test:
-        logits (classification) top-1 agreement 10.44% < 99.50%'. Every output is judged by its kind; one that
+        top-1 agreement 10.44% < 99.50%'. Every output is judged by its kind; one that
         could not be measured fails with the reason."""
         pair = f"{self.reference} vs {self.candidate} on {self.dataset}"
         found = [f"{pair}: the candidate lacks output {name}" for name in self.missing_outputs]
@@ -130,9 +130,11 @@ class Comparison:
                              f"{measures['unmeasurable']}")
                 continue
             needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
-            if measures["agreement"] < needed:
-                found.append(f"{pair}: {name} ({measures['kind']}) {measures['measure']} agreement "
-                             f"{measures['agreement'] * 100:.2f}% < {needed * 100:.2f}%")
+            if measures["agreement"] < needed:  # a lone classifier's output needs no name
+                of = "" if len(self.outputs) == 1 and measures["kind"] == "classification" else \
+                    f" of output {name} ({measures['kind']})"
+                found.append(f"{pair}: {measures['measure']} agreement{of} {measures['agreement'] * 100:.2f}% < "
+                             f"{needed * 100:.2f}%")
         if self.reference_accuracy is not None:
             lost, why = self.accuracy_verdict(max_accuracy_gap_points, significance)
             if lost:

@@ -103,8 +103,8 @@ def test_every_output_is_judged_by_its_kind_and_top1_taken_on_the_named_one():
     assert result.agreement == 1 and result.max_abs_diff == 0.25 and result.failures(1.0, 0.0) == []
     moved = compare(reference, {"logits": logits, "features": features - 1}, data, "pytorch", "onnxruntime")
     assert moved.failures(0.995, 0.2) == [
-        "pytorch vs onnxruntime on d: features (generic) samples within one step or at cosine and norm ratio >= 0.99 "
-        "agreement 0.00% < 99.50%"]
+        "pytorch vs onnxruntime on d: per-sample (cosine and norm ratio >= 0.99, or within one step) agreement of "
+        "output features (generic) 0.00% < 99.50%"]
     partial = compare(reference, {"logits": logits}, data, "pytorch", "onnxruntime")
     assert partial.failures(1.0, 0.0) == ["pytorch vs onnxruntime on d: the candidate lacks output features"]
 
