@@ -84,7 +84,10 @@ class Report(TypedDict):
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.2f}%"
+    """A rate in percent; one that rounds to 100.00 % without being 1 shows three decimals (99.999 %)."""
+    if value is None:
+        return "–"
+    return f"{value * 100:.3f}%" if 0.99995 <= value < 1 else f"{value * 100:.2f}%"
 
 
 def _number(value: float | None) -> str:
@@ -93,21 +96,24 @@ def _number(value: float | None) -> str:
 
 def _outputs_section(report: Report) -> list[str]:
     """Every output of every pair: its kind and where it came from, the measure the verdict took with its
-    threshold, and the element-wise differences (in output steps where the output is quantized)."""
+    threshold and what it decided on the judged rows (the labelled output's accuracy test is the Parity section's
+    line), and the element-wise differences (in output steps where the output is quantized)."""
     thresholds = report["thresholds"]
     lines = ["", "## Outputs", "",
              "Differences are in the output's quantization steps where it leaves the graph through a "
              "DequantizeLinear, absolute otherwise; p99.9 is the 99.9th percentile of the element-wise |diff|.", "",
              "| dataset | reference | candidate | output | shape | kind (from) | measure | agreement | needed | "
-             "max / p99.9 / mean diff | within 1 step | cosine mean / min | accuracy ref / cand | mIoU ref / cand |",
-             "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "decides | max / p99.9 / mean diff | within 1 step | cosine mean / min | accuracy ref / cand | "
+             "mIoU ref / cand |",
+             "|---|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for c in report["parity"]:
         for name, m in c["outputs"].items():
             shape = "x".join(["N", *map(str, report["outputs"].get(name, []))])
             head = f"| {c['dataset']} | {c['reference']} | {c['candidate']} | {name} | {shape} | {m['kind']} " \
                    f"({m['kind_source']}) |"
             if "unmeasurable" in m:
-                lines.append(f"{head} cannot be measured: {m['unmeasurable']} | – | – | – | – | – | – | – |")
+                lines.append(f"{head} cannot be measured: {m['unmeasurable']} | – | – | "
+                             f"{'FAIL' if c['judged'] else 'shown only'} | – | – | – | – | – |")
                 continue
             needed = agreement_threshold(m["kind"], thresholds["min_agreement"], thresholds["min_position_agreement"])
             diffs = f"{m['max_diff']:.4g} / {m['p999_diff']:.4g} / {m['mean_diff']:.4g} {m['unit']}"
@@ -115,7 +121,8 @@ def _outputs_section(report: Report) -> list[str]:
             accuracy = f"{_pct(m['reference_accuracy'])} / {_pct(m['candidate_accuracy'])}" \
                 if "reference_accuracy" in m else "–"
             miou = f"{_pct(m['reference_miou'])} / {_pct(m['candidate_miou'])}" if "reference_miou" in m else "–"
-            lines.append(f"{head} {m['measure']} | {_pct(m['agreement'])} | {_pct(needed)} | {diffs} | "
+            decides = ("pass" if m["agreement"] >= needed else "FAIL") if c["judged"] else "shown only"
+            lines.append(f"{head} {m['measure']} | {_pct(m['agreement'])} | {_pct(needed)} | {decides} | {diffs} | "
                          f"{_pct(m['within_one_step'])} | {cosine} | {accuracy} | {miou} |")
     return lines
 
