@@ -79,8 +79,11 @@ class Judging:
         if labels is None:
             return specs
         taker = next((name for name in (primary, *specs) if _takes_labels(specs[name], outputs[name], labels)), None)
+        if taker is None and all(spec.kind == "generic" for spec in specs.values()):
+            return specs  # nothing labels could be judged on (an embedding's labels): the pipeline notes it
         if taker is None:
-            raise BridgeError(f"the dataset's labels (shape N x {'x'.join(map(str, labels.shape[1:])) or '1'}) fit no "
+            shape = f"N x {'x'.join(map(str, labels.shape[1:]))}" if labels.ndim > 1 else "one per sample"
+            raise BridgeError(f"the dataset's labels ({shape}) fit no "
                               f"output of this model ({', '.join(f'{n} N x ' + 'x'.join(map(str, v.shape[1:])) for n, v in outputs.items())})",
                               "pass one label per sample for a classification output, or per-position labels "
                               "(N x positions) for a dense one, or drop y from the dataset")

@@ -158,13 +158,18 @@ def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, coun
     return source.subset(count, options.seed)
 
 
-def _check_labels(checks: list, heads: list, outputs: dict[str, np.ndarray], judging: Judging) -> None:
+def _check_labels(checks: list, heads: list, outputs: dict[str, np.ndarray], judging: Judging,
+                  notes: list[str]) -> None:
     """Labels must fit an output (one per sample: a classification output; per position: a dense one) and name one
     of its classes (class indices are positions on its class axis; on a dense output, or the ignored value)."""
     for data, head in zip(checks, heads):
         if head.y is None:
             continue
-        spec = next(spec for spec in judging.specs(outputs, head.y).values() if spec.labelled)
+        spec = next((spec for spec in judging.specs(outputs, head.y).values() if spec.labelled), None)
+        if spec is None:
+            notes.append(f"dataset {data.name} has labels, and every output is generic: they were not judged "
+                         "(classification and dense outputs take labels; --task OUTPUT=KIND sets an output's kind)")
+            continue
         classes = outputs[spec.name].shape[spec.class_axis]
         labels = data.y if isinstance(data, datasets.Dataset) else None  # streamed images: class folders
         if labels is not None and spec.kind == "dense" and judging.ignore_index is not None:
@@ -337,7 +342,8 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
         judging = Judging(options.logits, options.tasks, options.class_axes,
                           {name: output_step(exported, name) for name in outputs}, options.min_cosine,
                           options.ignore_index)
-        _check_labels(checks, heads, outputs, judging)
+        label_notes: list[str] = []
+        _check_labels(checks, heads, outputs, judging, label_notes)
         sample = check_sample(heads, input_shape)
         if program is None:  # a PT2E program runs in float, on no quantized backend: nothing to cross-check
             cross_check(reference, sample,
@@ -347,7 +353,7 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
     if options.random_inputs:
         checks.append(datasets.random_inputs(input_shape, options.random_inputs))
         heads.append(checks[-1])
-    notes = [*loaded.notes, *reference.notes, *activation_notes(affine, reach.name, options.placement)]
+    notes = [*loaded.notes, *reference.notes, *activation_notes(affine, reach.name, options.placement), *label_notes]
     with timer("tensorrt"):
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
         tensorrt = tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)

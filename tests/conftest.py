@@ -11,7 +11,7 @@ from helpers import ROOT  # noqa: E402
 
 # Fixtures that train a model (or convert one through the CLI): whoever uses one is in the slow tier, which
 # `pytest -m "not slow"` leaves out. Tests that train or convert in their own body are marked where they are.
-TRAINING_FIXTURES = {"example_dir", "task", "family", "segmentation", "super_resolution"}
+TRAINING_FIXTURES = {"example_dir", "task", "family", "segmentation", "super_resolution", "embedding"}
 
 
 def pytest_collection_modifyitems(items):
@@ -59,3 +59,19 @@ def super_resolution(tmp_path_factory) -> tuple[Path, Path]:
     save_torchscript(model, out / "superres_q.pt", (1, 1, 16, 16), None)
     np.savez(out / "test.npz", x=test.x)
     return out / "superres_q.pt", out / "test.npz"
+
+
+@pytest.fixture(scope="session")
+def embedding(tmp_path_factory) -> tuple[Path, Path]:
+    """An embedding model (DigitsEmbedding: the example's ResNet, its 64 pooled features as output) as TorchScript,
+    and the labelled test digits as .npz."""
+    import numpy as np
+
+    from qdq_bridge import save_torchscript
+    from qdq_bridge.testing import zoo
+
+    out = tmp_path_factory.mktemp("embedding")
+    model, test = zoo.embedding_on_digits()
+    save_torchscript(model, out / "embedding_q.pt", (1, 1, 32, 32), None)
+    np.savez(out / "test.npz", x=test.x, y=test.y)
+    return out / "embedding_q.pt", out / "test.npz"

@@ -121,6 +121,21 @@ def test_a_super_resolution_model_is_judged_as_an_image_per_sample(super_resolut
     assert all(0 <= rate <= 1 for rate in rates(report))
 
 
+def test_an_embedding_model_is_judged_generic_and_its_labels_are_noted_unjudged(embedding, tmp_path):
+    """N x 64 features look like logits by shape: --task generic judges them per sample; the test set's class
+    labels then fit no output, which the report notes instead of judging an accuracy that is not there."""
+    model, dataset = embedding
+    result, report = convert(tmp_path, model, dataset, "--engine", "off", "--task", "generic")
+    assert result.returncode == 0, result.stdout + result.stderr
+    labelled = report["parity"][0]
+    measures = labelled["outputs"]["logits"]
+    assert measures["kind"] == "generic" and measures["units"] == 450 and measures["agreement"] == 1
+    assert measures["unit"] == "steps" and measures["within_one_step"] > 0.999 and measures["cosine_min"] > 0.999
+    assert labelled["reference_accuracy"] is None and labelled["judged"]
+    assert any(note.startswith("dataset test has labels, and every output is generic: they were not judged")
+               for note in report["notes"])
+
+
 class FeatureExtractor(nn.Module):
     """A Conv1d feature extractor (N x 16 x 64): the last dimension equals the parity batch of 64 rows, where the
     old top-1 code reported 51,783 % agreement and PASS."""

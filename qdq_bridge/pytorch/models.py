@@ -125,3 +125,12 @@ class DigitsSuperRes(nn.Module):
 
     def fuse_model(self, is_qat: bool = False) -> None:
         _fuse(self.features, [["0", "1"], ["2", "3"]], is_qat)
+
+
+class DigitsEmbedding(DigitsResNet):
+    """The example's ResNet as an embedding model: the pooled 64 features are its output (N x 64), the classifier
+    left out (it trains the features, as a metric-learning head would)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(self.quant(x))
+        return self.dequant(self.flatten(self.pool(self.stage3(self.stage2(self.stage1(x))))))

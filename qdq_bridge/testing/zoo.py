@@ -172,3 +172,16 @@ def super_resolution_on_digits(epochs: int = 6, seed: int = 0) -> tuple[nn.Modul
             optimiser.step()
     model.eval()
     return quantize.quantize_ptq(model, small.head(256).batches(64)), Dataset(test.name, test.x)
+
+
+def embedding_on_digits(epochs: int = 6, seed: int = 0) -> tuple[nn.Module, Dataset]:
+    """`DigitsEmbedding` whose features were trained with a classifier on the digits (then dropped), PTQ-quantized
+    for TensorRT; returns it and the test digits with their labels (which an embedding's output does not take)."""
+    from ..pytorch.models import DigitsEmbedding
+
+    torch.manual_seed(seed)
+    train, test = digits_split()
+    model = DigitsEmbedding()
+    classifier = nn.Sequential(model, nn.Linear(64, 10))
+    train_steps(classifier, shuffled_batches(train, epochs, 64, seed), lr=3e-3)
+    return quantize.quantize_ptq(model.eval(), train.head(256).batches(64)), test
