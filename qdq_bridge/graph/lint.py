@@ -144,9 +144,28 @@ def _lint_reduce_axes(node: gs.Node) -> list[Violation]:
     return []
 
 
+def _lint_order(graph: onnx.GraphProto) -> list[Violation]:
+    """QDQ013: every node input is produced before the node (a graph input, an initializer or an earlier node's
+    output), as ONNX requires; a cycle shows as an input produced only later."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    produced = {out for node in graph.node for out in node.output}
+    found = []
+    for node in graph.node:
+        for name in node.input:
+            if name not in defined:
+                why = "before it is produced (a cycle, or nodes out of topological order)" if name in produced \
+                    else "which no node, graph input or initializer produces"
+                found.append(Violation("QDQ013", "error", node.name or node.op_type, f"reads '{name}' {why}"))
+        defined.update(node.output)
+    return found
+
+
 def lint_model(model: onnx.ModelProto) -> list[Violation]:
     """Every violation of TensorRT's explicit-quantization rules in the model, errors first."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    unsorted = _lint_order(model.graph)
+    if unsorted:  # a cycle, or a tensor nothing produces: ONNX rejects the graph, and nothing else can be sorted
+        return unsorted
     graph = gs.import_onnx(model)
     found = []
     if not any(node.op in QDQ_OPS for node in graph.nodes):

@@ -112,3 +112,17 @@ def test_reduce_axes_given_as_an_input_are_an_error_for_tensorrt(op, flagged):
 def test_the_global_average_pool_pass_clears_the_reduce_axes_error():
     fixed = passes.spatial_mean_as_global_average_pool(gs.import_onnx(model(pooled_head([-1, -2]), opset=18)))
     assert not [v for v in lint_model(model(fixed, opset=18)) if v.rule == "QDQ012"]
+
+
+def test_a_graph_with_a_cycle_is_an_error_not_a_clean_lint():
+    """Add(x, dq) -> Q -> DQ -> dq: onnx.checker and ONNX Runtime reject it; the linter once printed 0 errors."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Add", ["x", "dq"], ["a"]), helper.make_node("QuantizeLinear", ["a", "s"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["dq"])]
+    graph = helper.make_graph(nodes, "cycle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("dq", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])])
+    (violation,) = lint_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert (violation.rule, violation.severity) == ("QDQ013", "error")
+    assert violation.message == "reads 'dq' before it is produced (a cycle, or nodes out of topological order)"
