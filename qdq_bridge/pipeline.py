@@ -107,6 +107,8 @@ def _output_folder(output_dir: Path):
         except BlockingIOError:
             raise BridgeError(f"output folder '{output_dir}' is in use by another qdq_bridge convert",
                               "wait for it to finish, or pass another --output-dir") from None
+        for stale in output_dir.glob(".partial-*"):  # a killed run's scratch: no run holds the lock but this one
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
         except OSError as exc:
@@ -146,8 +148,23 @@ def convert(model: str | Path | torch.export.ExportedProgram, output_dir: str | 
     source = model if isinstance(model, torch.export.ExportedProgram) else readable_file(model, "model file")
     name = "program" if isinstance(source, torch.export.ExportedProgram) else source.stem
     output_dir = Path(output_dir) if output_dir else Path(f"{name}_qdq")
+    _refuse_overwriting_inputs([source, *(Path(spec) for spec in (options.dataset, options.calibrate) if spec)],
+                               output_dir, name)
     with _output_folder(output_dir) as scratch:
         return _convert(source, name, output_dir, scratch, options)
+
+
+def _refuse_overwriting_inputs(inputs: list, output_dir: Path, name: str) -> None:
+    """No input file is written over: a run writes report.json, report.md and NAME.* (.onnx, .engine, .json) into
+    the output folder, and a file of the run's in that folder under one of those names is refused."""
+    for path in inputs:
+        if not isinstance(path, Path) or not path.is_file() or not output_dir.is_dir() or \
+                not path.resolve().parent.samefile(output_dir):
+            continue
+        if path.name in ("report.json", "report.md") or path.name.startswith(f"{name}.") and \
+                path.suffix in (".onnx", ".engine", ".json"):
+            raise BridgeError(f"'{path}' is an input of this run, and the run would write its '{path.name}' over it "
+                              f"in '{output_dir}'", "pass another --output-dir, or move or rename that file")
 
 
 def _open(spec: str | None, options: ConvertOptions, metadata: dict | None, count: int | None):

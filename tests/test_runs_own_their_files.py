@@ -112,3 +112,28 @@ def test_two_runs_started_together_into_one_folder_end_with_one_complete_set(exa
     names = sorted(p.name for p in shared.iterdir())
     assert all(f"{name}.qdq.onnx" in names for name in passed)
     assert json.loads((shared / "report.json").read_text())["model"] in {f"{name}.pt" for name in passed}
+
+
+def test_an_input_the_run_would_write_over_is_refused_and_left_as_it_was(example_dir, tmp_path):
+    """A model copied to report.md in its own output folder (round two, case 1): once replaced by the report and
+    PASS; now refused in one line, the file untouched."""
+    model = tmp_path / "report.md"
+    model.write_bytes((example_dir / "resnet_q.pt").read_bytes())
+    result = run_cli("convert", str(model), "-o", str(tmp_path), "--engine", "off")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"error: '{model}' is an input of this run, and the run would write its "
+                                     f"'report.md' over it in '{tmp_path}': pass another --output-dir, or move or "
+                                     "rename that file")
+    assert model.read_bytes() == (example_dir / "resnet_q.pt").read_bytes() and not scratch(tmp_path)
+
+
+def test_a_killed_runs_scratch_is_removed_by_the_next_run_into_the_folder(example_dir, tmp_path):
+    """kill -9 leaves .partial-* behind (nothing runs after it); the next run, holding the folder's lock, removes
+    it with its own."""
+    out = tmp_path / "out"
+    (out / ".partial-killed").mkdir(parents=True)
+    (out / ".partial-killed" / "resnet_q.qdq.onnx").write_bytes(b"half")
+    result = run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(out), "--engine", "off",
+                     "--random-inputs", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not scratch(out) and {p.name for p in out.iterdir()} == {"resnet_q.qdq.onnx", "report.json", "report.md"}
