@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -335,6 +336,10 @@ def _print_convert(console: Console, result) -> None:
                   highlight=False)
 
 
+def _raise_broken_pipe() -> None:
+    raise BrokenPipeError
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -342,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: --torch-engines is now --torch-backends (PyTorch's quantized backends are not TensorRT "
               "engines); the old spelling goes in the next release", file=sys.stderr)
     console = Console(width=None if sys.stdout.isatty() else 132)
+    console.on_broken_pipe = _raise_broken_pipe  # rich's own exits 1, which would read as a failed check
     # SIGTERM unwinds like Ctrl-C: worker processes end, the run's scratch files go (pipeline._output_folder)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -386,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline import convert  # the conversion's side (torch, ONNX Runtime, scipy), once the options hold
 
         result = convert(args.model, args.output_dir, options)
-        _print_convert(console, result)
+        try:
+            _print_convert(console, result)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `convert ... | head`: the run is complete, its verdict is the exit status
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return EXIT_OK if result.ok else EXIT_FAILED_CHECKS
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
