@@ -317,7 +317,7 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
             loaded = load_model(
                 source, arch=options.arch, trust_pickle=options.trust_pickle, calibration=calibration,
                 observer=options.observer, backends=options.torch_backends, keep_float=options.keep_float,
-                qconfig=options.qconfig)
+                qconfig=options.qconfig, progress=options.progress)
         program = loaded.program
         dataset_spec = options.dataset or loaded.dataset
         checks = [_open(dataset_spec, options, loaded.preprocess, options.limit)] if dataset_spec else []

@@ -185,7 +185,7 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
                calibration: Dataset | ImageSource | None = None, observer: str = "histogram",
                calibration_batch: int = CALIBRATION_BATCH, backends: tuple[str, ...] | None = None,
-               keep_float: tuple[str, ...] = (), qconfig: str = "tensorrt") -> LoadedModel:
+               keep_float: tuple[str, ...] = (), qconfig: str = "tensorrt", progress: bool = True) -> LoadedModel:
     """Load any supported model file and return it quantized (converting QAT and quantizing float models, with
     the submodules named in `keep_float` left float), its weights packed for the backend chosen, before anything
     was read, from `backends` (an order of preference, default quantize.BACKEND_ORDER): `LoadedModel.backend`."""
@@ -215,7 +215,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
         else:
             raise BridgeError(f"'{path}' holds a {type(obj).__name__}, not a model",
                               "pass a TorchScript .pt, a torch.save'd module or a state_dict with --arch")
-    return _quantized(loaded, calibration, observer, calibration_batch, keep_float, qconfig)
+    return _quantized(loaded, calibration, observer, calibration_batch, keep_float, qconfig, progress)
 
 
 def torchvision_arch(arch: str | None) -> bool:
@@ -287,13 +287,13 @@ def _refuse_unsupported(module: nn.Module) -> None:
 
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
-               batch: int, keep_float: tuple[str, ...], qconfig: str) -> LoadedModel:
+               batch: int, keep_float: tuple[str, ...], qconfig: str, progress: bool) -> LoadedModel:
     if keep_float and (loaded.kind == "torchscript" or module_kind(loaded.module) != "float"):
         raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
                           "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
     _refuse_unsupported(loaded.module)
     if loaded.kind != "torchscript":
-        _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig)
+        _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig, progress)
     elif not quantize.activation_quantizers(loaded.module):
         raise BridgeError("the TorchScript model is a float model with no quantization, and TorchScript cannot be "
                           "quantized in eager mode", "save the float model's state_dict and pass it with --arch "
@@ -308,7 +308,7 @@ def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, o
 
 
 def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
-                         batch: int, keep_float: tuple[str, ...], qconfig: str) -> None:
+                         batch: int, keep_float: tuple[str, ...], qconfig: str, progress: bool) -> None:
     kind = module_kind(loaded.module)
     if kind == "qat":
         quantize.convert(loaded.module, loaded.backend)
@@ -321,7 +321,8 @@ def _to_quantized_module(loaded: LoadedModel, calibration: Dataset | ImageSource
                               "first")
         n_batches = -(-len(calibration) // batch)
         quantize.quantize_ptq(loaded.module, (x for x, _ in calibration.labelled_batches(batch)), observer,
-                              total=n_batches, backend=loaded.backend, keep_float=keep_float, qconfig=qconfig)
+                              total=n_batches, backend=loaded.backend, keep_float=keep_float, qconfig=qconfig,
+                              progress=progress)
         loaded.kind += "+ptq"
         how = f"{observer} observer" if qconfig == "tensorrt" else f"PyTorch's default {qconfig} qconfig"
         loaded.notes.append(f"quantized by qdq_bridge: PTQ, {how}, {len(calibration)} calibration "

@@ -316,10 +316,11 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
     return model
 
 
-def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None = None) -> None:
-    """Run calibration batches through an observed model, with a progress bar."""
+def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None = None, progress: bool = True) -> None:
+    """Run calibration batches through an observed model, with a progress bar where stderr is a terminal."""
     with torch.no_grad():
-        for batch in tqdm(batches, total=total, desc="calibrating", unit="batch", leave=False):
+        for batch in tqdm(batches, total=total, desc="calibrating", unit="batch", leave=False,
+                          disable=None if progress else True):
             try:
                 model(torch.as_tensor(batch))
             except RuntimeError as exc:
@@ -329,7 +330,7 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
 
 def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str = "histogram",
                  total: int | None = None, backend: str | None = None, keep_float: Iterable[str] = (),
-                 qconfig: str = "tensorrt") -> nn.Module:
+                 qconfig: str = "tensorrt", progress: bool = True) -> nn.Module:
     """Post-training quantization of a float eager-mode model with a `QCONFIGS` preset (default: the
     TensorRT-legal scheme); the submodules named in `keep_float` stay float."""
     if not any(isinstance(m, torch.ao.quantization.QuantStub) for m in model.modules()):
@@ -337,5 +338,5 @@ def quantize_ptq(model: nn.Module, batches: Iterable[np.ndarray], observer: str 
                           "add QuantStub/DeQuantStub (and FloatFunctional for adds) or use a torchvision "
                           "quantizable model (torchvision.models.quantization)")
     prepare_ptq(model, observer, keep_float, qconfig)
-    calibrate(model, batches, total)
+    calibrate(model, batches, total, progress)
     return convert(model, backend)
