@@ -77,6 +77,9 @@ class ConvertOptions:
         bounded("--min-agreement", self.min_agreement, 0, 1)
         bounded("--max-accuracy-gap", self.max_accuracy_gap_points, 0, 100)
         bounded("--significance", self.significance, 0, 1, open_low=True)
+        if self.calibration_samples is not None and self.calibrate is None:
+            raise BridgeError("--calibration-samples applies to --calibrate's data, and no --calibrate was given",
+                              "drop --calibration-samples, or pass --calibrate DATA with it")
         bounded("--min-position-agreement", self.min_position_agreement, 0, 1)
         bounded("--min-cosine", self.min_cosine, -1, 1)
         for name, kind in self.tasks.items():

@@ -490,3 +490,14 @@ def test_a_quantized_lstm_is_refused_naming_the_way_out_which_converts(tmp_path)
                      "off", "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "out" / "report.json").read_text())["exporter"].startswith("torch.onnx")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calibrate", "digits"], "error: --calibrate quantizes a float model, and this one is already quantized (or "
+                                "QAT): drop --calibrate (and --calibration-samples)"),
+    (["--calibration-samples", "10"], "error: --calibration-samples applies to --calibrate's data, and no "
+                                      "--calibrate was given: drop --calibration-samples, or pass --calibrate DATA "
+                                      "with it")])
+def test_options_that_would_do_nothing_are_refused(example_dir, tmp_path, args, message):
+    """Round two: both were once ignored without a word."""
+    assert refused(tmp_path, str(example_dir / "resnet_q.pt"), *args) == message

@@ -288,9 +288,14 @@ def _refuse_unsupported(module: nn.Module) -> None:
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
                batch: int, keep_float: tuple[str, ...], qconfig: str, progress: bool) -> LoadedModel:
-    if keep_float and (loaded.kind == "torchscript" or module_kind(loaded.module) != "float"):
+    already = loaded.kind == "torchscript" or module_kind(loaded.module) != "float"
+    if keep_float and already:
         raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
                           "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
+    if calibration is not None and already and (loaded.kind != "torchscript" or
+                                                quantize.activation_quantizers(loaded.module)):
+        raise BridgeError("--calibrate quantizes a float model, and this one is already quantized (or QAT)",
+                          "drop --calibrate (and --calibration-samples)")
     _refuse_unsupported(loaded.module)
     if loaded.kind != "torchscript":
         _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig, progress)
