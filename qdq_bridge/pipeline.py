@@ -195,8 +195,10 @@ def _check_labels(checks: list, heads: list, outputs: dict[str, np.ndarray], jud
         count = (data.classes or 0) if labels is None else high + 1
         if low < 0 or count > classes:
             ignored = f" or {judging.ignore_index}, the ignored value" if spec.kind == "dense" else ""
-            raise BridgeError(f"dataset {data.name} has labels from {low} to {max(high, count - 1)} and output "
-                              f"{spec.name} has {classes} classes",
+            found = f"has {count} classes" if low >= 0 else f"has labels from {low} to {high}"
+            model = f"the model {classes} outputs" if len(outputs) == 1 and spec.kind == "classification" else \
+                f"output {spec.name} {classes} classes"
+            raise BridgeError(f"dataset {data.name} {found}, {model}",
                               f"pass the dataset the model was trained on (labels are 0 to {classes - 1}{ignored})")
 
 

@@ -323,9 +323,9 @@ def bad_arrays(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name, expected", [
     ("mismatch", "has 450 inputs but labels of shape (447,): save it with numpy.savez(path, x=inputs, y=labels), one "
-                 "label per input"),
+                 "label (or one label map) per input"),
     ("empty", "has no samples (x has shape (0, 1, 32, 32)): save it with numpy.savez(path, x=inputs, y=labels), one "
-              "label per input"),
+              "label (or one label map) per input"),
     ("nan", "has 2 non-finite values (NaN or infinity) in x: replace or drop those samples")])
 @pytest.mark.parametrize("option", ["--dataset", "--calibrate"])
 def test_arrays_no_verdict_can_rest_on_are_refused(tmp_path, example_dir, bad_arrays, name, expected, option):
