@@ -501,3 +501,11 @@ def test_a_quantized_lstm_is_refused_naming_the_way_out_which_converts(tmp_path)
 def test_options_that_would_do_nothing_are_refused(example_dir, tmp_path, args, message):
     """Round two: both were once ignored without a word."""
     assert refused(tmp_path, str(example_dir / "resnet_q.pt"), *args) == message
+
+
+def test_a_plain_npy_dataset_is_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 1, 32, 32), np.float32))
+    from qdq_bridge.data.sources import load_dataset
+    with pytest.raises(BridgeError, match=r"is a single array \(\.npy\), not an \.npz of arrays x and y: save it "
+                                          r"with numpy\.savez"):
+        load_dataset(str(tmp_path / "x.npy"))

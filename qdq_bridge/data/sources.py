@@ -49,7 +49,11 @@ def load_dataset(spec: str) -> Dataset:
                           "use 'digits', the path to an .npz file with an array 'x' (and optional labels 'y'), "
                           "imagefolder:PATH, cifar10:ROOT or mnist:ROOT")
     try:
-        with np.load(path) as arrays:
+        arrays = np.load(path, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise BridgeError(f"dataset '{spec}' is a single array (.npy), not an .npz of arrays x and y",
+                              "save it with numpy.savez(path, x=inputs, y=labels)")
+        with arrays:
             x = arrays["x"].astype(np.float32)
             y = arrays["y"].astype(np.int64) if "y" in arrays else None
     except (KeyError, ValueError, OSError) as exc:

@@ -144,12 +144,26 @@ def _lint_reduce_axes(node: gs.Node) -> list[Violation]:
     return []
 
 
-def _lint_order(graph: onnx.GraphProto) -> list[Violation]:
-    """QDQ013: every node input is produced before the node (a graph input, an initializer or an earlier node's
-    output), as ONNX requires; a cycle shows as an input produced only later."""
+def _holds_no_data(tensor: onnx.TensorProto) -> bool:
+    """An initializer claiming elements it does not hold (no raw or typed data, not stored externally)."""
+    size = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
+    typed = (tensor.float_data, tensor.int32_data, tensor.int64_data, tensor.double_data, tensor.uint64_data,
+             tensor.string_data)
+    return size > 0 and not tensor.raw_data and not any(len(field) for field in typed) and \
+        tensor.data_location != onnx.TensorProto.EXTERNAL
+
+
+def _lint_structure(graph: onnx.GraphProto) -> list[Violation]:
+    """QDQ013, a graph that can be read at all: every node input is produced before the node (a graph input, an
+    initializer or an earlier node's output), as ONNX requires, so a cycle shows as an input produced only
+    later; every initializer holds the data its shape claims; every Q/DQ has its input and scale."""
     defined = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     produced = {out for node in graph.node for out in node.output}
-    found = []
+    found = [Violation("QDQ013", "error", tensor.name, f"initializer claims {int(np.prod(tensor.dims)):,} elements "
+                       "and holds no data") for tensor in graph.initializer if _holds_no_data(tensor)]
+    found += [Violation("QDQ013", "error", node.name or node.op_type, f"has {len(node.input)} input(s); {node.op_type} "
+                        "takes x, a scale and a zero-point") for node in graph.node
+              if node.op_type in QDQ_OPS and len(node.input) < 2]
     for node in graph.node:
         for name in node.input:
             if name not in defined:
@@ -163,9 +177,9 @@ def _lint_order(graph: onnx.GraphProto) -> list[Violation]:
 def lint_model(model: onnx.ModelProto) -> list[Violation]:
     """Every violation of TensorRT's explicit-quantization rules in the model, errors first."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    unsorted = _lint_order(model.graph)
-    if unsorted:  # a cycle, or a tensor nothing produces: ONNX rejects the graph, and nothing else can be sorted
-        return unsorted
+    malformed = _lint_structure(model.graph)
+    if malformed:  # ONNX rejects the graph, and the other rules cannot read it
+        return malformed
     graph = gs.import_onnx(model)
     found = []
     if not any(node.op in QDQ_OPS for node in graph.nodes):

@@ -126,3 +126,27 @@ def test_a_graph_with_a_cycle_is_an_error_not_a_clean_lint():
     (violation,) = lint_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     assert (violation.rule, violation.severity) == ("QDQ013", "error")
     assert violation.message == "reads 'dq' before it is produced (a cycle, or nodes out of topological order)"
+
+
+def test_malformed_qdq_graphs_are_errors_not_tracebacks(tmp_path):
+    """A QuantizeLinear without its scale, and a scale claiming 500,000,000 elements with no data: one error each
+    through the CLI, exit 1 (round two: both were tracebacks)."""
+    from onnx import TensorProto, helper
+
+    def saved(name, nodes, scale):
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [scale])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / f"{name}.onnx")
+        return str(tmp_path / f"{name}.onnx")
+
+    empty = TensorProto(name="s", data_type=TensorProto.FLOAT, dims=[500_000_000])
+    cases = {saved("one_input", [helper.make_node("QuantizeLinear", ["x"], ["q"]),
+                                 helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+                   helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])):
+             "ERROR   QDQ013 node 'QuantizeLinear': has 1 input(s); QuantizeLinear takes x, a scale and a zero-point",
+             saved("no_data", [helper.make_node("QuantizeLinear", ["x", "s"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "s"], ["y"])], empty):
+             "ERROR   QDQ013 node 's': initializer claims 500,000,000 elements and holds no data"}
+    for path, line in cases.items():
+        result = run_cli("lint", path)
+        assert result.returncode == 1 and result.stdout.splitlines() == [line, "1 errors, 0 warnings"], result.stderr
