@@ -269,11 +269,18 @@ def _build(args: argparse.Namespace) -> int:
     """The build command: the engine and its layer report, or TensorRT's reason in one line (exit status 1)."""
     source = readable_file(args.onnx, "ONNX file")
     engine = Path(args.engine_file or source.with_suffix(".engine"))
+    log = args.trt_log
+    if log is not None and not log.parent.is_dir():
+        raise BridgeError(f"--trt-log {log}: folder '{log.parent}' does not exist",
+                          "create it, or pass a file in an existing folder")
+    new_log = log is not None and not log.exists()
     worker = TensorRTWorker(args.trt_python, args.trt_timeout)
-    settings = dataclasses.replace(_build_settings(args), verbose_log=args.trt_log is not None)
+    settings = dataclasses.replace(_build_settings(args), verbose_log=log is not None)
     try:
-        built = build_engine(source, engine, settings, worker, args.trt_log)
+        built = build_engine(source, engine, settings, worker, log)
     except TensorRTUnavailable:
+        if new_log and log.exists() and not log.stat().st_size:
+            log.unlink()  # no build ran: no empty log left behind
         raise  # a set-up to mend: exit status 2
     except BridgeError as exc:  # TensorRT could not build this ONNX: a failed check
         print(f"error: {exc}", file=sys.stderr)

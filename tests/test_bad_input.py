@@ -509,3 +509,16 @@ def test_a_plain_npy_dataset_is_refused_in_one_line(tmp_path):
     with pytest.raises(BridgeError, match=r"is a single array \(\.npy\), not an \.npz of arrays x and y: save it "
                                           r"with numpy\.savez"):
         load_dataset(str(tmp_path / "x.npy"))
+
+
+def test_a_trt_log_in_a_missing_folder_is_refused_and_no_empty_log_is_left(tmp_path):
+    """Round two: a traceback for the missing folder; with TensorRT missing (exit 2) a 0-byte log stayed."""
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not read before the checks")
+    result = run_cli("build", str(onnx_file), "--trt-log", str(tmp_path / "new" / "log.txt"))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: --trt-log {tmp_path / 'new' / 'log.txt'}: folder '{tmp_path / 'new'}' does not exist: create it, "
+        "or pass a file in an existing folder")
+    env_python = "/nonexistent/python"
+    result = run_cli("build", str(onnx_file), "--trt-log", str(tmp_path / "log.txt"), "--trt-python", env_python)
+    assert result.returncode == 2 and not (tmp_path / "log.txt").exists()
