@@ -8,6 +8,7 @@ Every dataset is a source the pipeline streams: `name`, `len`, `classes` (how ma
 `qdq_bridge.data.images.ImageSource`; this module opens a spec as one of them (neither imports it)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,11 @@ def load_dataset(spec: str) -> Dataset:
         with arrays:
             x = arrays["x"].astype(np.float32)
             y = arrays["y"].astype(np.int64) if "y" in arrays else None
+            if arrays["x"].dtype == np.uint8:  # decoded pixels saved as they are: no preprocessing happens here
+                logging.getLogger("qdq_bridge").warning(
+                    "dataset '%s' holds uint8 inputs (0-255), fed to the model as they are: arrays are taken as "
+                    "preprocessed; save them scaled and normalized as in training, or pass an image dataset "
+                    "(imagefolder:PATH) with --preprocess", spec)
     except (KeyError, ValueError, OSError) as exc:
         raise BridgeError(f"dataset '{spec}' is not a usable .npz file ({exc})",
                           "save it with numpy.savez(path, x=inputs, y=labels)") from None
