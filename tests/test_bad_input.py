@@ -531,3 +531,13 @@ def test_uint8_arrays_are_used_as_given_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="qdq_bridge"):
         data = load_dataset(str(tmp_path / "u8.npz"))
     assert data.x.max() == 255 and "holds uint8 inputs (0-255), fed to the model as they are" in caplog.text
+
+
+@pytest.mark.parametrize("labels, found", [(-1, "has labels from -1 to -1"), (99, "has 100 classes")])
+def test_array_labels_the_model_does_not_have_are_refused(example_dir, tmp_path, labels, found):
+    """Round two: y = -1 (or a class past the model's outputs) passed with 0.00 % accuracy."""
+    test = digits_split()[1]
+    np.savez(tmp_path / "bad.npz", x=test.x[:64], y=np.full(64, labels, np.int64))
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", str(tmp_path / "bad.npz"))
+    assert message == (f"error: dataset bad {found}, the model 10 outputs: pass the dataset the model was trained on "
+                       "(labels are 0 to 9)")
