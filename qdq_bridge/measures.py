@@ -2,7 +2,8 @@
 
 Every output gets the element-wise differences, in its own quantization steps where it comes from a quantized
 tensor (the scale of the DequantizeLinear it leaves the graph through) and in absolute terms otherwise: max, the
-99.9th percentile (exact where the sample count is known: the largest 0.1 % are kept), mean, and the fraction of elements within one step. Each kind
+99.9th percentile (exact where the sample count is known: the largest 0.1 % are kept), mean, and the fraction of
+elements within one step. Each kind
 adds the per-sample measure its verdict rests on:
 
 - classification (N x C): top-1 agreement, ties counted as agreement (`argmax_agreement`), accuracy and the
@@ -83,8 +84,8 @@ class Judging:
             return specs  # nothing labels could be judged on (an embedding's labels): the pipeline notes it
         if taker is None:
             shape = f"N x {'x'.join(map(str, labels.shape[1:]))}" if labels.ndim > 1 else "one per sample"
-            raise BridgeError(f"the dataset's labels ({shape}) fit no "
-                              f"output of this model ({', '.join(f'{n} N x ' + 'x'.join(map(str, v.shape[1:])) for n, v in outputs.items())})",
+            shapes = ", ".join(f"{n}: N x {'x'.join(map(str, v.shape[1:]))}" for n, v in outputs.items())
+            raise BridgeError(f"the dataset's labels ({shape}) fit no output of this model ({shapes})",
                               "pass one label per sample for a classification output, or per-position labels "
                               "(N x positions) for a dense one, or drop y from the dataset")
         return {**specs, taker: dataclasses.replace(specs[taker], labelled=True)}
@@ -105,8 +106,9 @@ def choose_kind(name: str, shape: tuple[int, ...], is_float: bool, primary: bool
                 class_axis: int = 1) -> tuple[str, str, str | None]:
     """(kind, where it came from, why it cannot be measured or None) of an output whose batch-1 shape is `shape`
     (batch first). The primary output (the one `--logits` names, by default the first 2-D one) is classification
-    when N x C with C >= 2; other 2-D outputs are generic (features, boxes); an output with positions (3-D and more) whose class
-    axis holds two or more values is dense; everything else is generic. `forced` (--task) overrides the shape."""
+    when N x C with C >= 2; other 2-D outputs are generic (features, boxes); an output with positions (3-D and more)
+    whose class axis holds two or more values is dense; everything else is generic. `forced` (--task) overrides the
+    shape."""
     dims = "x".join(["N", *map(str, shape[1:])])
     if forced:
         kind, source = forced, "--task"
@@ -118,7 +120,7 @@ def choose_kind(name: str, shape: tuple[int, ...], is_float: bool, primary: bool
         kind, source = "generic", f"shape {dims}"
     why = None
     if not is_float:
-        why = f"it is not a float tensor; return the scores and take the argmax after the model"
+        why = "it is not a float tensor; return the scores and take the argmax after the model"
     elif len(shape) < 1:
         why = "it has no batch dimension"
     elif kind == "classification" and len(shape) != 2:
@@ -259,7 +261,8 @@ class RunningOutput:
             return OutputMeasures(**measures, unmeasurable="no samples were compared")
         rank = min(math.ceil(self.elements * (1 - PERCENTILE / 100)), self.largest.size)  # nearest rank, upper
         measures.update(unit="steps" if self.spec.step else "absolute", step=self.spec.step, max_diff=self.max,
-                        p999_diff=float(np.partition(self.largest, self.largest.size - rank)[self.largest.size - rank]), mean_diff=self.sum / self.elements,
+                        p999_diff=float(np.partition(self.largest, self.largest.size - rank)[self.largest.size - rank]),
+                        mean_diff=self.sum / self.elements,
                         max_abs_diff=self.abs_max, mean_abs_diff=self.abs_sum / self.elements,
                         within_one_step=self.within / self.elements if self.spec.step else None,
                         elements=self.elements)

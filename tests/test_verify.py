@@ -246,8 +246,9 @@ def test_the_percentile_is_exact_over_streamed_batches():
 
 
 @pytest.mark.parametrize("labels, message", [
-    (np.zeros((8, 5, 5), np.int64), r"the dataset's labels \(shape N x 5x5\) fit no output"),
-    (np.zeros((8, 3), np.int64), r"the dataset's labels \(shape N x 3\) fit no output")])
+    (np.zeros((8, 5, 5), np.int64), r"the dataset's labels \(N x 5x5\) fit no output of this model \(out: N x "
+                                    r"4x6x6\)"),
+    (np.zeros((8, 3), np.int64), r"the dataset's labels \(N x 3\) fit no output of this model \(out: N x 4x6x6\)")])
 def test_labels_that_fit_no_output_are_refused(labels, message):
     maps = np.zeros((8, 4, 6, 6), np.float32)
     with pytest.raises(BridgeError, match=message):
