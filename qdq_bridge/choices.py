@@ -48,3 +48,5 @@ PRESETS = {  # what torchvision's reference training scripts and tutorials use
 def default_workers() -> int:
     """DataLoader worker processes: one per core, up to 4 (decoding keeps up with a CPU backend at that)."""
     return max(1, min(4, os.cpu_count() or 1))
+
+SCRATCH_PREFIX = ".partial-"  # a convert's scratch folder inside its output folder (pipeline._output_folder)

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import torch
 
+from .choices import SCRATCH_PREFIX
 from .data import sources as datasets
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, readable_file
@@ -107,10 +108,11 @@ def _output_folder(output_dir: Path):
         except BlockingIOError:
             raise BridgeError(f"output folder '{output_dir}' is in use by another qdq_bridge convert",
                               "wait for it to finish, or pass another --output-dir") from None
-        for stale in output_dir.glob(".partial-*"):  # a killed run's scratch: no run holds the lock but this one
+        # a killed run's scratch: no run holds the lock but this one
+        for stale in output_dir.glob(f"{SCRATCH_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
         try:
-            scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=output_dir))
+            scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=output_dir))
         except OSError as exc:
             raise unwritable(exc) from None
         try:

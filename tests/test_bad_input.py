@@ -541,3 +541,25 @@ def test_array_labels_the_model_does_not_have_are_refused(example_dir, tmp_path,
     message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", str(tmp_path / "bad.npz"))
     assert message == (f"error: dataset bad {found}, the model 10 outputs: pass the dataset the model was trained on "
                        "(labels are 0 to 9)")
+
+
+def test_an_output_folder_inside_the_image_folder_is_no_class(tmp_path):
+    """Round two: `-o` set to the image folder being read made the run's own scratch folder an empty class."""
+    from qdq_bridge.data.images import open_images
+    from qdq_bridge.data.preprocessing import Preprocessing
+    root = _image_folder(tmp_path / "images")
+    (root / ".partial-abc123").mkdir()
+    source = open_images(f"imagefolder:{root}", Preprocessing(), 0)
+    assert source.classes == 2 and len(source) == 4
+
+
+@pytest.mark.slow
+def test_a_state_dict_resaved_as_a_plain_dict_converts(example_dir, tmp_path):
+    """Round two: `torch.save({k: v for k, v in sd.items()})` loses PyTorch's module versions (a traceback,
+    KeyError 'fc.weight'); the architecture's own versions are put back."""
+    state = torch.load(example_dir / "resnet_q_state.pth", weights_only=False)
+    torch.save(dict(state.items()), tmp_path / "plain.pth")
+    result = run_cli("convert", str(tmp_path / "plain.pth"), "--arch", "qdq_bridge.pytorch.models:digits_resnet",
+                     "--dataset", "digits", "--engine", "off", "--random-inputs", "0", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["ok"]

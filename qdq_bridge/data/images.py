@@ -13,6 +13,7 @@ a silently different set of images is not the one asked for.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..choices import PRESETS
+from ..choices import SCRATCH_PREFIX
 from ..errors import BridgeError
 from .arrays import Dataset, random_subset
 from .preprocessing import COLORS, Preprocessing
@@ -228,13 +230,15 @@ def open_images(spec: str, preprocessing: Preprocessing, workers: int) -> ImageS
 
 
 def _image_folder(path: Path, kind: str) -> _Images:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-    try:
-        classes, class_to_idx = find_classes(str(path))
-    except FileNotFoundError:
+    # torchvision's classes (every sub-folder, sorted), less a convert's own scratch: `-o` may be this folder
+    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and
+                     not entry.name.startswith(SCRATCH_PREFIX))
+    if not classes:
         raise BridgeError(f"folder '{path}' has no class sub-folders",
-                          "imagefolder:PATH takes a folder with one sub-folder of images per class") from None
+                          "imagefolder:PATH takes a folder with one sub-folder of images per class")
+    class_to_idx = {name: index for index, name in enumerate(classes)}
     samples = make_dataset(str(path), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
     counts = np.bincount([label for _, label in samples], minlength=len(classes))
     if not counts.all():

@@ -5,6 +5,8 @@ about its input (shape, dataset) from the file's metadata.
 """
 from __future__ import annotations
 
+import collections
+
 import copy
 import importlib
 import json
@@ -174,9 +176,15 @@ def module_kind(module: nn.Module) -> str:
 
 
 def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
+    if getattr(state, "_metadata", None) is None:
+        # a state_dict re-saved as a plain dict lost PyTorch's per-module versions, without which quantized modules
+        # read their weights under an old key layout ("KeyError: 'fc.weight'"): the architecture's own are the
+        # versions of the same modules
+        state = collections.OrderedDict(state)
+        state._metadata = model.state_dict()._metadata
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:  # the first line only says "Error(s) in loading state_dict"; the second says which
+    except (RuntimeError, KeyError) as exc:  # the first line only says "Error(s) in loading state_dict"; the second says which
         detail = [line.strip() for line in str(exc).splitlines() if line.strip()][1:2] or [first_line(exc)]
         raise BridgeError(f"the state_dict does not fit the architecture {where} ({detail[0]})",
                           "pass the --arch the weights were trained with") from None
