@@ -3,8 +3,7 @@
 Every output gets the element-wise differences, in its own quantization steps where it comes from a quantized
 tensor (the scale of the DequantizeLinear it leaves the graph through) and in absolute terms otherwise: max, the
 99.9th percentile (exact where the sample count is known: the largest 0.1 % are kept), mean, and the fraction of
-elements within one step. Each kind
-adds the per-sample measure its verdict rests on:
+elements within one step. Each kind adds the per-sample measure its verdict rests on:
 
 - classification (N x C): top-1 agreement, ties counted as agreement (`argmax_agreement`), accuracy and the
   discordant samples where the dataset has one label per sample;
@@ -43,6 +42,7 @@ class OutputSpec:
     kind: str
     source: str  # "shape N x 10", "--task"
     shape: tuple[int, ...]  # on the batch the kind was chosen from
+    primary: bool = False  # the judged output: `--logits`, by default the first 2-D one (outputs.logits_output)
     class_axis: int = 1
     step: float | None = None
     labelled: bool = False
@@ -75,8 +75,8 @@ class Judging:
             axis = self.class_axes.get(name, self.class_axes.get("", 1))
             kind, source, why = choose_kind(name, value.shape, np.issubdtype(value.dtype, np.floating),
                                             name == primary, self.tasks.get(name, self.tasks.get("")), axis)
-            specs[name] = OutputSpec(name, kind, source, value.shape, axis % max(value.ndim, 1), self.steps.get(name),
-                                     unmeasurable=why)
+            specs[name] = OutputSpec(name, kind, source, value.shape, name == primary, axis % max(value.ndim, 1),
+                                     self.steps.get(name), unmeasurable=why)
         if labels is None:
             return specs
         taker = next((name for name in (primary, *specs) if _takes_labels(specs[name], outputs[name], labels)), None)
@@ -183,33 +183,32 @@ class RunningOutput:
         self.elements = self.within = 0
         self.largest = np.zeros(0)  # the largest differences seen, enough for the percentile
         self.agreeing = self.units = self.ties = 0
-        self.cosines: list[np.ndarray] = []
+        self.cosine_sum, self.cosine_min = 0.0, math.inf
+        self.lost = self.gained = 0  # labelled samples (images) the candidate does worse and better on
         self.labelled = [0, 0, 0]  # reference right, candidate right, units labelled
         self.confusion: list[np.ndarray] = []  # dense: reference's and candidate's (label x prediction) counts
 
-    def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, rows: int) -> list[int]:
-        """Adds one batch; returns, per sample, +1 where the candidate is right and the reference wrong, -1 the
-        converse, 0 otherwise (labelled outputs; an empty list elsewhere)."""
+    def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, rows: int) -> None:
+        """Adds one batch (`labels` are judged where the spec says the output takes them)."""
         if self.problem:
-            return []
+            return
         if reference.shape != candidate.shape:
             self.problem = f"the candidate's shape {candidate.shape} differs from the reference's {reference.shape}"
-            return []
+            return
         if reference.ndim == 0 or reference.shape[0] != rows:
             self.problem = f"its first dimension is not the batch (shape {reference.shape} for {rows} inputs)"
-            return []
+            return
         ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
         self._elementwise(np.abs(ref - cand))
         if self.spec.kind == "generic":
             self._generic(ref, cand)
-            return []
+            return
         agrees, ties, ref_class, cand_class = argmax_agreement(ref, cand, self.spec.class_axis)
         self.agreeing += int(agrees.sum())
         self.units += agrees.size
         self.ties += int(ties.sum())
-        if labels is None or not self.spec.labelled:
-            return []
-        return self._labelled(ref_class, cand_class, labels)
+        if labels is not None and self.spec.labelled:
+            self._labelled(ref_class, cand_class, labels)
 
     def _elementwise(self, diff: np.ndarray) -> None:
         self.abs_max = max(self.abs_max, float(diff.max(initial=0.0)))
@@ -236,11 +235,12 @@ class RunningOutput:
         score = np.minimum(cosine, size)  # a sample agrees where both reach --min-cosine
         if self.spec.step:
             score = np.where(np.abs(a - b).max(1, initial=0.0) <= self.spec.step * (1 + STEP_TOLERANCE), 1.0, score)
-        self.cosines.append(cosine)
+        self.cosine_sum += float(cosine.sum())
+        self.cosine_min = min(self.cosine_min, float(cosine.min(initial=math.inf)))
         self.agreeing += int((score >= self.min_cosine - 1e-12).sum())
         self.units += len(score)
 
-    def _labelled(self, ref_class: np.ndarray, cand_class: np.ndarray, labels: np.ndarray) -> list[int]:
+    def _labelled(self, ref_class: np.ndarray, cand_class: np.ndarray, labels: np.ndarray) -> None:
         valid = np.ones(labels.shape, bool) if self.ignore_index is None else labels != self.ignore_index
         ref_right, cand_right = (ref_class == labels) & valid, (cand_class == labels) & valid
         self.labelled = [self.labelled[0] + int(ref_right.sum()), self.labelled[1] + int(cand_right.sum()),
@@ -250,8 +250,9 @@ class RunningOutput:
             counts = [np.bincount(labels[valid] * classes + pred[valid], minlength=classes * classes).reshape(
                 classes, classes) for pred in (ref_class, cand_class)]
             self.confusion = [_grown(old, new) for old, new in zip(self.confusion, counts)] or counts
-        per_sample = [right.reshape(len(right), -1).sum(1) for right in (ref_right, cand_right)]
-        return list(np.sign(per_sample[1] - per_sample[0]).astype(int))
+        ref_count, cand_count = (right.reshape(len(right), -1).sum(1) for right in (ref_right, cand_right))
+        self.lost += int((cand_count < ref_count).sum())
+        self.gained += int((cand_count > ref_count).sum())
 
     def result(self) -> OutputMeasures:
         measures = OutputMeasures(kind=self.spec.kind, kind_source=self.spec.source)
@@ -268,9 +269,8 @@ class RunningOutput:
                         elements=self.elements)
         measures.update(agreement=self.agreeing / self.units, units=self.units)
         if self.spec.kind == "generic":
-            cosine = np.concatenate(self.cosines)
             measures.update(measure=f"per-sample (cosine and norm ratio >= {self.min_cosine:g}, or within one step)",
-                            cosine_mean=float(cosine.mean()), cosine_min=float(cosine.min()))
+                            cosine_mean=self.cosine_sum / self.units, cosine_min=self.cosine_min)
             return measures
         measures.update(measure="top-1" if self.spec.kind == "classification" else "per-position argmax",
                         ties=self.ties)

@@ -19,7 +19,7 @@ from .data.arrays import Dataset
 from .errors import BridgeError
 from .graph.runtime import onnxruntime_runner
 from .measures import Judging, OutputMeasures, RunningOutput, agreement_threshold
-from .outputs import SINGLE_OUTPUT, Outputs, collect_logits, logits_output
+from .outputs import SINGLE_OUTPUT, Outputs, collect_logits
 
 
 def interval_confidence(significance: float) -> float:
@@ -175,7 +175,7 @@ class RunningComparison:
         self.running: dict[str, RunningOutput] | None = None  # made on the first batch
         self.missing: list[str] = []
         self.nonfinite = dict.fromkeys((reference, candidate), 0)
-        self.discordant: list[int] | None = [0, 0]  # lost, gained: None once a batch comes without labels
+        self.unlabelled = False  # a batch came without labels: no accuracy is judged
 
     def add(self, reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> RunningComparison:
         for backend, outputs in zip(self.nonfinite, (reference, candidate)):
@@ -183,32 +183,29 @@ class RunningComparison:
                                            if np.issubdtype(values.dtype, np.floating))
         if self.running is None:
             self.specs = self.judging.specs(reference, labels)
-            self.running = {name: RunningOutput(spec, self.judging, self.expected) for name, spec in self.specs.items()}
+            self.running = {name: RunningOutput(spec, self.judging, self.expected)
+                            for name, spec in self.specs.items()}
         rows = len(next(iter(reference.values())))
-        if labels is None:
-            self.discordant = None
+        self.unlabelled |= labels is None
         for name, values in reference.items():
             if name not in candidate:
                 self.missing = sorted({*self.missing, name})
                 continue
-            signs = self.running[name].add(values, candidate[name], labels, rows)
-            if self.discordant is not None and self.specs[name].labelled:
-                self.discordant = [self.discordant[0] + signs.count(-1), self.discordant[1] + signs.count(1)]
+            self.running[name].add(values, candidate[name], labels, rows)
         self.samples += rows
         return self
 
     def result(self) -> Comparison:
         outputs = {name: running.result() for name, running in self.running.items() if name not in self.missing}
         labelled = next((name for name, spec in self.specs.items() if spec.labelled), None)
-        primary = labelled or logits_output({name: spec.shape for name, spec in self.specs.items()},
-                                            self.judging.logits)
+        primary = labelled or next(name for name, spec in self.specs.items() if spec.primary)
         head = outputs.get(primary, {})  # {}: the candidate lacks it, which fails on its own
         result = Comparison(*self.names, self.samples, head.get("agreement", 0.0), head.get("max_abs_diff"),
                             head.get("mean_abs_diff"), logits=primary, reference_ties=head.get("ties", 0),
                             outputs=outputs, missing_outputs=self.missing, nonfinite=self.nonfinite)
-        if labelled and self.discordant is not None and "reference_accuracy" in outputs.get(labelled, {}):
+        if labelled and not self.unlabelled and "reference_accuracy" in outputs.get(labelled, {}):
             result.accuracy_of = labelled
-            result.lost, result.gained = self.discordant
+            result.lost, result.gained = self.running[labelled].lost, self.running[labelled].gained
             result.reference_accuracy = outputs[labelled]["reference_accuracy"]
             result.candidate_accuracy = outputs[labelled]["candidate_accuracy"]
         return result
@@ -242,12 +239,13 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
                   pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], Outputs]] | None
                   = None, progress: bool = True, judging: Judging | None = None) -> StreamedParity:
     """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums (each
-    output by its kind, as `judging` says), so no outputs are kept. `engines` (TensorRT engines, each in its worker process's
-    session) run on every batch too; one that raises a BridgeError is dropped from then on and reported in
+    output by its kind, as `judging` says), so no outputs are kept. `engines` (TensorRT engines, each in its worker
+    process's session) run on every batch too; one that raises a BridgeError is dropped from then on and reported in
     `failed`, with its comparisons."""
     engines = dict(engines or {})
     ran = [*backends, *engines]
-    running = {pair: RunningComparison(source.name, *pair, judging, len(source)) for pair in pairs if set(pair) <= set(ran)}
+    running = {pair: RunningComparison(source.name, *pair, judging, len(source))
+               for pair in pairs if set(pair) <= set(ran)}
     seconds = dict.fromkeys(ran, 0.0)
     failed: dict[str, str] = {}
 
