@@ -32,6 +32,7 @@ from .graph.activations import notes as activation_notes
 from .graph.lint import Violation, error_violations, lint_model
 from .graph.passes import run_passes
 from .graph.runtime import onnxruntime_runner
+from .measures import Judging
 from .options import ConvertOptions
 from .outputs import logits_output
 from .pt2e.program import export_program, is_program, load_program, program_input_shape
@@ -44,7 +45,6 @@ from .report import DatasetEntry, ParityRow, Report, Thresholds, write_reports
 from .trt.divergence import locate_divergence
 from .trt.engine import TensorRTSession, TensorRTWorker
 from .trt.stage import TensorRTStageResult, tensorrt_stage
-from .measures import Judging
 from .verify import Comparison, StreamedParity, interval_confidence, run_onnxruntime, stream_parity
 
 LOG = logging.getLogger("qdq_bridge")  # the slow steps' progress (the CLI prints it on stderr)

@@ -6,7 +6,6 @@ about its input (shape, dataset) from the file's metadata.
 from __future__ import annotations
 
 import collections
-
 import copy
 import importlib
 import json
@@ -184,7 +183,7 @@ def _load_state_dict(model: nn.Module, state: dict, where: str) -> None:
         state._metadata = model.state_dict()._metadata
     try:
         model.load_state_dict(state)
-    except (RuntimeError, KeyError) as exc:  # the first line only says "Error(s) in loading state_dict"; the second says which
+    except (RuntimeError, KeyError) as exc:  # the first line says "Error(s) in loading state_dict"; the second which
         detail = [line.strip() for line in str(exc).splitlines() if line.strip()][1:2] or [first_line(exc)]
         raise BridgeError(f"the state_dict does not fit the architecture {where} ({detail[0]})",
                           "pass the --arch the weights were trained with") from None
@@ -296,18 +295,19 @@ def _refuse_unsupported(module: nn.Module) -> None:
 
 def _quantized(loaded: LoadedModel, calibration: Dataset | ImageSource | None, observer: str,
                batch: int, keep_float: tuple[str, ...], qconfig: str, progress: bool) -> LoadedModel:
-    already = loaded.kind == "torchscript" or module_kind(loaded.module) != "float"
-    if keep_float and already:
+    scripted = loaded.kind == "torchscript"
+    quantized = bool(quantize.activation_quantizers(loaded.module)) if scripted else \
+        module_kind(loaded.module) != "float"  # or QAT
+    if keep_float and (scripted or quantized):  # a float TorchScript model is refused below
         raise BridgeError("--keep-float applies when qdq_bridge quantizes a float model, and this one is already "
                           "quantized (or QAT)", "drop --keep-float, or pass the float model with --calibrate DATA")
-    if calibration is not None and already and (loaded.kind != "torchscript" or
-                                                quantize.activation_quantizers(loaded.module)):
+    if calibration is not None and quantized:
         raise BridgeError("--calibrate quantizes a float model, and this one is already quantized (or QAT)",
                           "drop --calibrate (and --calibration-samples)")
     _refuse_unsupported(loaded.module)
-    if loaded.kind != "torchscript":
+    if not scripted:
         _to_quantized_module(loaded, calibration, observer, batch, keep_float, qconfig, progress)
-    elif not quantize.activation_quantizers(loaded.module):
+    elif not quantized:
         raise BridgeError("the TorchScript model is a float model with no quantization, and TorchScript cannot be "
                           "quantized in eager mode", "save the float model's state_dict and pass it with --arch "
                           "and --calibrate DATA, or quantize it before scripting")

@@ -56,19 +56,20 @@ def template_task(input_shape: tuple[int, ...], count: int, num_classes: int = 1
     return Dataset(f"template-task x{count}", x.astype(np.float32), labels.astype(np.int64))
 
 
-def train_steps(model: nn.Module, batches: Iterable[Dataset], lr: float, one_cycle_steps: int | None = None) -> None:
-    """Adam on each labelled batch in turn, at a constant `lr` or on a one-cycle schedule peaking at `lr` over
-    `one_cycle_steps` (on the GPU when there is one; the model ends on the CPU, in eval mode)."""
+def train_steps(model: nn.Module, batches: Iterable[Dataset], lr: float, one_cycle_steps: int | None = None,
+                loss=nn.functional.cross_entropy) -> None:
+    """Adam on each batch in turn against its `y` (class labels for the default cross-entropy, target images for a
+    regression loss), at a constant `lr` or on a one-cycle schedule peaking at `lr` over `one_cycle_steps` (on the
+    GPU when there is one; the model ends on the CPU, in eval mode)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=one_cycle_steps) \
         if one_cycle_steps else None
     for data in batches:
-        loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x).to(device)),
-                                           torch.from_numpy(data.y).to(device))
+        error = loss(model(torch.from_numpy(data.x).to(device)), torch.from_numpy(data.y).to(device))
         optimiser.zero_grad()
-        loss.backward()
+        error.backward()
         optimiser.step()
         if schedule:
             schedule.step()
@@ -161,16 +162,9 @@ def super_resolution_on_digits(epochs: int = 6, seed: int = 0) -> tuple[nn.Modul
 
     torch.manual_seed(seed)
     (small, test), (large, _) = digits_split(16), digits_split(32)
-    model = DigitsSuperRes().train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        for rows in np.array_split(rng.permutation(len(small)), len(small) // 32):
-            loss = nn.functional.mse_loss(model(torch.from_numpy(small.x[rows])), torch.from_numpy(large.x[rows]))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    model.eval()
+    model = DigitsSuperRes()
+    pairs = Dataset("digits 16 -> 32", small.x, large.x)  # the same digits at both sizes, split alike
+    train_steps(model, shuffled_batches(pairs, epochs, 32, seed), lr=3e-3, loss=nn.functional.mse_loss)
     return quantize.quantize_ptq(model, small.head(256).batches(64)), Dataset(test.name, test.x)
 
 
