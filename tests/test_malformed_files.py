@@ -27,17 +27,18 @@ def _qdq_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+# files that are no file of any kind: the same three stand in for an ONNX and for a model file
+GARBAGE = {"random bytes": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "empty": b"",
+           "text": b"import torch\n"}
+
+
 def _damaged_onnx(case: str) -> bytes:
+    if case in GARBAGE:
+        return GARBAGE[case]
     model = _qdq_model()
-    whole = model.SerializeToString()
     if case == "truncated":
+        whole = model.SerializeToString()
         return whole[:len(whole) // 2]
-    if case == "random bytes":
-        return np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    if case == "empty":
-        return b""
-    if case == "text":
-        return b"this is not an onnx file\n"
     if case == "huge declared size":
         del model.graph.initializer[1].int32_data[:]
         model.graph.initializer[1].dims[:] = [2_000_000_000, 1, 1, 1]
@@ -66,12 +67,8 @@ def test_the_linter_answers_a_malformed_onnx_in_one_line(tmp_path, case):
 
 
 def _damaged_model_file(case: str, tmp_path) -> bytes:
-    if case == "random bytes":
-        return np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    if case == "empty":
-        return b""
-    if case == "text":
-        return b"import torch\n"
+    if case in GARBAGE:
+        return GARBAGE[case]
     archive = tmp_path / "archive.pt"  # a zip that claims to be TorchScript, cut short or holding the wrong files
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("m/data.pkl", b"\x80\x04not a pickle" if case == "wrong content" else b"x" * 100_000)

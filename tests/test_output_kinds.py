@@ -11,6 +11,7 @@ from torch import nn
 from torch.ao.quantization import DeQuantStub, QuantStub
 
 from qdq_bridge import save_torchscript
+from qdq_bridge.data.arrays import Dataset
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.trt.trt_protocol import CUDA_ENV
 from qdq_bridge.verify import run_onnxruntime
@@ -64,8 +65,7 @@ def damaged_engine(monkeypatch, segmentation, tmp_path):
                    "-o", str(cpu)).returncode == 0
     with np.load(dataset) as arrays:
         x, y = arrays["x"], arrays["y"]
-    maps = run_onnxruntime(str(cpu / "segnet_q.qdq.onnx"), type("D", (), {"batches": lambda self, b: (
-        x[i:i + b] for i in range(0, len(x), b))})())
+    maps = run_onnxruntime(str(cpu / "segnet_q.qdq.onnx"), Dataset("test", x))
 
     def use(images: int) -> None:
         damaged = maps.copy()
