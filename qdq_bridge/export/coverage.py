@@ -3,6 +3,7 @@ PyTorch adds shows as "not covered" rather than passing silently. `tests/export/
 here to a test and the README's table to `coverage_table()`."""
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from torch import nn
@@ -35,8 +36,6 @@ COVERAGE = {
 
 def listed_modules() -> list[tuple[str, str]]:
     """(package, class name) of every module class PyTorch's quantized packages export."""
-    import importlib
-
     found = []
     for package in PACKAGES:
         module = importlib.import_module(package)
