@@ -35,7 +35,7 @@ from .graph.runtime import onnxruntime_runner
 from .measures import Judging
 from .options import ConvertOptions
 from .outputs import logits_output
-from .pt2e.program import export_program, is_program, load_program, program_input_shape
+from .pt2e.program import export_program, is_program, load_program, program_batch_limit, program_input_shape
 from .pytorch.load import CALIBRATION_BATCH, TORCHVISION_INPUT, LoadedModel, load_model, torchvision_arch
 from .pytorch.quantize import available_backends, using_backend
 from .pytorch.reference import (CHECK_SAMPLES, Reference, check_sample, cross_check, output_step,
@@ -284,7 +284,10 @@ def _pt2e_program(source: Path | torch.export.ExportedProgram, options: ConvertO
                           "drop them (--calibrate quantizes a float program with qdq_bridge's TensorRT quantizer)")
     program = load_program(source) if isinstance(source, Path) else source
     quantized = any("quantize_per_tensor" in str(n.target) for n in program.graph.nodes if n.op == "call_function")
-    input_shape = program_input_shape(program)
+    input_shape, batch_limit = program_input_shape(program), program_batch_limit(program)
+    if batch_limit is not None and options.batch_size > batch_limit:
+        raise BridgeError(f"the batch dimension of {label} goes up to {batch_limit}, and --batch-size is "
+                          f"{options.batch_size}", f"pass --batch-size {batch_limit} or less")
     notes = ["the PyTorch reference is the PT2E program itself: its quantize/dequantize ops run in float, no "
              "quantized backend involved"]
     if quantized and calibration is not None:
@@ -298,9 +301,9 @@ def _pt2e_program(source: Path | torch.export.ExportedProgram, options: ConvertO
                               "torch.export.save it")
         from .pt2e.quantizer import quantize_program  # torchao's quantizer: imported where a program needs it
         calibration = calibration.fit(input_shape)
+        batches = calibration.labelled_batches(min(CALIBRATION_BATCH, batch_limit or CALIBRATION_BATCH))
         program = quantize_program(program, torch.zeros(2, *input_shape[1:]),
-                                   (torch.from_numpy(x) for x, _ in calibration.labelled_batches(CALIBRATION_BATCH)),
-                                   options.placement)
+                                   (torch.from_numpy(x) for x, _ in batches), options.placement, batch_limit)
         notes.insert(0, f"quantized by qdq_bridge: PT2E PTQ with its TensorRT quantizer ({options.placement} "
                         f"placement), {len(calibration)} calibration samples of {calibration.name}")
     return LoadedModel(program.module(), "pt2e" if quantized else "pt2e+ptq",

@@ -51,15 +51,25 @@ def load_program(path: Path) -> torch.export.ExportedProgram:
 
 def program_input_shape(program: torch.export.ExportedProgram) -> tuple[int, ...]:
     """The one input's shape with batch 1; the batch dimension must be dynamic (the engine's profile spans 1..256)."""
-    names = program.graph_signature.user_inputs
-    if len(names) != 1:
-        raise BridgeError(f"the program takes {len(names)} inputs", "export a program of one image input")
-    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0])
-    shape = placeholder.meta["val"].shape
+    shape = _input(program).meta["val"].shape
     if all(isinstance(d, int) for d in shape):
         raise BridgeError(f"the program's batch dimension is fixed at {shape[0]}",
                           "export it with dynamic_shapes=({0: torch.export.Dim('batch')},)")
     return (1, *(int(d) for d in shape[1:]))
+
+
+def program_batch_limit(program: torch.export.ExportedProgram) -> int | None:
+    """The largest batch the program's dynamic batch dimension admits (`Dim("batch", max=...)`); None: unbounded."""
+    size = _input(program).meta["val"].shape[0]
+    bound = program.range_constraints[size.node.expr].upper
+    return None if bound > 2 ** 62 else int(bound)  # sympy's int_oo: no int() and, oddly, is_finite
+
+
+def _input(program: torch.export.ExportedProgram) -> torch.fx.Node:
+    names = program.graph_signature.user_inputs
+    if len(names) != 1:
+        raise BridgeError(f"the program takes {len(names)} inputs", "export a program of one image input")
+    return next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0])
 
 
 def export_program(program: torch.export.ExportedProgram, input_shape: tuple[int, ...], input_name: str,

@@ -135,7 +135,11 @@ def _annotate(node: Node, inputs: dict | None = None, output=None) -> None:
     annotation._annotated = True
 
 
-BATCH = {0: torch.export.Dim("batch", min=1, max=4096)}  # dynamic from 1: the engine's profile starts there
+BATCH_LIMIT = 4096  # the largest batch of the programs made here: dynamic from 1, where the engine's profile starts
+
+
+def _dynamic_batch(limit: int | None = None) -> tuple[dict]:
+    return ({0: torch.export.Dim("batch", min=1, max=min(limit or BATCH_LIMIT, BATCH_LIMIT))},)
 
 
 def quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor],
@@ -145,7 +149,7 @@ def quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, batches: Iterab
     graph, which then calibrates on `batches` in eval mode); the converted program, batch dynamic, ready for
     torch.export.save and `convert`. `example` is a batch of at least 2 (torch.export takes 1 for a constant)."""
     qat = train is not None
-    graph = torch.export.export(model.train(qat), (example,), dynamic_shapes=(BATCH,), strict=True).module()
+    graph = torch.export.export(model.train(qat), (example,), dynamic_shapes=_dynamic_batch(), strict=True).module()
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, TensorRTQuantizer(placement, is_qat=qat))
     if qat:
         allow_exported_model_train_eval(prepared)  # training loops call model.train()
@@ -155,14 +159,16 @@ def quantize_pt2e(model: torch.nn.Module, example: torch.Tensor, batches: Iterab
 
 
 def quantize_program(program: torch.export.ExportedProgram, example: torch.Tensor, batches: Iterable[torch.Tensor],
-                     placement: str = "fast") -> torch.export.ExportedProgram:
-    """A float program (as torch.export.save wrote it, batch dynamic) quantized by PTQ on `batches`."""
-    return _calibrated_program(prepare_pt2e(program.module(), TensorRTQuantizer(placement)), batches, example)
+                     placement: str = "fast", batch_limit: int | None = None) -> torch.export.ExportedProgram:
+    """A float program (as torch.export.save wrote it, batch dynamic up to `batch_limit`, its own bound: export
+    refuses a wider one) quantized by PTQ on `batches`."""
+    return _calibrated_program(prepare_pt2e(program.module(), TensorRTQuantizer(placement)), batches, example,
+                               batch_limit)
 
 
-def _calibrated_program(prepared: GraphModule, batches: Iterable[torch.Tensor], example: torch.Tensor
-                        ) -> torch.export.ExportedProgram:
+def _calibrated_program(prepared: GraphModule, batches: Iterable[torch.Tensor], example: torch.Tensor,
+                        batch_limit: int | None = None) -> torch.export.ExportedProgram:
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
-    return torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=(BATCH,))
+    return torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=_dynamic_batch(batch_limit))

@@ -15,12 +15,13 @@ from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86  #
 
 from qdq_bridge import ConvertOptions, convert  # noqa: E402
 from qdq_bridge.errors import BridgeError  # noqa: E402
-from qdq_bridge.pt2e.quantizer import BATCH, quantize_pt2e  # noqa: E402
+from qdq_bridge.pt2e.quantizer import quantize_pt2e  # noqa: E402
 from qdq_bridge.testing import zoo  # noqa: E402
 
 from helpers import convert_cli, run_cli, task_files  # noqa: E402
 
 SHAPE = (1, 3, 64, 64)
+BATCH = {0: torch.export.Dim("batch")}  # a dynamic batch as users write it
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +126,14 @@ def tiny() -> torch.nn.Module:
                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
 
 
-def program_file(tmp_path, case: str) -> tuple:
+def program_file(tmp_path, case: str, batch_limit: int | None = None) -> tuple:
     """A tiny program, `case`: float, quantized or static (quantized, batch fixed), saved as model.pt2 beside
-    calibration.npz."""
+    calibration.npz (40 samples); a float one's batch goes up to `batch_limit`."""
     example = torch.randn(2, 3, 8, 8)
-    np.savez(tmp_path / "calibration.npz", x=example.numpy())
+    np.savez(tmp_path / "calibration.npz", x=torch.randn(40, 3, 8, 8).numpy())
     if case == "float":
-        program = torch.export.export(tiny(), (example,), dynamic_shapes=(BATCH,))
+        batch = {0: torch.export.Dim("batch", max=batch_limit)} if batch_limit else BATCH
+        program = torch.export.export(tiny(), (example,), dynamic_shapes=(batch,))
     else:
         quantized = quantize_pt2e(tiny(), example, [example])
         program = quantized if case == "quantized" else torch.export.export(quantized.module(), (example,))
@@ -157,3 +159,21 @@ def test_programs_it_cannot_take_are_refused(tmp_path, case, calibrate, options,
     with pytest.raises(BridgeError) as refused:
         convert(model, tmp_path / "out", ConvertOptions(calibrate=calibration if calibrate else None, **options))
     assert message in str(refused.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("batch_limit", [1024, 16])
+def test_a_float_program_with_a_bounded_batch_is_quantized_within_its_bound(tmp_path, batch_limit):
+    """`Dim("batch", max=1024)`: the quantized program keeps the bound (a wider one was 88 lines of torch.export's
+    ConstraintViolation); below the calibration batch (32), calibration runs batches the program takes."""
+    model, calibration = program_file(tmp_path, "float", batch_limit)
+    result = convert(model, tmp_path / "out", ConvertOptions(calibrate=calibration, dataset=calibration, engine="off",
+                                                             batch_size=16, progress=False))
+    assert result.report["kind"] == "pt2e+ptq" and result.report["ok"], result.report["failures"]
+
+
+def test_a_batch_size_beyond_the_programs_bound_is_refused(tmp_path):
+    model, calibration = program_file(tmp_path, "float", 16)
+    result = run_cli("convert", str(model), "--calibrate", calibration, "--batch-size", "64", "-o", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert "batch dimension of 'model.pt2' goes up to 16, and --batch-size is 64: pass --batch-size 16 or less" in \
+        result.stderr, result.stderr
