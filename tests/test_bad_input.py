@@ -22,6 +22,7 @@ from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.trt.engine import BuildSettings
 
 from helpers import quantize_with, run_cli
+from helpers.datasets import write_cifar10, write_mnist, write_png_claiming
 
 ARCH = "qdq_bridge.pytorch.models:digits_resnet"
 
@@ -260,6 +261,49 @@ def test_bad_image_folders(tmp_path, example_dir, case, expected):
 def test_bad_dataset_specs(tmp_path, example_dir, spec, expected):
     message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", *spec.format(root=tmp_path).split())
     assert message.startswith(expected.format(root=tmp_path)), message
+
+
+def _damaged_dataset(root: Path, case: str) -> str:
+    """The dataset spec of `case`: a standard dataset's files damaged as downloads and hand-made copies are."""
+    pixels, labels = np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 2, 3])
+    if case.startswith("cifar10"):
+        write_cifar10(root, np.zeros((4, 32, 32), np.uint8), np.array([0, 1, 2, 99]))
+        return f"cifar10:{root}"
+    if case.startswith("image"):
+        _image_folder(root)
+        write_png_claiming(root / "class1" / "bomb.png", 50_000, 50_000)
+        return f"imagefolder:{root}"
+    write_mnist(root, pixels, np.array([0, 1, 2, 99]) if case == "mnist labels" else labels)
+    raw = root / "MNIST" / "raw"
+    if case == "mnist garbage":
+        (raw / "t10k-images-idx3-ubyte").write_bytes(np.random.default_rng(0).bytes(3000))
+    elif case == "mnist truncated":
+        (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:500])
+    elif case == "mnist counts":
+        (raw / "t10k-labels-idx1-ubyte").write_bytes(np.array([0x801, 3], ">i4").tobytes() + bytes(3))
+    return f"mnist:{root}"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("cifar10 labels", "error: '{root}/cifar-10-batches-py/test_batch' has labels from 0 to 99, and CIFAR-10 has 10 "
+                       "classes (0 to 9): replace it with the file from CIFAR-10"),
+    ("mnist labels", "error: '{root}/MNIST/raw/t10k-labels-idx1-ubyte' has labels from 0 to 99, and MNIST has 10 "
+                     "classes (0 to 9)"),
+    ("mnist garbage", "error: '{root}/MNIST/raw/t10k-images-idx3-ubyte' is not an MNIST images file in IDX format "
+                      "(AssertionError): replace it with the uncompressed file from MNIST"),
+    ("mnist truncated", "error: '{root}/MNIST/raw/t10k-images-idx3-ubyte' is not an MNIST images file in IDX format "
+                        "(RuntimeError: shape '[4, 28, 28]' is invalid for input of size 484)"),
+    ("mnist counts", "error: '{root}/MNIST/raw/t10k-labels-idx1-ubyte' has 3 labels for 4 images: replace the MNIST "
+                     "files with a matching pair"),
+    ("image bomb", "error: image '{root}/class1/bomb.png' cannot be read (Image size (2500000000 pixels) exceeds limit "
+                   "of 178956970 pixels, could be decompression bomb DOS attack.): remove or replace the file"),
+], ids=lambda value: value if value.count(" ") < 2 else "")
+def test_damaged_standard_datasets_are_refused_naming_the_file(tmp_path, example_dir, case, expected):
+    root = tmp_path / "data"
+    spec = _damaged_dataset(root, case)
+    message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--dataset", spec, "--random-inputs", "0",
+                      "--engine", "off", "--color", "gray")
+    assert message.startswith(expected.format(root=root)), message
 
 
 def test_cifar10_batch_that_would_run_code_is_refused(tmp_path, example_dir):

@@ -31,7 +31,8 @@ from .arrays import Dataset, random_subset
 from .preprocessing import COLORS, Preprocessing
 
 IMAGE_SPECS = ("imagefolder", "cifar10", "cifar10-train", "mnist", "mnist-train")
-DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # PIL: unidentified or truncated files, broken chunks
+# PIL: unidentified or truncated files, broken chunks, images over Image.MAX_IMAGE_PIXELS (a decompression bomb)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 CIFAR_BATCHES = {"cifar10": ["test_batch"], "cifar10-train": [f"data_batch_{i}" for i in range(1, 6)]}
 
 
@@ -264,7 +265,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _cifar10(root: Path, kind: str) -> _Images:
     folder = root / "cifar-10-batches-py"
-    pixels, labels = [], []
+    pixels, labels = [], []  # per batch file
     for name in CIFAR_BATCHES[kind]:
         path = folder / name
         if not path.is_file():
@@ -274,24 +275,44 @@ def _cifar10(root: Path, kind: str) -> _Images:
             with open(path, "rb") as file:
                 entry = _ArraysOnly(file, encoding="latin1").load()
             pixels.append(np.asarray(entry["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels += list(entry["labels"])
+            labels.append(np.asarray(entry["labels"], np.int64))
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
             raise BridgeError(f"'{path}' is not a CIFAR-10 batch ({type(exc).__name__}: {exc})",
                               "replace it with the file from the python version of CIFAR-10") from None
-    return _Images(kind, np.array(labels, np.int64), 10, "RGB", (32, 32), pixels=np.concatenate(pixels))
+        _check_labels(pixels[-1], labels[-1], 10, "CIFAR-10", path)
+    return _Images(kind, np.concatenate(labels), 10, "RGB", (32, 32), pixels=np.concatenate(pixels))
 
 
 def _mnist(root: Path, kind: str) -> _Images:
-    from torchvision.datasets import MNIST
+    """torchvision's readers of MNIST's IDX files, for the split asked for alone (its MNIST class wants all four)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
 
-    try:
-        mnist = MNIST(str(root), train=kind == "mnist-train", download=False)
-    except RuntimeError:  # "Dataset not found. You can use download=True to download it"
-        split = "train" if kind == "mnist-train" else "t10k"
-        raise BridgeError(f"MNIST files not found in '{root / 'MNIST' / 'raw'}'",
-                          f"mnist:ROOT takes the folder holding MNIST/raw/{split}-images-idx3-ubyte and "
-                          f"{split}-labels-idx1-ubyte (torchvision's layout, uncompressed; nothing is downloaded)") \
-            from None
-    pixels = mnist.data.numpy()
-    return _Images(kind, mnist.targets.numpy().astype(np.int64), len(mnist.classes), "L", tuple(pixels.shape[1:]),
-                   pixels=pixels)
+    split = "train" if kind == "mnist-train" else "t10k"
+    folder = root / "MNIST" / "raw"
+    images, labels = folder / f"{split}-images-idx3-ubyte", folder / f"{split}-labels-idx1-ubyte"
+    if not images.is_file() or not labels.is_file():
+        raise BridgeError(f"MNIST files not found in '{folder}'",
+                          f"mnist:ROOT takes the folder holding MNIST/raw/{images.name} and {labels.name} "
+                          "(torchvision's layout, uncompressed; nothing is downloaded)")
+    arrays = []
+    for path, read in ((images, read_image_file), (labels, read_label_file)):
+        try:
+            arrays.append(read(str(path)).numpy())
+        except (AssertionError, RuntimeError, ValueError, IndexError) as exc:  # its checks of the IDX header
+            raise BridgeError(f"'{path}' is not an MNIST {path.name.split('-')[1]} file in IDX format "
+                              f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})",
+                              "replace it with the uncompressed file from MNIST") from None
+    pixels, targets = arrays[0], arrays[1].astype(np.int64)
+    _check_labels(pixels, targets, 10, "MNIST", labels)
+    return _Images(kind, targets, 10, "L", tuple(pixels.shape[1:]), pixels=pixels)
+
+
+def _check_labels(pixels: np.ndarray, labels: np.ndarray, classes: int, name: str, path: Path) -> None:
+    """One label per image, each a class of the dataset's: a label out of range would be judged as a class the
+    model does not have."""
+    if len(labels) != len(pixels):
+        raise BridgeError(f"'{path}' has {len(labels)} labels for {len(pixels)} images",
+                          f"replace the {name} files with a matching pair")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise BridgeError(f"'{path}' has labels from {labels.min()} to {labels.max()}, and {name} has {classes} "
+                          f"classes (0 to {classes - 1})", f"replace it with the file from {name}")

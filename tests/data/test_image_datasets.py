@@ -1,7 +1,6 @@
 """Image datasets on disk, streamed: the digits test split written as CIFAR-10 batches, MNIST idx files and an
 image folder gives the very parity numbers of the same images as an .npz."""
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -13,32 +12,7 @@ from qdq_bridge.data.sources import digits_split, open_dataset
 from qdq_bridge.pytorch.load import load_model
 
 from helpers import run_cli
-
-
-def write_cifar10(root, pixels: np.ndarray, labels: np.ndarray) -> None:
-    """torchvision's cifar-10-batches-py layout: pickled dicts, rows of 3072 bytes (R, G, B planes)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rgb = np.repeat(pixels[:, None], 3, axis=1).reshape(len(pixels), -1)
-    with open(folder / "test_batch", "wb") as file:
-        pickle.dump({"batch_label": "testing batch 1 of 1", "data": rgb, "labels": labels.tolist()}, file, protocol=2)
-
-
-def write_mnist(root, pixels: np.ndarray, labels: np.ndarray) -> None:
-    """torchvision's MNIST/raw layout: big-endian idx files (it wants the training files there too)."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for split in ("train", "t10k"):
-        header = np.array([0x803, len(pixels), *pixels.shape[1:]], ">i4").tobytes()
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + pixels.tobytes())
-        (raw / f"{split}-labels-idx1-ubyte").write_bytes(np.array([0x801, len(labels)], ">i4").tobytes()
-                                                         + labels.astype(np.uint8).tobytes())
-
-
-def write_image_folder(root, pixels: np.ndarray, labels: np.ndarray) -> None:
-    for index, (image, label) in enumerate(zip(pixels, labels)):
-        (root / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / str(label) / f"{index:04d}.png")
+from helpers.datasets import write_cifar10, write_image_folder, write_mnist
 
 
 @pytest.fixture(scope="module")
