@@ -355,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
               "engines); the old spelling goes in the next release", file=sys.stderr)
     console = Console(width=None if sys.stdout.isatty() else 132)
     console.on_broken_pipe = _raise_broken_pipe  # rich's own exits 1, which would read as a failed check
-    # SIGTERM unwinds like Ctrl-C: worker processes end, the run's scratch files go (pipeline._output_folder)
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C: worker processes end, the run's scratch files go
+    # (pipeline._output_folder)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    result = None
     try:
         if args.command == "passes":
             for graph_pass in PASSES:
@@ -410,8 +413,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Interrupted) as exc:
         number = exc.signal_number if isinstance(exc, Interrupted) else signal.SIGINT
-        print(f"error: interrupted by {signal.Signals(number).name}: this run's partial files were removed",
-              file=sys.stderr)
+        files_in = result.report_md.parent if result else getattr(exc, "files_in", None)
+        done = f" after the run completed: its files are in '{files_in}'" if files_in else \
+            ": this run's partial files were removed"
+        print(f"error: interrupted by {signal.Signals(number).name}{done}", file=sys.stderr)
         return 128 + number
 
 

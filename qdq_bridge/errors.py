@@ -26,11 +26,13 @@ def first_line(exc: BaseException) -> str:
 
 
 class Interrupted(BaseException):
-    """SIGTERM, raised in the main thread so that a run unwinds as on Ctrl-C (SIGINT's KeyboardInterrupt): its
-    worker processes end and its scratch files go. A BaseException, so no `except Exception` swallows it."""
+    """SIGTERM or SIGHUP, raised in the main thread so that a run unwinds as on Ctrl-C (SIGINT's
+    KeyboardInterrupt): its worker processes end and its scratch files go. Also any of the three that came while a
+    run moved its files into place: then `files_in` is the folder that holds the run's complete set. A
+    BaseException, so no `except Exception` swallows it."""
 
-    def __init__(self, signal_number: int):
-        self.signal_number = signal_number
+    def __init__(self, signal_number: int, files_in: Path | None = None):
+        self.signal_number, self.files_in = signal_number, files_in
         super().__init__(f"signal {signal_number}")
 
 

@@ -12,7 +12,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 from .choices import SCRATCH_PREFIX
 from .data import sources as datasets
 from .data.preprocessing import Preprocessing
-from .errors import BridgeError, readable_file
+from .errors import BridgeError, Interrupted, readable_file
 from .export.exporter import INPUT_NAME, export_onnx, exported_by, resolve_input_shape, stamped
 from .graph.activations import affine_activations, refuse_full_range, requantize, scheme_counts
 from .graph.activations import as_report as activations_report
@@ -128,6 +130,28 @@ def _output_folder(output_dir: Path):
         shutil.rmtree(scratch, ignore_errors=True)
     finally:
         os.close(lock)  # and with it the lock
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _interrupts_held(output_dir: Path):
+    """Interrupts wait while a run moves its files into place, so the folder never holds a mix of two runs' files;
+    one that came meanwhile is raised after, as an Interrupted naming the folder with the complete set. Python runs
+    signal handlers in the main thread only: from any other, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {number: signal.signal(number, lambda number, frame: caught.append(number)) for number in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: a handler set in C
+    if caught:
+        raise Interrupted(caught[0], files_in=output_dir)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -432,7 +456,8 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
         stage_seconds=timer.seconds, versions=_versions())
     write_reports(report, scratch)
     final = {}
-    for name in dict.fromkeys((onnx_name, "report.json", "report.md", *tensorrt.get("files", []))):
-        final[name] = output_dir / name
-        (scratch / name).replace(final[name])
+    with _interrupts_held(output_dir):
+        for name in dict.fromkeys((onnx_name, "report.json", "report.md", *tensorrt.get("files", []))):
+            final[name] = output_dir / name
+            (scratch / name).replace(final[name])
     return ConvertResult(final[onnx_name], final["report.json"], final["report.md"], report, violations, parity)

@@ -70,15 +70,61 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_an_interrupted_run_keeps
     assert sorted(p.name for p in shared.iterdir()) == ["notes.txt"]
 
 
-def test_sigterm_removes_the_runs_scratch_and_the_folder_it_made(example_dir, tmp_path):
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_removes_the_runs_scratch_and_the_folder_it_made(example_dir, tmp_path, number):
+    """SIGHUP (the terminal closed) killed the run where it stood and left its .partial-* folder."""
     out = tmp_path / "made" / "out"
     run = start(str(example_dir / "resnet_q.pt"), *SLOW, "-o", str(out))
     wait_for(lambda: scratch(out), "the run's scratch folder")
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(number)
     _, stderr = run.communicate(timeout=ENDS_WITHIN)
-    assert run.returncode == 143 and "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == "error: interrupted by SIGTERM: this run's partial files were removed"
+    assert run.returncode == 128 + number and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == \
+        f"error: interrupted by {number.name}: this run's partial files were removed"
     assert not (tmp_path / "made").exists()
+
+
+COMPLETE_SET = {"resnet_q.qdq.onnx", "report.json", "report.md"}
+
+
+def test_an_interrupt_while_the_files_move_into_place_waits_for_the_whole_set(example_dir, tmp_path, monkeypatch):
+    """SIGINT as the first file moves in (in this process, the library's run): the move finishes, then the
+    interrupt is raised naming the folder that holds the complete set, not a mix of two runs' files."""
+    from qdq_bridge import ConvertOptions, convert
+    from qdq_bridge.errors import Interrupted
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("an earlier run's")
+    move = Path.replace
+
+    def interrupted_move(self, target):
+        if self.parent.name.startswith(".partial-"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return move(self, target)
+
+    monkeypatch.setattr(Path, "replace", interrupted_move)
+    with pytest.raises(Interrupted) as raised:
+        convert(example_dir / "resnet_q.pt", out, ConvertOptions(engine="off", random_inputs=0, progress=False))
+    assert (raised.value.signal_number, raised.value.files_in) == (signal.SIGINT, out)
+    assert {p.name for p in out.iterdir()} == COMPLETE_SET and "an earlier run's" not in (out / "report.md").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_ctrl_c_after_the_files_are_in_place_says_so(example_dir, tmp_path):
+    """Ctrl-C while the verdict prints (a slow terminal, a paused pager), in a process of its own (the CLI sets
+    signal handlers and logging): exit 130, and the line says the complete set is in place; it said the partial
+    files were removed."""
+    out = tmp_path / "out"
+    program = ("import sys; from qdq_bridge import cli\n"
+               "def interrupted(console, result): raise KeyboardInterrupt\n"
+               "cli._print_convert = interrupted\n"
+               f"sys.exit(cli.main(['convert', {str(example_dir / 'resnet_q.pt')!r}, '-o', {str(out)!r}, '--engine', "
+               "'off', '--random-inputs', '0']))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == 130 and {p.name for p in out.iterdir()} == COMPLETE_SET, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"error: interrupted by SIGINT after the run completed: its files are in '{out}'"
 
 
 def test_sigterm_ends_a_hanging_tensorrt_worker_and_removes_its_files(example_dir, tmp_path):
