@@ -489,6 +489,27 @@ def conv_kernel_shape(graph: gs.Graph) -> gs.Graph:
     return tidy(graph)
 
 
+def deconv_bias_as_add(graph: gs.Graph) -> gs.Graph:
+    """Add a Q/DQ ConvTranspose's bias after it; TensorRT 8.6 fails to build one with a bias input.
+
+    Measured on an H100 (a UNet's 2x2 stride-2 ConvTranspose, per-tensor int8 weights): "Assertion engine failed"
+    in refitUtils.cpp::buildRefitEngine with the bias input; without it, the same ConvTranspose builds in INT8 and
+    the Add fuses into it."""
+    for deconv in [n for n in graph.nodes if n.op == "ConvTranspose" and len(n.inputs) == 3 and
+                   producer(n.inputs[1], "DequantizeLinear") is not None]:
+        bias, weight = constant_values(deconv.inputs[2]), conv_weight(deconv)
+        if bias is None or weight is None:
+            continue
+        output = deconv.outputs[0]
+        unbiased = gs.Variable(f"{output.name}_unbiased", dtype=output.dtype, shape=output.shape)
+        per_channel = gs.Constant(f"{deconv.inputs[2].name}_per_channel",
+                                  bias.astype(np.float32).reshape(1, -1, *[1] * (weight.ndim - 2)))
+        deconv.inputs.pop(2)
+        deconv.outputs = [unbiased]
+        graph.nodes.append(gs.Node("Add", f"{deconv.name}/bias", inputs=[unbiased, per_channel], outputs=[output]))
+    return tidy(graph)
+
+
 @dataclass(frozen=True)
 class GraphPass:
     name: str
@@ -517,6 +538,7 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) f
     float_network_outputs,
     separate_sibling_convs,
     conv_kernel_shape,
+    deconv_bias_as_add,
 ))
 PASS_NAMES = tuple(p.name for p in PASSES)
 

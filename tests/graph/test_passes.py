@@ -7,7 +7,8 @@ from onnx import numpy_helper
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.graph import passes
 
-from helpers.graphs import conv_graph, const, inception_like, model, pooled_head, q_dq, run, sample_input, weight_dq
+from helpers.graphs import (RNG, conv_graph, const, inception_like, model, pooled_head, q_dq, run, sample_input,
+                            weight_dq)
 
 
 def apply_twice(graph_pass, graph: gs.Graph):
@@ -203,6 +204,33 @@ def test_conv_kernel_shape_is_added_from_weights():
     before, after = apply_twice(passes.conv_kernel_shape, folded(conv_graph(kernel_shape=False)))
     conv = next(n for n in after.graph.node if n.op_type == "Conv")
     assert [list(a.ints) for a in conv.attribute if a.name == "kernel_shape"] == [[3, 3]]
+
+
+def deconv_graph() -> gs.Graph:
+    """A UNet's upsampling: Q/DQ input -> ConvTranspose (2x2, stride 2, per-tensor int8 weights, float bias) ->
+    Q/DQ, as the passes before leave it."""
+    x = gs.Variable("input", np.float32, (1, 4, 5, 5))
+    nodes: list = []
+    a = q_dq(nodes, x, "in", 0.05, 0, np.int8)
+    w_node, w = weight_dq("up", RNG.integers(-127, 128, (4, 3, 2, 2)).astype(np.int8), np.array(0.02), 0)
+    nodes.append(w_node)
+    y = gs.Variable("up_out", np.float32)
+    nodes.append(gs.Node("ConvTranspose", "/up/ConvTranspose", {"kernel_shape": [2, 2], "strides": [2, 2]},
+                         [a, w, const("up_bias", RNG.standard_normal(3).astype(np.float32))], [y]))
+    out = q_dq(nodes, y, "out", 0.1, 0, np.int8)
+    out.shape, out.name = (1, 3, 10, 10), "output"
+    return gs.Graph(nodes, [x], [out], opset=13)
+
+
+def test_deconv_bias_moves_into_an_add_after_it():
+    before, after = apply_twice(passes.deconv_bias_as_add, deconv_graph())
+    deconv = next(n for n in after.graph.node if n.op_type == "ConvTranspose")
+    (add,) = [n for n in after.graph.node if n.op_type == "Add"]
+    assert len(deconv.input) == 2 and add.input[0] == deconv.output[0]
+    bias = next(i for i in after.graph.initializer if i.name == add.input[1])
+    assert list(bias.dims) == [1, 3, 1, 1]
+    x = sample_input(before)
+    np.testing.assert_allclose(run(before, x), run(after, x), atol=1e-6)
 
 
 def test_run_passes_makes_exporter_style_graph_lint_clean_and_exact():
