@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import logging
 import math
@@ -177,7 +178,14 @@ def convert(model: str | Path | torch.export.ExportedProgram, output_dir: str | 
     _refuse_overwriting_inputs([source, *(Path(spec) for spec in (options.dataset, options.calibrate) if spec)],
                                output_dir, name)
     with _output_folder(output_dir) as scratch:
-        return _convert(source, name, output_dir, scratch, options)
+        try:
+            return _convert(source, name, output_dir, scratch, options)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # a full disk, a quota, `ulimit -f`
+                raise
+            limit = " (or raise the file-size limit, ulimit -f)" if exc.errno == errno.EFBIG else ""
+            raise BridgeError(f"the run's files could not be written to '{output_dir}' ({exc.strerror})",
+                              f"free space there{limit}, or pass an --output-dir on a disk with room") from None
 
 
 def _refuse_overwriting_inputs(inputs: list, output_dir: Path, name: str) -> None:

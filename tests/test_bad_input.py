@@ -162,9 +162,18 @@ def test_dynamic_quantization_is_refused(tmp_path, saved):
 
 
 def test_wrong_input_shape(tmp_path, example_dir):
+    """torch said "Input channel size of weight and bias must match"."""
     message = refused(tmp_path, str(example_dir / "resnet_q.pt"), "--input-shape", "1,3,32,32")
-    assert message.startswith("error: input shape (1, 3, 32, 32) does not fit the model")
-    assert message.endswith("pass the right --input-shape N,C,H,W")
+    assert message == "error: input shape (1, 3, 32, 32) has 3 channels, and the model's first convolution takes " \
+                      "1-channel inputs: pass --input-shape N,1,H,W"
+
+
+def test_calibration_data_of_another_channel_count_is_named_so(tmp_path, example_dir):
+    np.savez(tmp_path / "rgb.npz", x=np.zeros((4, 3, 32, 32), np.float32))
+    message = refused(tmp_path, str(example_dir / "digits_float.pth"), "--arch", ARCH, "--calibrate",
+                      str(tmp_path / "rgb.npz"))
+    assert message == "error: the calibration data has 3-channel samples, and the model's first convolution takes " \
+                      "1-channel inputs: pass 1-channel data (images: --color gray)"
 
 
 @pytest.mark.parametrize("below", [False, True])
@@ -607,3 +616,18 @@ def test_a_state_dict_resaved_as_a_plain_dict_converts(example_dir, tmp_path):
                      "--dataset", "digits", "--engine", "off", "--random-inputs", "0", "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "out" / "report.json").read_text())["ok"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_files(tmp_path, example_dir):
+    """Files over 60 kB cannot be written (RLIMIT_FSIZE, which needs no root: a full 60 kB tmpfs gave ENOSPC and
+    the same line, checked by hand): the ONNX's write fails, and the run says so and removes its scratch."""
+    import resource
+
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "qdq_bridge", "convert", str(example_dir / "resnet_q.pt"), "-o",
+                             str(out), "--engine", "off", "--random-inputs", "0"], capture_output=True, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)))
+    assert result.returncode == 2 and not out.exists(), result.stderr
+    assert result.stderr == f"error: the run's files could not be written to '{out}' (File too large): free space " \
+                            "there (or raise the file-size limit, ulimit -f), or pass an --output-dir on a disk " \
+                            "with room\n"

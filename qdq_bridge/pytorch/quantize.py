@@ -316,6 +316,14 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
     return model
 
 
+def first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of the model's first convolution (in module order; eager, fused, quantized and TorchScript
+    modules all carry `in_channels`), for naming a channel mismatch where torch's error speaks of weights and
+    groups. Only used once torch has refused an input, so a first convolution that runs later misleads nothing."""
+    return next((m.in_channels for _, m in model.named_modules() if isinstance(getattr(m, "in_channels", None), int)),
+                None)
+
+
 def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None = None, progress: bool = True) -> None:
     """Run calibration batches through an observed model, with a progress bar where stderr is a terminal."""
     with torch.no_grad():
@@ -324,6 +332,12 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
             try:
                 model(torch.as_tensor(batch))
             except RuntimeError as exc:
+                channels = first_conv_channels(model)
+                if channels is not None and batch.ndim > 1 and batch.shape[1] != channels:
+                    color = f" (images: --color {'gray' if channels == 1 else 'rgb'})" if channels in (1, 3) else ""
+                    raise BridgeError(f"the calibration data has {batch.shape[1]}-channel samples, and the model's "
+                                      f"first convolution takes {channels}-channel inputs",
+                                      f"pass {channels}-channel data{color}") from None
                 raise BridgeError(f"calibration failed ({str(exc).splitlines()[0]})",
                                   "check --input-shape and that the data matches the model") from None
 

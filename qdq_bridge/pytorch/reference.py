@@ -31,7 +31,7 @@ from torch import nn
 from ..data.arrays import Dataset
 from ..data.sources import random_inputs
 from ..errors import BridgeError, first_line
-from .quantize import available_backends, quiet_torch_warnings, using_backend
+from .quantize import available_backends, first_conv_channels, quiet_torch_warnings, using_backend
 from .runner import run_torch
 
 # a reference backend deviates when its outputs sit this many output steps (mean) from the emulation...
@@ -162,6 +162,10 @@ def runnable_reference(module: nn.Module, packed_by: str, input_shape: tuple[int
             return Reference(candidate, backend, packed_by, notes=[
                 f"PyTorch's {packed_by} backend cannot run this model ({failures[packed_by]}): the reference runs "
                 f"on {backend}, the weights repacked for it"])
+    channels = first_conv_channels(module)
+    if channels is not None and len(input_shape) > 1 and input_shape[1] != channels:
+        raise BridgeError(f"input shape {input_shape} has {input_shape[1]} channels, and the model's first "
+                          f"convolution takes {channels}-channel inputs", f"pass --input-shape N,{channels},H,W")
     raise BridgeError(f"input shape {input_shape} does not fit the model ({failures[packed_by]})",
                       "pass the right --input-shape N,C,H,W")
 
