@@ -16,7 +16,7 @@ from .choices import (BACKEND_ORDER, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, 
                       PLACEMENTS, PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted, readable_file
-from .graph.lint import error_violations, lint_file, to_json
+from .graph.lint import error_violations, lint_file, read_onnx, to_json
 from .graph.passes import PASS_NAMES, PASSES
 from .options import ConvertOptions
 from .trt.engine import PYTHON_ENV, BuildSettings, TensorRTUnavailable, TensorRTWorker, build_engine
@@ -268,6 +268,7 @@ def _build_settings(args: argparse.Namespace) -> BuildSettings:
 def _build(args: argparse.Namespace) -> int:
     """The build command: the engine and its layer report, or TensorRT's reason in one line (exit status 1)."""
     source = readable_file(args.onnx, "ONNX file")
+    read_onnx(source)  # an unreadable file, or external data that is missing, named before TensorRT starts
     engine = Path(args.engine_file or source.with_suffix(".engine"))
     log = args.trt_log
     if log is not None and not log.parent.is_dir():

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from helpers import run_cli
 
@@ -64,6 +64,25 @@ def test_the_linter_answers_a_malformed_onnx_in_one_line(tmp_path, case):
     text = one_line_error(run_cli("lint", str(tmp_path / "m.onnx")))
     errors = [line for line in text.splitlines() if line.startswith(("ERROR", "error:"))]
     assert errors and "0 errors" not in text
+
+
+@pytest.mark.parametrize("command", ["lint", "build"])
+@pytest.mark.parametrize("damage, expected", [
+    ("missing", "error: '{onnx}' keeps tensor 's' in 'm.data', which is not beside it: put 'm.data' in '{folder}' "
+                "(ONNX reads external data from the model's folder)"),  # onnx said "ValidationError"
+    ("short", "error: the external data of '{onnx}' cannot be read (External data length"),
+])
+def test_external_data_that_is_missing_or_short_is_named(tmp_path, command, damage, expected):
+    model = _qdq_model()
+    for tensor in model.graph.initializer:  # raw data, which onnx moves out (typed fields it keeps inline)
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
+    if damage == "missing":
+        (tmp_path / "m.data").unlink()
+    else:
+        (tmp_path / "m.data").write_bytes((tmp_path / "m.data").read_bytes()[:5])
+    text = one_line_error(run_cli(command, str(tmp_path / "m.onnx")), codes=(2,))
+    assert text.startswith(expected.format(onnx=tmp_path / "m.onnx", folder=tmp_path)) and "\n" not in text, text
 
 
 def _damaged_model_file(case: str, tmp_path) -> bytes:

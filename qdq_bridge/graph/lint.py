@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import external_data_helper
 
-from ..errors import BridgeError, readable_file
+from ..errors import BridgeError, first_line, readable_file
 from .passes import OUTPUT_CHANNEL_AXIS, QDQ_OPS, REDUCE_OPS, reduce_axes
 
 # Ops TensorRT computes in int8 when fed by DQ, and ops it moves Q/DQ across or fuses into its neighbours.
@@ -195,15 +196,33 @@ def lint_model(model: onnx.ModelProto) -> list[Violation]:
 
 
 def lint_file(path: str | Path) -> list[Violation]:
+    return lint_model(read_onnx(path))
+
+
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """An ONNX file with its external data, or a BridgeError naming what is wrong with it (a missing external-data
+    file, which onnx reports as a ValidationError about a tensor, named as the file it is)."""
     path = readable_file(path, "ONNX file")
     if path.stat().st_size == 0:
         raise BridgeError(f"ONNX file '{path}' is empty (0 bytes)", "pass an .onnx model file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others for corrupt files
         raise BridgeError(f"'{path}' is not a readable ONNX file ({type(exc).__name__})",
                           "pass an .onnx model file") from None
-    return lint_model(model)
+    for tensor in model.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if not (path.parent / location).is_file():
+                raise BridgeError(f"'{path}' keeps tensor '{tensor.name}' in '{location}', which is not beside it",
+                                  f"put '{location}' in '{path.parent}' (ONNX reads external data from the model's "
+                                  "folder)")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # a short or unreadable data file
+        raise BridgeError(f"the external data of '{path}' cannot be read ({first_line(exc)})",
+                          "save the model and its data again (onnx.save with save_as_external_data)") from None
+    return model
 
 
 def error_violations(violations: list[Violation]) -> list[Violation]:
