@@ -268,12 +268,12 @@ def _build_settings(args: argparse.Namespace) -> BuildSettings:
 def _build(args: argparse.Namespace) -> int:
     """The build command: the engine and its layer report, or TensorRT's reason in one line (exit status 1)."""
     source = readable_file(args.onnx, "ONNX file")
-    read_onnx(source)  # an unreadable file, or external data that is missing, named before TensorRT starts
     engine = Path(args.engine_file or source.with_suffix(".engine"))
     log = args.trt_log
     if log is not None and not log.parent.is_dir():
         raise BridgeError(f"--trt-log {log}: folder '{log.parent}' does not exist",
                           "create it, or pass a file in an existing folder")
+    read_onnx(source)  # an unreadable file, or external data that is missing, named before TensorRT starts
     new_log = log is not None and not log.exists()
     worker = TensorRTWorker(args.trt_python, args.trt_timeout)
     settings = dataclasses.replace(_build_settings(args), verbose_log=log is not None)

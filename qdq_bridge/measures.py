@@ -187,6 +187,7 @@ class RunningOutput:
         self.lost = self.gained = 0  # labelled samples (images) the candidate does worse and better on
         self.labelled = [0, 0, 0]  # reference right, candidate right, units labelled
         self.confusion: list[np.ndarray] = []  # dense: reference's and candidate's (label x prediction) counts
+        self.disagreeing: list[np.ndarray] = []  # per batch: each sample's units that do not agree (a spread test's)
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, rows: int) -> None:
         """Adds one batch (`labels` are judged where the spec says the output takes them)."""
@@ -204,6 +205,7 @@ class RunningOutput:
             self._generic(ref, cand)
             return
         agrees, ties, ref_class, cand_class = argmax_agreement(ref, cand, self.spec.class_axis)
+        self.disagreeing.append((~agrees).reshape(rows, -1).sum(1))
         self.agreeing += int(agrees.sum())
         self.units += agrees.size
         self.ties += int(ties.sum())
@@ -237,7 +239,9 @@ class RunningOutput:
             score = np.where(np.abs(a - b).max(1, initial=0.0) <= self.spec.step * (1 + STEP_TOLERANCE), 1.0, score)
         self.cosine_sum += float(cosine.sum())
         self.cosine_min = min(self.cosine_min, float(cosine.min(initial=math.inf)))
-        self.agreeing += int((score >= self.min_cosine - 1e-12).sum())
+        agrees = score >= self.min_cosine - 1e-12
+        self.disagreeing.append((~agrees).astype(np.int64))
+        self.agreeing += int(agrees.sum())
         self.units += len(score)
 
     def _labelled(self, ref_class: np.ndarray, cand_class: np.ndarray, labels: np.ndarray) -> None:
@@ -280,6 +284,27 @@ class RunningOutput:
         if self.confusion:
             measures.update(reference_miou=_mean_iou(self.confusion[0]), candidate_miou=_mean_iou(self.confusion[1]))
         return measures
+
+
+    def per_sample_disagreements(self) -> np.ndarray:
+        """Each sample's count of units (the sample, or its positions) that do not agree, in the order added."""
+        return np.concatenate(self.disagreeing) if self.disagreeing else np.zeros(0, np.int64)
+
+
+def spread_test(candidate: RunningOutput, peer: RunningOutput, peer_name: str) -> dict | None:
+    """How much further a candidate is from the reference than the reference's peer backend (PyTorch's second
+    quantized backend) on the same samples: the samples where the candidate disagrees on more units than the peer
+    (`worse`) and on fewer (`better`), and the one-sided sign test's p of `worse` or more under no difference.
+    None where either could not be measured on every sample."""
+    from scipy.stats import binomtest
+
+    ours, theirs = candidate.per_sample_disagreements(), peer.per_sample_disagreements()
+    if candidate.problem or peer.problem or not len(ours) or len(ours) != len(theirs):
+        return None
+    worse, better = int((ours > theirs).sum()), int((ours < theirs).sum())
+    p_value = float(binomtest(worse, worse + better, 0.5, alternative="greater").pvalue) if worse + better else 1.0
+    return {"peer": peer_name, "peer_agreement": peer.agreeing / peer.units, "worse": worse, "better": better,
+            "p_value": p_value}
 
 
 def _grown(old: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -268,13 +268,19 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
     """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
     TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.backend), "onnxruntime": onnxruntime_runner(model)}
+    pairs, spread = BACKEND_PAIRS, None
+    if reference.peer is not None:  # PyTorch's second backend on every sample: how far PyTorch spreads by itself
+        peer, module = reference.peer
+        spread = ("pytorch", f"pytorch:{peer}")
+        backends[spread[1]] = torch_runner(module, peer)
+        pairs = (*pairs, spread)
     runs, broken = [], set()
     with contextlib.ExitStack() as sessions:
         runners = {backend: _engine_runner(sessions, worker, scratch / name, options.batch_size)
                    for backend, name in tensorrt.get("backends", {}).items()}
         for data in checks:
             engines = {backend: run for backend, run in runners.items() if backend not in broken}
-            run = stream_parity(data, options.batch_size, backends, BACKEND_PAIRS, engines, options.progress, judging)
+            run = stream_parity(data, options.batch_size, backends, pairs, engines, options.progress, judging, spread)
             for backend, message in run.failed.items():
                 tensorrt.setdefault("failed", {"step": f"run of {tensorrt['backends'][backend]}", "message": message})
             broken |= run.failed.keys()
@@ -422,6 +428,8 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
     judged = [c for c in int8 if c.reference_accuracy is not None] or int8
     failed = [f for c in judged for f in c.failures(options.min_agreement, options.max_accuracy_gap_points,
                                                    options.significance, options.min_position_agreement)]
+    notes += [n for c in judged for n in c.spread_notes(options.min_agreement, options.significance,
+                                                        options.min_position_agreement)]
     compared = min((c.samples for c in judged), default=0)
     if compared < MIN_VERDICT_SAMPLES:
         failed.append(f"only {compared} samples were compared; a verdict needs at least {MIN_VERDICT_SAMPLES} "

@@ -25,7 +25,7 @@ class ParityRow(TypedDict, total=False):
     """One reference/candidate pair on one dataset: verify.Comparison.as_dict, and whether the verdict judged it."""
     dataset: str
     reference: str  # "pytorch", "onnxruntime"
-    candidate: str  # "onnxruntime", "tensorrt", "tensorrt-fp16", "tensorrt-fp32"
+    candidate: str  # "onnxruntime", "tensorrt", "tensorrt-fp16", "tensorrt-fp32", "pytorch:BACKEND" (the spread)
     samples: int
     agreement: float  # of the judged output (`logits`), by its kind's measure (outputs[logits]["measure"])
     max_abs_diff: float | None  # of the judged output; None where it could not be measured
@@ -43,6 +43,7 @@ class ParityRow(TypedDict, total=False):
     accuracy_gap_points: float | None
     loss_test: dict | None  # p_value, gap_ci_points, confidence
     accuracy_verdict: str  # labelled rows: why the accuracy passed or failed
+    spread: dict[str, dict]  # output -> against PyTorch's second backend: peer, peer_agreement, worse, better, p_value
     judged: bool
 
 

@@ -18,7 +18,7 @@ from .choices import SIGNIFICANCE
 from .data.arrays import Dataset
 from .errors import BridgeError
 from .graph.runtime import onnxruntime_runner
-from .measures import Judging, OutputMeasures, RunningOutput, agreement_threshold
+from .measures import Judging, OutputMeasures, RunningOutput, agreement_threshold, spread_test
 from .outputs import SINGLE_OUTPUT, Outputs, collect_logits
 
 
@@ -52,6 +52,7 @@ class Comparison:
     missing_outputs: list[str] = field(default_factory=list)  # reference outputs the candidate does not have
     nonfinite: dict[str, int] = field(default_factory=dict)  # backend -> NaN/infinite output values it gave
     accuracy_of: str | None = None  # the labelled output
+    spread: dict[str, dict] = field(default_factory=dict)  # output -> measures.spread_test against PyTorch's peer
 
     @property
     def dense_labels(self) -> bool:
@@ -130,16 +131,46 @@ class Comparison:
                              f"{measures['unmeasurable']}")
                 continue
             needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
-            if measures["agreement"] < needed:  # a lone classifier's output needs no name
-                of = "" if len(self.outputs) == 1 and measures["kind"] == "classification" else \
-                    f" of output {name} ({measures['kind']})"
-                found.append(f"{pair}: {measures['measure']} agreement{of} {measures['agreement'] * 100:.2f}% < "
-                             f"{needed * 100:.2f}%")
+            if measures["agreement"] < needed and not self._within_spread(name, needed, significance):
+                found.append(f"{pair}: {self._shortfall(name, needed)}")
         if self.reference_accuracy is not None:
             lost, why = self.accuracy_verdict(max_accuracy_gap_points, significance)
             if lost:
                 found.append(f"{pair}: {why}")
         return found
+
+    def spread_notes(self, min_agreement: float, significance: float = SIGNIFICANCE,
+                     min_position_agreement: float | None = None) -> list[str]:
+        """For each output whose agreement misses its threshold and is excused by PyTorch's own spread
+        (`_within_spread`), the line that says so, with both figures and the test."""
+        notes = []
+        for name, measures in self.outputs.items():
+            needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
+            if "agreement" in measures and measures["agreement"] < needed and \
+                    self._within_spread(name, needed, significance):
+                spread = self.spread[name]
+                notes.append(
+                    f"{self.reference} vs {self.candidate} on {self.dataset}: {self._shortfall(name, needed)}, and "
+                    f"PyTorch's {spread['peer'].partition(':')[2]} backend agrees with its "
+                    f"{self.reference} reference on {spread['peer_agreement'] * 100:.2f}%: within PyTorch's own "
+                    f"spread ({spread['worse']} samples further from the reference than {spread['peer']}, "
+                    f"{spread['better']} nearer; sign test p = {spread['p_value']:.3g} >= {significance:g}), passed")
+        return notes
+
+    def _within_spread(self, name: str, needed: float, significance: float) -> bool:
+        """An agreement below `needed` is excused where PyTorch's second backend, on the same samples, is below it
+        too (the threshold is beyond what PyTorch's kernels agree on), and the candidate is no further from the
+        reference than that backend by a one-sided sign test over the samples where they differ (p >= significance).
+        Where the peer meets the threshold, nothing is excused: a test that cannot tell the two apart on few
+        samples is no evidence of parity. An accuracy loss is judged apart and never excused."""
+        spread = self.spread.get(name)
+        return bool(spread) and spread["peer_agreement"] < needed and spread["p_value"] >= significance
+
+    def _shortfall(self, name: str, needed: float) -> str:
+        measures = self.outputs[name]  # a lone classifier's output needs no name
+        of = "" if len(self.outputs) == 1 and measures["kind"] == "classification" else \
+            f" of output {name} ({measures['kind']})"
+        return f"{measures['measure']} agreement{of} {measures['agreement'] * 100:.2f}% < {needed * 100:.2f}%"
 
     def as_dict(self, max_accuracy_gap_points: float | None = None, significance: float = SIGNIFICANCE) -> dict:
         """The fields, the gap, the loss test, and (given the threshold) the accuracy verdict's reason."""
@@ -237,11 +268,14 @@ class StreamedParity:
 
 def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndarray], Outputs]],
                   pairs: tuple[tuple[str, str], ...], engines: dict[str, Callable[[np.ndarray], Outputs]] | None
-                  = None, progress: bool = True, judging: Judging | None = None) -> StreamedParity:
+                  = None, progress: bool = True, judging: Judging | None = None,
+                  spread: tuple[str, str] | None = None) -> StreamedParity:
     """Run every backend on the same batches as `source` decodes them and compare `pairs` as running sums (each
     output by its kind, as `judging` says), so no outputs are kept. `engines` (TensorRT engines, each in its worker
     process's session) run on every batch too; one that raises a BridgeError is dropped from then on and reported in
-    `failed`, with its comparisons."""
+    `failed`, with its comparisons. `spread`: (reference, peer), a pair of `pairs` that measures how far the
+    reference's own kind of backend spreads (PyTorch's second quantized backend): every other pair of that reference
+    gets a `measures.spread_test` against it, per output."""
     engines = dict(engines or {})
     ran = [*backends, *engines]
     running = {pair: RunningComparison(source.name, *pair, judging, len(source))
@@ -274,8 +308,16 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
             bar.set_postfix_str(", ".join(f"{name} {samples / s:.0f}/s" for name, s in seconds.items() if s))
     if source.decode_seconds is not None:  # worker seconds: images/s of one decoding process
         seconds = {"decode": source.decode_seconds, **seconds}
-    comparisons = [c.result() for (ref, cand), c in running.items()
-                   if ref not in failed and cand not in failed and c.samples]
+    comparisons = []
+    for (ref, cand), comparison in running.items():
+        if ref in failed or cand in failed or not comparison.samples:
+            continue
+        comparisons.append(comparison.result())
+        peer = running.get(spread) if spread and ref == spread[0] and cand != spread[1] else None
+        if peer is not None and peer.samples == comparison.samples:
+            tests = {name: spread_test(output, peer.running[name], spread[1])
+                     for name, output in comparison.running.items() if name in (peer.running or {})}
+            comparisons[-1].spread = {name: test for name, test in tests.items() if test is not None}
     return StreamedParity(comparisons, samples, seconds, failed)
 
 

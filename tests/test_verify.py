@@ -260,3 +260,61 @@ def test_an_unknown_output_in_task_is_refused_naming_the_outputs():
                                           r"logits\)"):
         compare(np.zeros((2, 3)), np.zeros((2, 3)), Dataset("d", np.zeros((2, 1))), "a", "b",
                 judging=Judging(tasks={"feature": "generic"}))
+
+
+# --- PyTorch's own spread: its second backend beside each candidate ----------------------------------------------
+
+def _spread_run(candidate_rows: range, peer_rows: range, labelled: bool = False, samples: int = 1000):
+    """stream_parity over a decisive classifier's logits (the label's logit 5, the others below 1), where ONNX
+    Runtime (the candidate) and PyTorch's peer backend each put another class on top on their rows: the rows of
+    the two differ, as two backends' rounding differs. Returns the candidate's Comparison."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, samples)
+    logits = rng.uniform(0, 1, (samples, 10)).astype(np.float32)
+    logits[np.arange(samples), labels] = 5
+
+    def moving(rows: range):
+        def run(x):
+            index = x[:, 0].astype(int)
+            out = logits[index].copy()
+            moved = np.isin(index, list(rows))
+            out[moved, (labels[index[moved]] + 1) % 10] = 6
+            return {"logits": out}
+        return run
+    source = Dataset("d", np.arange(samples, dtype=np.float32)[:, None], labels if labelled else None)
+    backends = {"pytorch": lambda x: {"logits": logits[x[:, 0].astype(int)]},
+                "onnxruntime": moving(candidate_rows), "pytorch:onednn": moving(peer_rows)}
+    run = stream_parity(source, 100, backends, (("pytorch", "onnxruntime"), ("pytorch", "pytorch:onednn")),
+                        progress=False, spread=("pytorch", "pytorch:onednn"))
+    return run.comparisons[0]
+
+
+def test_a_candidate_as_far_from_pytorch_as_its_second_backend_passes_with_the_note():
+    """Both move 3 % of the top-1s (97.00 % < 99 %), on different samples: 30 further, 30 nearer, p = 0.55."""
+    comparison = _spread_run(range(0, 30), range(30, 60))
+    assert comparison.agreement == 0.97 and comparison.spread["logits"]["peer_agreement"] == 0.97
+    assert (comparison.spread["logits"]["worse"], comparison.spread["logits"]["better"]) == (30, 30)
+    assert comparison.failures(0.99, 1.0) == []
+    (note,) = comparison.spread_notes(0.99)
+    assert note == ("pytorch vs onnxruntime on d: top-1 agreement 97.00% < 99.00%, and PyTorch's onednn backend "
+                    "agrees with its pytorch reference on 97.00%: within PyTorch's own spread (30 samples further "
+                    "from the reference than pytorch:onednn, 30 nearer; sign test p = 0.551 >= 0.05), passed")
+
+
+@pytest.mark.parametrize("candidate_rows, peer_rows, why", [
+    (range(0, 100), range(100, 130), "further than the peer: 100 samples against 30, p < 1e-9"),
+    (range(0, 30), range(30, 35), "the peer meets the threshold (99.50 %): the threshold holds"),
+])
+def test_a_candidate_further_than_pytorchs_spread_fails(candidate_rows, peer_rows, why):
+    comparison = _spread_run(candidate_rows, peer_rows)
+    (failure,) = comparison.failures(0.99, 1.0)
+    assert failure.startswith("pytorch vs onnxruntime on d: top-1 agreement") and not comparison.spread_notes(0.99)
+
+
+def test_the_spread_never_excuses_a_significant_accuracy_loss():
+    """As the passing case, with labels: the candidate's 30 moves each take a right answer away (30 lost, 0
+    gained): agreement is within PyTorch's spread, the loss of 3 points is not."""
+    comparison = _spread_run(range(0, 30), range(30, 60), labelled=True)
+    (failure,) = comparison.failures(0.99, 1.0)
+    assert failure.startswith("pytorch vs onnxruntime on d: accuracy loss 3.00 points > 1 (pytorch 100.00%, "
+                              "onnxruntime 97.00%; 30 right in pytorch and wrong in onnxruntime, 0 the other way")

@@ -114,13 +114,17 @@ class Reference:
     packed_by: str
     notes: list[str] = field(default_factory=list)
     check: dict = field(default_factory=dict)
+    # PyTorch's second quantized backend, which parity runs beside the candidates to show PyTorch's own spread:
+    # (backend, the module repacked for it), where the cross-check found neither backend deviating
+    peer: tuple[str, nn.Module] | None = None
 
     def run(self, data: Dataset, batch_size: int = 64, logits: str | None = None) -> np.ndarray:
         """The logits output (see runner.run_torch) on `data`."""
         return run_torch(self.module, data, batch_size, self.backend, logits)
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "packed_by": self.packed_by, **self.check}
+        return {"backend": self.backend, "packed_by": self.packed_by, "peer": self.peer[0] if self.peer else None,
+                **self.check}
 
 
 PROBE_BATCH = 8  # the checks run at most this many rows: the example batch of --input-shape may be any size
@@ -218,6 +222,8 @@ def cross_check(reference: Reference, sample: Dataset, emulate: Callable[[np.nda
     elif _deviates(second_d, first_d):
         reference.notes.append(_deviation_note(second, second_d, first, first_d, reference.check, taken=False))
         reference.check["deviating_backend"] = second
+    else:
+        reference.peer = (second, runs[second][0])
     return reference
 
 
