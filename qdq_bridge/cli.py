@@ -244,7 +244,11 @@ def _add_build_options(group) -> None:
     group.add_argument("--batch-range", type=_shape, default=(1, 32, 256), metavar="MIN,OPT,MAX",
                        help="optimization profile for the batch dimension (default: 1,32,256)")
     group.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit (default: 4096)")
-    group.add_argument("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
+    group.add_argument("--timing-cache", metavar="FILE",
+                       help="read and update this TensorRT timing cache (default: one per TensorRT version and GPU in "
+                            "$XDG_CACHE_HOME/qdq_bridge/timing, ~/.cache/qdq_bridge/timing)")
+    group.add_argument("--no-timing-cache", action="store_true",
+                       help="build without a timing cache: every kernel is timed again")
     group.add_argument("--builder-optimization-level", type=int, choices=OPTIMIZATION_LEVELS, metavar="0-5",
                        help="TensorRT's builder optimization level: lower builds sooner and may choose slower "
                             "kernels (default: TensorRT's own, 3)")
@@ -259,10 +263,13 @@ def _add_build_options(group) -> None:
 
 
 def _build_settings(args: argparse.Namespace) -> BuildSettings:
+    if args.timing_cache and args.no_timing_cache:
+        raise BridgeError("--timing-cache and --no-timing-cache contradict each other", "pass one of them")
     batches = _batch_range(args.batch_range)
     return BuildSettings(fp16_fallback=args.float_precision == "fp16", typing=args.typing, min_batch=batches[0],
                          opt_batch=batches[1], max_batch=batches[2], workspace_mib=args.workspace_mib,
-                         timing_cache=args.timing_cache, optimization_level=args.builder_optimization_level)
+                         timing_cache=args.timing_cache, optimization_level=args.builder_optimization_level,
+                         **({"timing_cache_dir": None} if args.no_timing_cache else {}))
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -34,6 +34,12 @@ class TensorRTUnavailable(BridgeError):
     """No usable TensorRT under the chosen interpreter."""
 
 
+def user_timing_cache_dir() -> str:
+    """$XDG_CACHE_HOME/qdq_bridge/timing (~/.cache/qdq_bridge/timing by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "qdq_bridge", "timing")
+
+
 @dataclass
 class BuildSettings:
     precision: str = "int8"  # int8 (explicit Q/DQ) | fp16 | fp32
@@ -45,7 +51,9 @@ class BuildSettings:
     opt_batch: int = 32
     max_batch: int = 256
     workspace_mib: int = 4096
-    timing_cache: str | None = None
+    timing_cache: str | None = None  # a file to read and update; None: one per TensorRT and GPU in timing_cache_dir
+    # the user's cache folder for timing caches (None: no cache), so a second build of a model is faster
+    timing_cache_dir: str | None = field(default_factory=user_timing_cache_dir)
     # TensorRT's builder optimization level (0-5, 8.6+): lower builds sooner and may pick slower kernels;
     # None keeps TensorRT's default (3)
     optimization_level: int | None = None

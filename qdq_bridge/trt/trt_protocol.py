@@ -37,6 +37,7 @@ class BuildResponse(_Timed, total=False):
     optimization_level: int
     features: Dict[str, object]
     calibration: Dict[str, object]  # implicit INT8 only: batches, batch_size, from_cache
+    timing_cache: Optional[Dict[str, object]]  # file, reused (it held timings before this build); None: no cache
 
 
 class BenchmarkResponse(_Timed, total=False):

@@ -56,6 +56,17 @@ class Cuda:
         if status != 0:
             raise RuntimeError(f"{what} failed with CUDA error {status}")
 
+    def device_name(self) -> str:
+        """The GPU's name and compute capability, e.g. "NVIDIA H100 80GB HBM3 sm_90": what a timing cache is
+        valid for, with the TensorRT version."""
+        device, name = ctypes.c_int(), ctypes.create_string_buffer(256)
+        self._check(self.lib.cuCtxGetDevice(ctypes.byref(device)), "cuCtxGetDevice")
+        self._check(self.lib.cuDeviceGetName(name, 256, device), "cuDeviceGetName")
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        for value, attribute in ((major, 75), (minor, 76)):  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR/MINOR
+            self._check(self.lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, device), "cuDeviceGetAttribute")
+        return f"{name.value.decode()} sm_{major.value}{minor.value}"
+
     def alloc(self, nbytes: int) -> int:
         pointer = ctypes.c_uint64()
         self._check(self.lib.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
@@ -254,6 +265,7 @@ def build(request: dict) -> BuildResponse:
     except RouteError as exc:
         return {"error": str(exc)}
     logger = _logger(request.get("verbose_log", False))
+    cache = _user_timing_cache(request, feats["version"])
     builder = trt.Builder(logger)
     network_flags = _network_flags(feats, route["typing"])
     network = builder.create_network(_bits(trt.NetworkDefinitionCreationFlag, network_flags))
@@ -291,11 +303,30 @@ def build(request: dict) -> BuildResponse:
         with open(request["layers"], "w") as f:
             json.dump(_layer_report(engine), f, indent=1)
     response = {"build_seconds": seconds, "engine_bytes": int(serialized.nbytes), "features": feats,
-                "network_flags": network_flags, "optimization_level": config.builder_optimization_level, **route}
+                "network_flags": network_flags, "optimization_level": config.builder_optimization_level,
+                "timing_cache": cache, **route}
     if calibrator is not None:
         response["calibration"] = {"batches": calibrator.batches, "batch_size": calibrator.batch_size,
                                    "from_cache": calibrator.from_cache}
     return response
+
+
+def _user_timing_cache(request: dict, version: str):
+    """Where the build reads and writes its timing cache: the explicit request["timing_cache"], else a file in
+    request["timing_cache_dir"] (the user's cache folder) named by the TensorRT version and the GPU, which a cache
+    is valid for; that file's path is put in the request. {"file", "reused": whether it held timings already};
+    None without a cache, or where the folder cannot be made (a read-only home: the build goes on without)."""
+    folder = request.get("timing_cache_dir")
+    if not request.get("timing_cache") and folder:
+        key = "".join(c if c.isalnum() or c in "._-" else "-" for c in f"trt-{version}-{make_cuda().device_name()}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            return None
+        request["timing_cache"] = os.path.join(folder, f"{key}.cache")
+    if not request.get("timing_cache"):
+        return None
+    return {"file": request["timing_cache"], "reused": os.path.isfile(request["timing_cache"])}
 
 
 def _builder_config(builder, network, feats: dict, flags: list, request: dict):

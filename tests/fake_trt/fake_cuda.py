@@ -30,6 +30,9 @@ class Cuda:
         self.stream = ctypes.c_void_p()  # the default stream, as the worker passes it on
         self.ticks = itertools.count()
 
+    def device_name(self) -> str:
+        return "Fake GPU sm_00"
+
     def alloc(self, nbytes: int) -> int:
         pointer = next(_pointers)
         MEMORY[pointer] = bytearray(max(nbytes, 1))

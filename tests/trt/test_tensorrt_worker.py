@@ -46,6 +46,7 @@ def fake_trt(monkeypatch, tmp_path):
         monkeypatch.setenv("FAKE_TRT_API", api)
         monkeypatch.setenv("FAKE_TRT_RECORD", str(tmp_path / f"calls-{api}.jsonl"))
         monkeypatch.setenv(CUDA_ENV, "fake_cuda:Cuda")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the stand-in's timing caches stay here
         return Fake(tmp_path / f"calls-{api}.jsonl")
     return use
 
@@ -543,6 +544,27 @@ def test_build_command_writes_the_engine_and_its_layer_report(fake_trt, tmp_path
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m.engine").exists() and json.loads((tmp_path / "m.layers.json").read_text())["Layers"]
     assert f"{tmp_path / 'm.engine'}: 4 layers, 2 conv/GEMM (0 not INT8), 0 standalone Add" in result.stdout
+
+
+def test_builds_share_a_timing_cache_per_tensorrt_and_gpu_in_the_users_cache_folder(fake_trt, tmp_path):
+    """By default (no option), so a user's second conversion reuses the first's kernel timings; a cache is valid
+    for one TensorRT version on one GPU model, which name the file."""
+    fake = fake_trt()
+    onnx_file = tiny_onnx(tmp_path / "m.onnx")
+    first, second = (fake.worker.build(onnx_file, tmp_path / f"{name}.engine", BuildSettings()) for name in "ab")
+    cache = tmp_path / "cache" / "qdq_bridge" / "timing" / f"trt-{first['features']['version']}-Fake-GPU-sm_00.cache"
+    assert first["timing_cache"] == {"file": str(cache), "reused": False} and cache.read_bytes()
+    assert second["timing_cache"] == {"file": str(cache), "reused": True}
+    off = fake.worker.build(onnx_file, tmp_path / "c.engine", BuildSettings(timing_cache_dir=None))
+    assert off["timing_cache"] is None
+
+
+def test_timing_cache_options_that_contradict_are_refused(fake_trt, tmp_path):
+    fake_trt()
+    result = run_cli("build", str(tiny_onnx(tmp_path / "m.onnx")), "--timing-cache", str(tmp_path / "t.cache"),
+                     "--no-timing-cache")
+    assert result.returncode == 2 and result.stderr == \
+        "error: --timing-cache and --no-timing-cache contradict each other: pass one of them\n"
 
 
 def test_build_command_fails_with_tensorrts_reason_in_one_line_and_writes_nothing(fake_trt, monkeypatch, tmp_path):
