@@ -44,6 +44,10 @@ class Grid:
     zero_point: int = 128
 
 
+# eager mode's fixed qparams of Sigmoid and Hardsigmoid outputs: quint8 at scale 1/256, zero-point 0 ([0, 255/256])
+FIXED_GRID = Grid(1 / 256, 0)
+
+
 def _grid(scale: float | Grid) -> Grid:
     return scale if isinstance(scale, Grid) else Grid(float(scale))
 
@@ -237,8 +241,8 @@ class _Ops(_Builder):
 
     def activation(self, where: str, kind: str, x: Value, scale: float | Grid | None, alpha: float = 0.0) -> Value:
         """Hardswish/ELU/LeakyReLU (requantized at `scale`), ReLU/ReLU6 (on the input's grid), Sigmoid/Hardsigmoid
-        (float: eager mode gives them fixed uint8 qparams that int8 cannot hold, as float_fixed_range_outputs
-        leaves the torch exporter's graph)."""
+        (on eager mode's fixed uint8 grid, scale 1/256 and zero-point 0, as the torch exporter writes them; the pass
+        fixed_range_outputs_on_pytorch_grid puts that grid in float ops, which int8 cannot hold)."""
         if kind == "Hardswish":  # opset 13 has no HardSwish: x * HardSigmoid(x) with PyTorch's 1/6 and 1/2
             out = self.node(where, "Mul", [x.name, self.node(where, "HardSigmoid", [x.name], alpha=1 / 6, beta=0.5)])
         elif kind == "ELU":
@@ -250,9 +254,9 @@ class _Ops(_Builder):
         elif kind == "ReLU6":
             return self.clip(where, x, 0.0, 6.0)
         elif kind == "Hardsigmoid":
-            return Value(self.node(where, "HardSigmoid", [x.name], alpha=1 / 6, beta=0.5))
+            return self.quantized(where, self.node(where, "HardSigmoid", [x.name], alpha=1 / 6, beta=0.5), FIXED_GRID)
         elif kind == "Sigmoid":
-            return Value(self.node(where, "Sigmoid", [x.name]))
+            return self.quantized(where, self.node(where, "Sigmoid", [x.name]), FIXED_GRID)
         else:
             raise BridgeError(f"activation {kind} at '{_module_name(where)}' has no structural ONNX translation",
                               UNSUPPORTED_FIX)

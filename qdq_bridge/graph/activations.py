@@ -22,8 +22,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from .passes import (below_int8, constant_values, export_like, full_range_error, in_module, module_path, scale_of,
-                     zero_point)
+from .passes import (below_int8, constant_values, export_like, full_range_error, in_module, is_fixed_range_quantizer,
+                     module_path, scale_of, zero_point)
 
 INT8_MAX = 127
 # A reduce_range calibration puts an activation's largest value at 127 - z steps, so values past +127 steps are
@@ -60,8 +60,9 @@ class AffineActivation:
 
 
 def _activation_qs(graph: gs.Graph) -> list[gs.Node]:
+    """The qconfig's activation quantizers (not Sigmoid/Hardsigmoid's fixed grid, which a pass keeps in float)."""
     return [n for n in graph.nodes if n.op == "QuantizeLinear" and constant_values(n.inputs[0]) is None
-            and len(n.inputs) > 2 and constant_values(n.inputs[2]) is not None]
+            and len(n.inputs) > 2 and constant_values(n.inputs[2]) is not None and not is_fixed_range_quantizer(n)]
 
 
 def scheme_counts(model: onnx.ModelProto) -> dict[str, int]:

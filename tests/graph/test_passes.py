@@ -138,19 +138,19 @@ def test_drop_activation_clamps_keeps_a_models_own_max(bound):
     assert ops(after) == ops(before) == ["Max", "QuantizeLinear", "DequantizeLinear"]
 
 
-def test_float_fixed_range_outputs_drops_sigmoid_qdq():
-    x = gs.Variable("input", np.float32, (1, 4))
+def test_fixed_range_outputs_stay_on_pytorchs_grid_in_float_ops():
+    x = gs.Variable("input", np.float32, (1, 9))
     nodes: list = []
     s = gs.Variable("sig", np.float32)
     nodes.append(gs.Node("HardSigmoid", "hs", {"alpha": 1 / 6, "beta": 0.5}, [x], [s]))
     out = q_dq(nodes, s, "hs_out", scale=1 / 256, zp=0)
-    y = gs.Variable("output", np.float32, (1, 4))
+    y = gs.Variable("output", np.float32, (1, 9))
     nodes.append(gs.Node("Mul", "mul", inputs=[out, x], outputs=[y]))
-    before, after = apply_twice(passes.float_fixed_range_outputs, gs.Graph(nodes, [x], [y], opset=13))
-    assert "QuantizeLinear" in ops(before) and "QuantizeLinear" not in ops(after)
-    x_in = np.linspace(-4, 4, 4, dtype=np.float32)[None]
-    # uint8 at scale 1/256 saturates at 255/256, so values differ by at most one step (1/256) times |x| = 4
-    np.testing.assert_allclose(run(before, x_in), run(after, x_in), atol=4 / 256 + 1e-6)
+    before, after = apply_twice(passes.fixed_range_outputs_on_pytorch_grid, gs.Graph(nodes, [x], [y], opset=13))
+    assert "QuantizeLinear" in ops(before) and "QuantizeLinear" not in ops(after) and "Round" in ops(after)
+    # every value of the grid and the half-way points between (rounded to even), and 1.0, which uint8 saturates
+    x_in = (np.array([-4, -3, 0, 3 / 256 * 6 - 3, 6.5 / 256 * 6 - 3, 7.5 / 256 * 6 - 3, 1, 2.99, 4]) - 0)[None]
+    np.testing.assert_array_equal(run(before, x_in.astype(np.float32)), run(after, x_in.astype(np.float32)))
 
 
 def test_quantize_weight_constants_stores_int8_weights():
