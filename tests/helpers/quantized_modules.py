@@ -1,6 +1,6 @@
 """Small models built from the rest of eager mode's quantized module set (BatchNorm, Hardswish, ELU, LeakyReLU,
 ConvTranspose, AvgPool, QFunctional mul/cat/add, Linear+ReLU, Conv1d, Conv3d; clamps, scalar ops, pixel shuffles,
-permute), for the exporters' tests."""
+permute; MobileNetV3's squeeze-excite), for the exporters' tests."""
 import numpy as np
 import torch
 from torch import nn
@@ -73,8 +73,29 @@ class ModulesClampAndMove(nn.Module):
         pass
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-excite as torchvision's quantizable model has it: adaptive average pool, two 1x1
+    convolutions, a Hardsigmoid gate (eager mode's fixed 1/256 grid) and a QFunctional mul; then Hardswish."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.conv0, self.pool = nn.Conv2d(3, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1)
+        self.squeeze, self.squeeze_relu, self.expand = nn.Conv2d(16, 8, 1), nn.ReLU(), nn.Conv2d(8, 16, 1)
+        self.gate, self.scale, self.hardswish = nn.Hardsigmoid(), FloatFunctional(), nn.Hardswish()
+        self.conv1 = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):  # N x 3 x 8 x 8
+        x = self.conv0(self.quant(x))
+        gate = self.gate(self.expand(self.squeeze_relu(self.squeeze(self.pool(x)))))
+        return self.dequant(self.conv1(self.hardswish(self.scale.mul(gate, x))))
+
+    def fuse_model(self):
+        torch.ao.quantization.fuse_modules(self, [["squeeze", "squeeze_relu"]], inplace=True)
+
+
 MODELS = {"modules2d": (Modules2d, (1, 3, 16, 16)), "modules1d3d": (Modules1d3d, (1, 2, 4, 6, 6)),
-          "clamp_and_move": (ModulesClampAndMove, (1, 3, 8, 8))}
+          "clamp_and_move": (ModulesClampAndMove, (1, 3, 8, 8)), "squeeze_excite": (SqueezeExcite, (1, 3, 8, 8))}
 
 
 def quantized(name: str) -> tuple[nn.Module, tuple[int, ...]]:
