@@ -30,6 +30,7 @@ QCONFIGS = ("tensorrt", "x86", "fbgemm", "qnnpack", "torchvision")
 ENGINE_MODES = ("auto", "off", "require")  # when to build the TensorRT engine
 TYPINGS = ("auto", "strong", "weak")  # how the engine's precisions are set (trt.engine.BuildSettings.typing)
 FLOAT_PRECISIONS = ("fp16", "fp32")  # float compute outside the Q/DQ pairs in engines
+ENGINE_INPUTS = ("float", "uint8-nchw", "uint8-nhwc")  # the INT8 engine's input: preprocessed floats or 8-bit pixels
 OPTIMIZATION_LEVELS = range(6)  # TensorRT's builder optimization levels (8.6+)
 
 SIGNIFICANCE = 0.05  # an accuracy loss fails only where a one-sided exact McNemar test finds it at this level

@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .choices import (BACKEND_ORDER, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES, OPTIMIZATION_LEVELS,
-                      PLACEMENTS, PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
+from .choices import (BACKEND_ORDER, ENGINE_INPUTS, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
+                      OPTIMIZATION_LEVELS, PLACEMENTS, PRESETS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted, readable_file
 from .graph.lint import error_violations, lint_file, read_onnx, to_json
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--engine", choices=ENGINE_MODES, default="auto",
                      help="auto: build the INT8 engine when TensorRT is found (default); require: fail without it")
     _add_build_options(trt)
+    trt.add_argument("--engine-input", choices=ENGINE_INPUTS, default="float",
+                     help="what the INT8 engine takes: float (the preprocessed input, default), or 8-bit pixels "
+                          "(uint8-nchw, uint8-nhwc as decoders give them) with the preprocessing inside the engine")
     trt.add_argument("--compare-precisions", default="", metavar="LIST",
                      help="also build engines of the float twin for comparison: fp16, fp32 or fp16,fp32")
 
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             min_position_agreement=args.min_position_agreement, min_cosine=args.min_cosine,
             ignore_index=args.ignore_index,
             engine=args.engine, trt_python=args.trt_python,
-            trt_timeout_s=args.trt_timeout, float_precision=args.float_precision,
+            trt_timeout_s=args.trt_timeout, float_precision=args.float_precision, engine_input=args.engine_input,
             compare_precisions=_precisions(args.compare_precisions),
             trt=_build_settings(args))
         readable_file(args.model, "model file")  # a path that is no readable file: refused before torch loads

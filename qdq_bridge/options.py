@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .choices import (BACKEND_ORDER, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS, OBSERVER_NAMES,
-                      OPTIMIZATION_LEVELS, OUTPUT_KINDS, PLACEMENTS, QCONFIGS, SIGNIFICANCE, TYPINGS, default_workers)
+from .choices import (BACKEND_ORDER, DEFAULT_OPSET, ENGINE_INPUTS, ENGINE_MODES, EXPORTERS, FLOAT_PRECISIONS,
+                      OBSERVER_NAMES, OPTIMIZATION_LEVELS, OUTPUT_KINDS, PLACEMENTS, QCONFIGS, SIGNIFICANCE, TYPINGS,
+                      default_workers)
 from .data.preprocessing import Preprocessing
 from .errors import BridgeError
 from .trt.engine import BuildSettings
@@ -62,6 +63,9 @@ class ConvertOptions:
     # the float compute outside Q/DQ in engines: fp16 from a mixed-precision copy of the ONNX (the way strongly
     # typed TensorRT takes it; ONNX Runtime's parity keeps the float32 file), or fp32
     float_precision: str = "fp16"
+    # what the INT8 engine takes: float (the model's preprocessed input) or 8-bit pixels with the preprocessing
+    # inside (graph.image_input): uint8-nchw | uint8-nhwc
+    engine_input: str = "float"
 
     def __post_init__(self):
         """Every number in range, so that no verdict rests on a nonsensical option (a negative batch compared
@@ -102,6 +106,9 @@ class ConvertOptions:
         if self.input_shape is not None:
             for size in self.input_shape:
                 bounded("--input-shape", size, 1, whole=True)
+        if self.engine == "off" and self.engine_input != "float":
+            raise BridgeError(f"--engine-input {self.engine_input} is what an engine takes, and --engine off builds "
+                              "none", "drop one of them")
         if self.trt.optimization_level is not None:
             bounded("--builder-optimization-level", self.trt.optimization_level, OPTIMIZATION_LEVELS.start,
                     OPTIMIZATION_LEVELS.stop - 1, whole=True)
@@ -109,7 +116,7 @@ class ConvertOptions:
                 ("--placement", self.placement, PLACEMENTS), ("--exporter", self.exporter, EXPORTERS),
                 ("--observer", self.observer, OBSERVER_NAMES), ("--qconfig", self.qconfig, QCONFIGS),
                 ("--engine", self.engine, ENGINE_MODES), ("--float-precision", self.float_precision, FLOAT_PRECISIONS),
-                ("--typing", self.trt.typing, TYPINGS)):
+                ("--typing", self.trt.typing, TYPINGS), ("--engine-input", self.engine_input, ENGINE_INPUTS)):
             if value not in allowed:
                 raise BridgeError(f"{option} {value!r} is not one of {', '.join(map(str, allowed))}",
                                   f"pass {option} with one of them")

@@ -30,6 +30,7 @@ from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted, readable_file
 from .export.exporter import INPUT_NAME, export_onnx, exported_by, resolve_input_shape, stamped
 from .graph.activations import affine_activations, refuse_full_range, requantize, scheme_counts
+from .graph.image_input import PixelInput
 from .graph.activations import as_report as activations_report
 from .graph.activations import notes as activation_notes
 from .graph.lint import Violation, error_violations, lint_model
@@ -264,9 +265,11 @@ def _check_output_names(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) 
 
 
 def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: TensorRTWorker, scratch: Path,
-                   tensorrt: TensorRTStageResult, options: ConvertOptions, judging: Judging) -> list[StreamedParity]:
+                   tensorrt: TensorRTStageResult, options: ConvertOptions, judging: Judging,
+                   pixel_input: PixelInput | None) -> list[StreamedParity]:
     """One pass over each dataset: PyTorch, ONNX Runtime and each engine on every batch, each engine in one
-    TensorRT session for every dataset. An engine whose run fails is recorded as the TensorRT stage's failure."""
+    TensorRT session for every dataset (the INT8 engine on the batch's pixels where it takes 8-bit images). An
+    engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.backend), "onnxruntime": onnxruntime_runner(model)}
     pairs, spread = BACKEND_PAIRS, None
     if reference.peer is not None:  # PyTorch's second backend on every sample: how far PyTorch spreads by itself
@@ -276,7 +279,8 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
         pairs = (*pairs, spread)
     runs, broken = [], set()
     with contextlib.ExitStack() as sessions:
-        runners = {backend: _engine_runner(sessions, worker, scratch / name, options.batch_size)
+        runners = {backend: _engine_runner(sessions, worker, scratch / name, options.batch_size,
+                                           pixel_input if backend == "tensorrt" else None)
                    for backend, name in tensorrt.get("backends", {}).items()}
         for data in checks:
             engines = {backend: run for backend, run in runners.items() if backend not in broken}
@@ -288,15 +292,17 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
     return runs
 
 
-def _engine_runner(sessions: contextlib.ExitStack, worker: TensorRTWorker, engine: Path, batch_size: int):
+def _engine_runner(sessions: contextlib.ExitStack, worker: TensorRTWorker, engine: Path, batch_size: int,
+                   pixel_input: PixelInput | None = None):
     """The engine's outputs on a batch, through a session opened on first use (so a session that cannot start
-    fails that engine's run, as any run failure does) and closed with `sessions`."""
+    fails that engine's run, as any run failure does) and closed with `sessions`; an engine of 8-bit pixels gets
+    the batch's pixels."""
     opened: list[TensorRTSession] = []
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         if not opened:
             opened.append(sessions.enter_context(TensorRTSession(engine, batch_size, worker)))
-        return opened[0].run(x)
+        return opened[0].run(pixel_input.pixels(x) if pixel_input else x)
     return run
 
 
@@ -412,15 +418,20 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
                         lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False,
                                                   logits=logits),
                         output_step(exported, logits), options.torch_backends, logits)
-    if options.random_inputs:
-        checks.append(datasets.random_inputs(input_shape, options.random_inputs))
+    # an engine of 8-bit pixels: the parity data's preprocessing goes inside it (arrays: pixels / 255 alone)
+    pixel_input = PixelInput.of(options.engine_input, checks[0].resolved() if checks and
+                                checks[0].decode_seconds is not None else None)
+    if options.random_inputs:  # random images where the engine takes pixels: the engine sees what parity judges
+        checks.append(datasets.Dataset(f"random images x{options.random_inputs}", pixel_input.random_images(
+            input_shape, options.random_inputs)) if pixel_input else
+            datasets.random_inputs(input_shape, options.random_inputs))
         heads.append(checks[-1])
     notes = [*loaded.notes, *reference.notes, *activation_notes(affine, reach.name, options.placement), *label_notes]
     with timer("tensorrt"):
         worker = TensorRTWorker(options.trt_python, options.trt_timeout_s)
-        tensorrt = tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes)
+        tensorrt = tensorrt_stage(worker, model, scratch, onnx_name, sample, options, notes, pixel_input)
     with timer("verify"):
-        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options, judging)
+        streamed = _stream_parity(checks, reference, model, worker, scratch, tensorrt, options, judging, pixel_input)
     parity = [c for run in streamed for c in run.comparisons]
     # The verdict is taken on labelled data where there is some: on random inputs a model made for other data
     # gives near-tied logits, whose top-1 flips on a single rounding step; they are then shown, not judged.

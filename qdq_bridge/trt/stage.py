@@ -11,6 +11,7 @@ import onnx
 from ..data.arrays import Dataset
 from ..errors import BridgeError
 from ..export.exporter import float_twin
+from ..graph.image_input import PixelInput
 from ..graph.precision import mixed_precision
 from .engine import TensorRTUnavailable, TensorRTWorker, build_engine
 from .trt_protocol import BuildResponse, ProbeResponse
@@ -29,7 +30,8 @@ class TensorRTStageResult(TypedDict, total=False):
     probe: ProbeResponse
     files: list[str]  # every file it wrote into the output folder
     backends: dict[str, str]  # "tensorrt", "tensorrt-fp16", "tensorrt-fp32" -> engine file, for parity to run
-    engine_onnx: str  # the ONNX the INT8 engine was built from (the Q/DQ ONNX, or its FP16 copy)
+    engine_onnx: str  # the ONNX the INT8 engine computes (the Q/DQ ONNX, or its FP16 copy), on float inputs
+    engine_input: dict  # where the engine takes 8-bit pixels: dtype, layout, mean, std, and the ONNX it was built from
     mixed_precision: dict[str, dict]  # per ONNX file, what precision.mixed_precision kept float32
     build: BuildResponse
     engine: str
@@ -41,11 +43,13 @@ class TensorRTStageResult(TypedDict, total=False):
 
 
 def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path, onnx_name: str,
-                   sample: Dataset, options: ConvertOptions, notes: list[str]) -> TensorRTStageResult:
+                   sample: Dataset, options: ConvertOptions, notes: list[str],
+                   pixel_input: PixelInput | None = None) -> TensorRTStageResult:
     """Build the INT8 engine (and float comparison engines) for the parity pass to run (result["backends"]:
-    backend -> engine file); {} when TensorRT is not found and not required. A failure after the probe is
-    recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU stages'
-    results stand."""
+    backend -> engine file); {} when TensorRT is not found and not required. `pixel_input`: the INT8 engine takes
+    8-bit pixels, its ONNX the engine ONNX with the preprocessing in front (graph.image_input). A failure after the
+    probe is recorded under "failed" (the step and TensorRT's message) with whatever was made before it: the CPU
+    stages' results stand."""
     if options.engine == "off":
         return {}
     try:
@@ -67,8 +71,14 @@ def tensorrt_stage(worker: TensorRTWorker, model: onnx.ModelProto, scratch: Path
     try:
         result["engine_onnx"] = _engine_onnx(model, onnx_name, scratch, sample,
                                              options.float_precision if strong else "fp32", result)
+        built_from = result["engine_onnx"]
+        if pixel_input is not None:
+            built_from = built_from.replace(".onnx", f".{options.engine_input}.onnx")
+            onnx.save(pixel_input.model(onnx.load(str(scratch / result["engine_onnx"]))), str(scratch / built_from))
+            result["files"].append(built_from)
+            result["engine_input"] = {**pixel_input.as_dict(), "onnx": built_from}
         step = f"build of {engine_name}"
-        built = build_engine(scratch / result["engine_onnx"], scratch / engine_name, options.trt, worker)
+        built = build_engine(scratch / built_from, scratch / engine_name, options.trt, worker)
         result["build"], result["engine"], result["layer_summary"] = built.build, engine_name, built.layer_summary
         result["files"] += [engine_name] + ([built.layers_file.name] if built.layers_file else [])
         result["backends"]["tensorrt"] = engine_name

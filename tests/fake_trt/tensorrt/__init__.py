@@ -54,8 +54,9 @@ LayerInformationFormat = _enum("LayerInformationFormat")
 TensorIOMode = _enum("TensorIOMode")
 DataType = _enum("DataType")
 
-_NUMPY = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32}
-_ONNX_TYPES = {1: DataType.FLOAT, 10: DataType.HALF}  # onnx.TensorProto.FLOAT, FLOAT16
+_NUMPY = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
+          DataType.UINT8: np.uint8}
+_ONNX_TYPES = {1: DataType.FLOAT, 10: DataType.HALF, 2: DataType.UINT8}  # onnx.TensorProto.FLOAT, FLOAT16, UINT8
 
 
 def nptype(trt_type):
