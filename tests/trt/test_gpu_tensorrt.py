@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qdq_bridge import ConvertOptions, convert, save_torchscript
+from qdq_bridge.data.preprocessing import Preprocessing
 from qdq_bridge.data.sources import digits_split
 from qdq_bridge.pytorch.models import DigitsResNet
 from qdq_bridge.report import parity_lines
@@ -17,6 +18,7 @@ from qdq_bridge.testing import zoo
 from qdq_bridge.trt.engine import BuildSettings, TensorRTUnavailable, TensorRTWorker
 
 from helpers import quantize_with, symmetric_qconfig
+from helpers.datasets import write_image_folder
 
 pytestmark = pytest.mark.gpu
 
@@ -198,3 +200,19 @@ def test_divergence_locator_runs_when_forced(tensorrt, options, locator_models, 
     assert not any("divergence locator failed" in note for note in report["notes"])
     assert {p.name for p in (tmp_path / "o").iterdir()} >= {f"{name}.qdq.onnx", "report.json", "report.md",
                                                              f"{name}.int8.engine"}
+
+
+@pytest.mark.parametrize("layout", ["uint8-nhwc", "uint8-nchw"])
+def test_an_engine_of_8_bit_pixels_matches_pytorch(tensorrt, options, example_dir, tmp_path, layout):
+    """--engine-input: TensorRT builds the pixel ONNX with UINT8 input and agrees with PyTorch on the digits as
+    PNGs, as the float engine does."""
+    test = digits_split()[1]
+    write_image_folder(tmp_path / "images", np.rint(test.x[:, 0] * 255).astype(np.uint8), test.y)
+    result = convert(example_dir / "resnet_q.pt", tmp_path / "o", options(
+        dataset=f"imagefolder:{tmp_path / 'images'}", engine_input=layout,
+        preprocess=Preprocessing(color="gray")))
+    report = result.report
+    print_summary(f"resnet_q {layout}", report)
+    assert report["tensorrt"]["engine_input"]["layout"] == layout.partition("-")[2].upper()
+    row = rows(report)[("imagefolder:images", "pytorch", "tensorrt")]
+    assert report["ok"] and row["agreement"] >= 0.995 and row["lost"] <= 1, report["failed"]
