@@ -352,8 +352,8 @@ def test_keep_float_names_what_it_cannot_do(example_dir, tmp_path, model, extra,
     (["--trt-timeout", "-5"], "error: --trt-timeout -5.0 is not a number above 0"),
     (["--input-shape", "1,32,32"], "error: input shape (1, 32, 32) does not fit the model (ValueError: Input shape "
                                    "must be `(N, C, H, W)`!): pass the right --input-shape N,C,H,W"),
-    (["--input-shape", "1024,3,32,32"], "error: input shape (1024, 3, 32, 32) does not fit the model (RuntimeError: "
-                                        "Input channel size of weight and bias must match.)"),
+    (["--input-shape", "1024,3,32,32"], "error: input shape (1024, 3, 32, 32) has 3 channels, and the model's first "
+                                        "convolution takes 1-channel inputs: pass --input-shape N,1,H,W"),
     (["--no-such-option"], "error: unrecognized arguments: --no-such-option: see 'python -m qdq_bridge --help'"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
 def test_options_out_of_range_are_refused_on_parse(tmp_path, example_dir, args, expected):

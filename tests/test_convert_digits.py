@@ -110,7 +110,7 @@ def test_pickled_module_needs_trust_flag(example_dir, tmp_path):
 
 def test_library_api_and_assert_parity(example_dir, tmp_path):
     result = convert(example_dir / "resnet_q.pt", tmp_path / "api", ConvertOptions(random_inputs=0))
-    assert result.ok and [c.dataset for c in result.parity] == ["digits-test"]
+    assert result.ok and {c.dataset for c in result.parity} == {"digits-test"}  # ONNX Runtime, PyTorch's peer
     module = load_model(example_dir / "resnet_q.pt").module
     comparison = assert_parity(module, result.onnx_path, digits_split()[1])
     assert comparison.agreement >= 0.995 and comparison.max_abs_diff < 1.0

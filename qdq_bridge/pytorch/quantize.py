@@ -316,12 +316,15 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
     return model
 
 
-def first_conv_channels(model: nn.Module) -> int | None:
+def first_conv_channels(model: nn.Module, rank: int) -> int | None:
     """The input channels of the model's first convolution (in module order; eager, fused, quantized and TorchScript
-    modules all carry `in_channels`), for naming a channel mismatch where torch's error speaks of weights and
-    groups. Only used once torch has refused an input, so a first convolution that runs later misleads nothing."""
-    return next((m.in_channels for _, m in model.named_modules() if isinstance(getattr(m, "in_channels", None), int)),
-                None)
+    modules all carry `in_channels` and `kernel_size`) where it takes inputs of `rank` dimensions, for naming a
+    channel mismatch where torch's error speaks of weights and groups. Only used once torch has refused an input,
+    so a first convolution that runs later misleads nothing."""
+    first = next((m for _, m in model.named_modules() if isinstance(getattr(m, "in_channels", None), int)), None)
+    kernel = getattr(first, "kernel_size", None)
+    takes = 2 + len(kernel) if isinstance(kernel, (tuple, list)) else None
+    return first.in_channels if first is not None and takes == rank else None
 
 
 def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None = None, progress: bool = True) -> None:
@@ -332,8 +335,8 @@ def calibrate(model: nn.Module, batches: Iterable[np.ndarray], total: int | None
             try:
                 model(torch.as_tensor(batch))
             except RuntimeError as exc:
-                channels = first_conv_channels(model)
-                if channels is not None and batch.ndim > 1 and batch.shape[1] != channels:
+                channels = first_conv_channels(model, batch.ndim)
+                if channels is not None and batch.shape[1] != channels:
                     color = f" (images: --color {'gray' if channels == 1 else 'rgb'})" if channels in (1, 3) else ""
                     raise BridgeError(f"the calibration data has {batch.shape[1]}-channel samples, and the model's "
                                       f"first convolution takes {channels}-channel inputs",

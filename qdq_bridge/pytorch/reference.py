@@ -166,8 +166,8 @@ def runnable_reference(module: nn.Module, packed_by: str, input_shape: tuple[int
             return Reference(candidate, backend, packed_by, notes=[
                 f"PyTorch's {packed_by} backend cannot run this model ({failures[packed_by]}): the reference runs "
                 f"on {backend}, the weights repacked for it"])
-    channels = first_conv_channels(module)
-    if channels is not None and len(input_shape) > 1 and input_shape[1] != channels:
+    channels = first_conv_channels(module, len(input_shape))
+    if channels is not None and input_shape[1] != channels:
         raise BridgeError(f"input shape {input_shape} has {input_shape[1]} channels, and the model's first "
                           f"convolution takes {channels}-channel inputs", f"pass --input-shape N,{channels},H,W")
     raise BridgeError(f"input shape {input_shape} does not fit the model ({failures[packed_by]})",

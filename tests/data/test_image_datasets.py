@@ -53,7 +53,7 @@ def test_cifar10_folder_gives_the_npz_numbers(example_dir, digit_images, tmp_pat
         assert result.returncode == 0, result.stderr
         rows[name] = parity_rows(json.loads((tmp_path / name / "report.json").read_text()))
     assert rows["cifar"] == rows["npz"]
-    (row,) = rows["cifar"]
+    (row,) = [r for r in rows["cifar"] if r["candidate"] == "onnxruntime"]  # beside PyTorch's peer backend
     assert row["samples"] == 200 and row["agreement"] == 1.0 and row["reference_accuracy"] >= 0.95
 
 
