@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "spelling, deprecated): the first packs and runs the "
                            "model, the next cross-checks it and takes over where the first deviates from the "
                            f"model's integer semantics (default: {','.join(BACKEND_ORDER)}; one name: no cross-check)")
+    conv.add_argument("--no-spread", action="store_true",
+                      help="do not run PyTorch's second backend over the data (it shows PyTorch's own spread beside "
+                           "each candidate and can excuse an agreement shortfall within it; it costs a second PyTorch "
+                           "pass): every threshold then holds as given")
     conv.add_argument("--dataset", metavar="DATA", help="labelled data for parity and accuracy: 'digits', an .npz "
                                                         "with arrays x, y, imagefolder:PATH, cifar10:ROOT or "
                                                         "mnist:ROOT (default: from the file's metadata)")
@@ -392,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ConvertOptions(
             input_shape=args.input_shape, arch=args.arch, trust_pickle=args.trust_pickle, calibrate=args.calibrate,
             observer=args.observer, qconfig=args.qconfig, requantize_activations=args.requantize_activations,
-            keep_float=args.keep_float, torch_backends=args.torch_backends,
+            keep_float=args.keep_float, torch_backends=args.torch_backends, spread=not args.no_spread,
             dataset=args.dataset, random_inputs=args.random_inputs,
             preprocess=Preprocessing(args.preprocess, args.resize, args.center_crop, args.mean, args.std, args.color),
             limit=args.limit, calibration_samples=args.calibration_samples, seed=args.seed, workers=args.workers,

@@ -29,6 +29,7 @@ class ConvertOptions:
     requantize_activations: bool = False
     keep_float: tuple[str, ...] = ()  # submodules PTQ leaves float (quantize.keep_float_modules)
     torch_backends: tuple[str, ...] = BACKEND_ORDER  # PyTorch reference backends, by preference (choices.BACKEND_ORDER)
+    spread: bool = True  # run PyTorch's second backend over the data too (verify's spread test); costs a PyTorch pass
     dataset: str | None = None  # labelled dataset for parity; defaults to the model file's metadata
     # how image datasets become inputs; unset fields come from the model file's metadata (parity data only)
     preprocess: Preprocessing = field(default_factory=Preprocessing)

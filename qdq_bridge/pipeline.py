@@ -272,7 +272,7 @@ def _stream_parity(checks: list, reference, model: onnx.ModelProto, worker: Tens
     engine whose run fails is recorded as the TensorRT stage's failure."""
     backends = {"pytorch": torch_runner(reference.module, reference.backend), "onnxruntime": onnxruntime_runner(model)}
     pairs, spread = BACKEND_PAIRS, None
-    if reference.peer is not None:  # PyTorch's second backend on every sample: how far PyTorch spreads by itself
+    if reference.peer is not None and options.spread:  # PyTorch's second backend on every sample: its own spread
         peer, module = reference.peer
         spread = ("pytorch", f"pytorch:{peer}")
         backends[spread[1]] = torch_runner(module, peer)

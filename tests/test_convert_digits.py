@@ -147,3 +147,18 @@ def test_outputs_replace_an_existing_folder_atomically(example_dir, tmp_path):
     assert run_cli("convert", str(example_dir / "resnet_q.pt"), "-o", str(out)).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "report.json", "report.md", "resnet_q.qdq.onnx"]
     shutil.rmtree(out)
+
+
+def test_pytorchs_second_backend_runs_beside_the_candidates_unless_asked_not_to(example_dir, tmp_path):
+    """By default the cross-check's second backend runs over the data (its row is shown, not judged); --no-spread
+    leaves it out, and every threshold then holds as given."""
+    candidates = {}
+    for name, extra in (("default", []), ("off", ["--no-spread"])):
+        result = run_cli("convert", str(example_dir / "resnet_q.pt"), "--random-inputs", "0", "--engine", "off",
+                         "-o", str(tmp_path / name), *extra)
+        assert result.returncode == 0, result.stderr
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        candidates[name] = [(r["candidate"], r["judged"]) for r in report["parity"]]
+        assert report["pytorch_reference"]["peer"] == "onednn"  # the cross-check found it either way
+    assert candidates == {"default": [("onnxruntime", True), ("pytorch:onednn", False)],
+                          "off": [("onnxruntime", True)]}

@@ -38,7 +38,6 @@ def digits_qdq(example_dir, tmp_path_factory) -> onnx.ModelProto:
     return onnx.load(str(out / "resnet_q.qdq.onnx"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("mean, std", [(None, None), MNIST], ids=["x/255", "mnist normalization"])
 def test_the_pixel_engine_onnx_computes_what_the_float_route_computes(digits_qdq, example_dir, layout, mean, std):
@@ -67,7 +66,6 @@ def test_an_engine_input_without_an_engine_is_refused():
         ConvertOptions(engine="off", engine_input="uint8-nhwc")
 
 
-@pytest.mark.slow
 def test_convert_builds_the_engine_of_pixels_and_feeds_it_the_images(example_dir, tmp_path, monkeypatch):
     """Through the CLI with the stand-in TensorRT, on a folder of PNGs: the engine is built from the pixel ONNX
     (uint8 N x H x W x C), each batch reaches it as the images' pixels, and the report says what it takes."""
