@@ -285,7 +285,6 @@ class RunningOutput:
             measures.update(reference_miou=_mean_iou(self.confusion[0]), candidate_miou=_mean_iou(self.confusion[1]))
         return measures
 
-
     def per_sample_disagreements(self) -> np.ndarray:
         """Each sample's count of units (the sample, or its positions) that do not agree, in the order added."""
         return np.concatenate(self.disagreeing) if self.disagreeing else np.zeros(0, np.int64)

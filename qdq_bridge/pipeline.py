@@ -30,9 +30,9 @@ from .data.preprocessing import Preprocessing
 from .errors import BridgeError, Interrupted, readable_file
 from .export.exporter import INPUT_NAME, export_onnx, exported_by, resolve_input_shape, stamped
 from .graph.activations import affine_activations, refuse_full_range, requantize, scheme_counts
-from .graph.image_input import PixelInput
 from .graph.activations import as_report as activations_report
 from .graph.activations import notes as activation_notes
+from .graph.image_input import PixelInput
 from .graph.lint import Violation, error_violations, lint_model
 from .graph.passes import run_passes
 from .graph.runtime import onnxruntime_runner

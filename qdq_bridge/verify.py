@@ -130,9 +130,9 @@ class Comparison:
                 found.append(f"{pair}: output {name} ({measures['kind']}) cannot be measured: "
                              f"{measures['unmeasurable']}")
                 continue
-            needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
-            if measures["agreement"] < needed and not self._within_spread(name, needed, significance):
-                found.append(f"{pair}: {self._shortfall(name, needed)}")
+            shortfall = self._agreement_shortfall(name, min_agreement, significance, min_position_agreement)
+            if shortfall and not shortfall[1]:
+                found.append(f"{pair}: {self._shortfall(name, shortfall[0])}")
         if self.reference_accuracy is not None:
             lost, why = self.accuracy_verdict(max_accuracy_gap_points, significance)
             if lost:
@@ -144,11 +144,10 @@ class Comparison:
         """For each output whose agreement misses its threshold and is excused by PyTorch's own spread
         (`_within_spread`), the line that says so, with both figures and the test."""
         notes = []
-        for name, measures in self.outputs.items():
-            needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
-            if "agreement" in measures and measures["agreement"] < needed and \
-                    self._within_spread(name, needed, significance):
-                spread = self.spread[name]
+        for name in self.outputs:
+            shortfall = self._agreement_shortfall(name, min_agreement, significance, min_position_agreement)
+            if shortfall and shortfall[1]:
+                needed, spread = shortfall[0], self.spread[name]
                 notes.append(
                     f"{self.reference} vs {self.candidate} on {self.dataset}: {self._shortfall(name, needed)}, and "
                     f"PyTorch's {spread['peer'].partition(':')[2]} backend agrees with its "
@@ -156,6 +155,16 @@ class Comparison:
                     f"spread ({spread['worse']} samples further from the reference than {spread['peer']}, "
                     f"{spread['better']} nearer; sign test p = {spread['p_value']:.3g} >= {significance:g}), passed")
         return notes
+
+    def _agreement_shortfall(self, name: str, min_agreement: float, significance: float,
+                             min_position_agreement: float | None) -> tuple[float, bool] | None:
+        """(the agreement output `name` needed, whether PyTorch's spread excuses it) where its measured agreement
+        is below its kind's threshold; None otherwise."""
+        measures = self.outputs[name]
+        needed = agreement_threshold(measures["kind"], min_agreement, min_position_agreement)
+        if "agreement" not in measures or measures["agreement"] >= needed:
+            return None
+        return needed, self._within_spread(name, needed, significance)
 
     def _within_spread(self, name: str, needed: float, significance: float) -> bool:
         """An agreement below `needed` is excused where PyTorch's second backend, on the same samples, is below it
@@ -316,7 +325,7 @@ def stream_parity(source, batch_size: int, backends: dict[str, Callable[[np.ndar
         peer = running.get(spread) if spread and ref == spread[0] and cand != spread[1] else None
         if peer is not None and peer.samples == comparison.samples:
             tests = {name: spread_test(output, peer.running[name], spread[1])
-                     for name, output in comparison.running.items() if name in (peer.running or {})}
+                     for name, output in comparison.running.items() if name in peer.running}
             comparisons[-1].spread = {name: test for name, test in tests.items() if test is not None}
     return StreamedParity(comparisons, samples, seconds, failed)
 
