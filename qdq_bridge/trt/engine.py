@@ -6,6 +6,7 @@ TensorRT error becomes a `BridgeError` that carries the end of the worker's log.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -16,13 +17,14 @@ import sys
 import tempfile
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BridgeError
-from .trt_protocol import COUNT, BenchmarkResponse, BuildResponse, ProbeResponse
+from .trt_protocol import BATCH, COUNT, BenchmarkResponse, BuildResponse, ProbeResponse
 
 WORKER = Path(__file__).with_name("trt_worker.py")
 PYTHON_ENV = "QDQ_BRIDGE_TRT_PYTHON"
@@ -187,24 +189,47 @@ def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, wo
     return BuiltEngine(build, layers_path, summarize_layers(json.loads(layers_path.read_text())))
 
 
+# a batch larger than this is copied into its slot by several threads (numpy lets go of the GIL while it copies):
+# one thread's memcpy, ~10 GB/s, is slower than the GPU takes uint8 images in
+PARALLEL_COPY_BYTES = 4 << 20
+COPY_THREADS = min(8, os.cpu_count() or 1)
+_copy_pool: list[ThreadPoolExecutor] = []  # made at the first large copy, kept for the process
+
+
+def _copy_rows(target: np.ndarray, source: np.ndarray) -> None:
+    """target[:len(source)] = source (converted to target's type), over COPY_THREADS threads where it is large."""
+    rows = len(source)
+    if source.nbytes < PARALLEL_COPY_BYTES or COPY_THREADS == 1 or rows < COPY_THREADS:
+        target[:rows] = source
+        return
+    if not _copy_pool:
+        _copy_pool.append(ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="qdq-copy"))
+    bounds = np.linspace(0, rows, COPY_THREADS + 1).astype(int)
+    parts = [(slice(low, high), source[low:high]) for low, high in zip(bounds[:-1], bounds[1:])]
+    list(_copy_pool[0].map(lambda part: target.__setitem__(*part), parts))
+
+
 # where the session's shared files go: memory-backed where the system has it
 SHARED_FOLDER = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class TensorRTSession:
     """An engine kept loaded in one worker process for as many batches as the caller has: its execution context
-    and device buffers for `batch_size` samples are made once, and each batch crosses through files both
-    processes map (page-locked in the worker where the driver allows), with a few bytes on a pipe to say "run".
-    Larger inputs run in chunks of `batch_size`. A crash or hang becomes a BridgeError, and the worker ends
-    with the session (`close`, the `with` block, or garbage collection)."""
+    and device buffers for `batch_size` samples are made once, in `slots` buffer sets (2: one batch's copies
+    overlap another's compute), and each batch crosses through files both processes map (page-locked in the
+    worker where the driver allows), with a few bytes on a pipe to say "run". Larger inputs run in chunks of
+    `batch_size`, the next chunk filled and on its way while the GPU computes the last; full chunks replay a CUDA
+    graph unless `cuda_graphs` is False. A crash or hang becomes a BridgeError, and the worker ends with the
+    session (`close`, the `with` block, or garbage collection)."""
 
-    def __init__(self, engine_path: str | Path, batch_size: int = 64, worker: TensorRTWorker | None = None):
+    def __init__(self, engine_path: str | Path, batch_size: int = 64, worker: TensorRTWorker | None = None,
+                 slots: int = 2, cuda_graphs: bool = True):
         self.worker = worker or TensorRTWorker()
-        self._running = _Process(self.worker.python, "--serve", COUNT.pack(0))  # a count of 0 ends the session
+        self._running = _Process(self.worker.python, "--serve", BATCH.pack(0, 0))  # a count of 0 ends the session
         self._process = self._running.process
         self._folder = tempfile.TemporaryDirectory(prefix="qdq-trt-session-", dir=SHARED_FOLDER)
         request = {"engine": str(Path(engine_path).resolve()), "batch_size": int(batch_size),
-                   "folder": self._folder.name}
+                   "folder": self._folder.name, "slots": int(slots), "cuda_graphs": bool(cuda_graphs)}
         self._send((json.dumps(request) + "\n").encode(), "start")
         answer = json.loads(self._receive_line("start"))
         if "error" in answer:
@@ -213,31 +238,47 @@ class TensorRTSession:
             raise (TensorRTUnavailable if unavailable else BridgeError)(
                 f"TensorRT session on {Path(engine_path).name} could not start: {answer['error']}",
                 ENABLE_HINT if unavailable else "rebuild the engine with this TensorRT on this GPU")
-        self.batch_size, self.pinned = answer["batch_size"], answer["pinned"]
-        self._tensors = {t["name"]: np.memmap(Path(self._folder.name) / t["file"], np.dtype(t["dtype"]), "r+",
-                                              shape=tuple(t["shape"])) for t in answer["tensors"]}
-        self.input_name = next(t["name"] for t in answer["tensors"] if t["input"])
-        self.output_names = [t["name"] for t in answer["tensors"] if not t["input"]]
+        self.batch_size, self.pinned, self.input_name = answer["batch_size"], answer["pinned"], answer["input"]
+        self._slots = [{t["name"]: np.memmap(Path(self._folder.name) / t["file"], np.dtype(t["dtype"]), "r+",
+                                             shape=tuple(t["shape"])) for t in tensors} for tensors in answer["slots"]]
+        self.input_dtype = self._slots[0][self.input_name].dtype
+        self.output_names = [name for name in self._slots[0] if name != self.input_name]
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the engine on `inputs` (float32, by name, in the engine's order), in batches of at
-        most `batch_size`."""
-        if len(inputs) <= self.batch_size:
-            return self.run_batch(inputs)
-        batches = [self.run_batch(inputs[start:start + self.batch_size])
-                   for start in range(0, len(inputs), self.batch_size)]
-        return {name: np.concatenate([outputs[name] for outputs in batches]) for name in self.output_names}
+        most `batch_size`, as many in flight as the session has slots."""
+        outputs = {name: np.empty((len(inputs), *self._slots[0][name].shape[1:]), np.float32)
+                   for name in self.output_names}
+        in_flight: collections.deque = collections.deque()  # (slot, first row, rows) in the order sent
+        failure = None
+        for number, start in enumerate(range(0, len(inputs), self.batch_size)):
+            if len(in_flight) == len(self._slots):
+                failure = self._collect(*in_flight.popleft(), outputs) or failure
+            slot, rows = number % len(self._slots), min(self.batch_size, len(inputs) - start)
+            _copy_rows(self._slots[slot][self.input_name], inputs[start:start + rows])
+            self._send(BATCH.pack(slot, rows), "run")
+            in_flight.append((slot, start, rows))
+        while in_flight:
+            failure = self._collect(*in_flight.popleft(), outputs) or failure
+        if failure:
+            raise BridgeError(f"TensorRT session run failed: {failure}", "see the TensorRT log; check the GPU")
+        return outputs
 
     def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One batch of at most `batch_size` samples: copied into the input file, run, outputs copied out."""
-        count = len(batch)
-        self._tensors[self.input_name][:count] = batch  # converted to the engine's input type (fp16 or float32)
-        self._send(COUNT.pack(count), "run")
+        """One batch of at most `batch_size` samples."""
+        if len(batch) > self.batch_size:
+            raise BridgeError(f"a batch of {len(batch)} is larger than the session's {self.batch_size}",
+                              "use run(), which splits it")
+        return self.run(batch)
+
+    def _collect(self, slot: int, start: int, rows: int, outputs: dict[str, np.ndarray]) -> str | None:
+        """Waits for a batch's answer and copies its outputs out of its slot; the worker's error message, if any."""
         status = COUNT.unpack(self._receive(COUNT.size, "run"))[0]
         if status:
-            message = self._receive(status, "run").decode(errors="replace")
-            raise BridgeError(f"TensorRT session run failed: {message}", "see the TensorRT log; check the GPU")
-        return {name: np.array(self._tensors[name][:count], np.float32) for name in self.output_names}
+            return self._receive(status, "run").decode(errors="replace")
+        for name in self.output_names:
+            outputs[name][start:start + rows] = self._slots[slot][name][:rows]
+        return None
 
     def close(self) -> None:
         self._running.end()

@@ -12,7 +12,9 @@ from typing import Dict, List, Optional, TypedDict
 
 # "module:Class" of a stand-in for the worker's CUDA driver wrapper (the CPU tests' fake, beside their tensorrt)
 CUDA_ENV = "QDQ_BRIDGE_TRT_CUDA"
-# a session's pipe: a batch's sample count (0 ends the session); the reply: 0, or the length of an error message
+# a session's pipe: a batch's slot (buffer set) and sample count (a count of 0 ends the session); each batch's reply,
+# in turn: a COUNT of 0, or the length of an error message and the message
+BATCH = struct.Struct("<II")
 COUNT = struct.Struct("<I")
 
 

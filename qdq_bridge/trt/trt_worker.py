@@ -22,12 +22,14 @@ import ctypes
 import importlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import traceback
 
 import numpy as np
-from trt_protocol import COUNT, CUDA_ENV, BenchmarkResponse, BuildResponse, ProbeResponse  # the file beside this one
+from trt_protocol import BATCH, COUNT, CUDA_ENV, BenchmarkResponse, BuildResponse, ProbeResponse  # the file beside this one
 
 try:
     import tensorrt as trt
@@ -93,24 +95,44 @@ class Cuda:
     def unpin(self, array: np.ndarray) -> None:
         self.lib.cuMemHostUnregister(array.ctypes.data_as(ctypes.c_void_p))
 
-    def to_device_async(self, pointer: int, array: np.ndarray) -> None:
-        self._check(self.lib.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(pointer), array.ctypes.data_as(ctypes.c_void_p),
-                                                  ctypes.c_size_t(array.nbytes), self.stream), "cuMemcpyHtoDAsync")
+    def new_stream(self) -> ctypes.c_void_p:
+        stream = ctypes.c_void_p()
+        self._check(self.lib.cuStreamCreate(ctypes.byref(stream), 1), "cuStreamCreate")  # 1: CU_STREAM_NON_BLOCKING
+        return stream
 
-    def to_host_async(self, array: np.ndarray, pointer: int) -> None:
+    def to_device_async(self, pointer: int, array: np.ndarray, stream: ctypes.c_void_p | None = None) -> None:
+        self._check(self.lib.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(pointer), array.ctypes.data_as(ctypes.c_void_p),
+                                                  ctypes.c_size_t(array.nbytes), stream or self.stream),
+                    "cuMemcpyHtoDAsync")
+
+    def to_host_async(self, array: np.ndarray, pointer: int, stream: ctypes.c_void_p | None = None) -> None:
         self._check(self.lib.cuMemcpyDtoHAsync_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(pointer),
-                                                  ctypes.c_size_t(array.nbytes), self.stream), "cuMemcpyDtoHAsync")
+                                                  ctypes.c_size_t(array.nbytes), stream or self.stream),
+                    "cuMemcpyDtoHAsync")
 
     def synchronize(self) -> None:
         self._check(self.lib.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
 
-    def event(self) -> ctypes.c_void_p:
+    def event(self, timed: bool = True) -> ctypes.c_void_p:
+        """A CUDA event; `timed=False` for one that only orders streams (cheaper: CU_EVENT_DISABLE_TIMING)."""
         event = ctypes.c_void_p()
-        self._check(self.lib.cuEventCreate(ctypes.byref(event), 0), "cuEventCreate")
+        self._check(self.lib.cuEventCreate(ctypes.byref(event), 0 if timed else 2), "cuEventCreate")
         return event
 
-    def record(self, event: ctypes.c_void_p) -> None:
-        self._check(self.lib.cuEventRecord(event, self.stream), "cuEventRecord")
+    def record(self, event: ctypes.c_void_p, stream: ctypes.c_void_p | None = None) -> None:
+        self._check(self.lib.cuEventRecord(event, stream or self.stream), "cuEventRecord")
+
+    def wait(self, stream: ctypes.c_void_p | None, event: ctypes.c_void_p) -> None:
+        """Work put on `stream` from now on starts after the event's last recording (at once if it has none)."""
+        self._check(self.lib.cuStreamWaitEvent(stream or self.stream, event, 0), "cuStreamWaitEvent")
+
+    def wait_host(self, event: ctypes.c_void_p) -> None:
+        """Blocks this thread (not the process: ctypes releases the GIL) until the event's recording is done."""
+        self._check(self.lib.cuEventSynchronize(event), "cuEventSynchronize")
+
+    def make_current(self) -> None:
+        """Makes this process's context current in the calling thread (each new thread needs it)."""
+        self._check(self.lib.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
 
     def capture(self, enqueue) -> ctypes.c_void_p | None:
         """A CUDA graph of what `enqueue()` puts on the stream, instantiated; None where capture fails."""
@@ -493,62 +515,112 @@ def _batch_range(engine, name: str) -> tuple:
     return lowest[0], highest[0]
 
 
-class Served:
-    """One engine kept ready for batch after batch: its execution context, device buffers for `batch_size`
-    samples and, for each I/O tensor, a file in `folder` mapped here and by the caller (page-locked where the
-    driver allows), so a batch crosses between the processes without a copy of its own."""
+class Slot:
+    """One of a session's buffer sets: for each I/O tensor a file in the session's folder, mapped here and by the
+    caller (page-locked where the driver allows), and a device buffer; the events that order its batch's upload,
+    compute and download; its CUDA graph of a full batch, once captured."""
 
-    def __init__(self, engine, cuda: Cuda, batch_size: int, folder: str):
+    def __init__(self, engine, context, cuda: Cuda, index: int, batch_size: int, folder: str):
+        self.host, self.pointers, self.pinned = {}, {}, []
+        for number, (name, _) in enumerate(_io_tensors(engine)):
+            shape = (batch_size, *tuple(context.get_tensor_shape(name))[1:])
+            # a bare mapping, page-aligned as page-locking wants (an .npy header would shift the data)
+            self.host[name] = np.memmap(os.path.join(folder, f"{index}.{number}.bin"), _dtype(engine, name), "w+",
+                                        shape=shape)
+            self.pointers[name] = cuda.alloc(self.host[name].nbytes)
+            if cuda.pin(self.host[name]):
+                self.pinned.append(name)
+        self.uploaded, self.computed, self.downloaded = (cuda.event(timed=False) for _ in range(3))
+        self.graph, self.capture_tried = None, False
+
+    def describe(self, index: int) -> list:
+        return [{"name": name, "file": f"{index}.{number}.bin", "dtype": array.dtype.str, "shape": list(array.shape)}
+                for number, (name, array) in enumerate(self.host.items())]
+
+    def free(self, cuda: Cuda) -> None:
+        if self.graph is not None:
+            cuda.destroy(self.graph)
+        for name in self.pinned:
+            cuda.unpin(self.host[name])
+        for pointer in self.pointers.values():
+            cuda.free(pointer)
+
+
+class Served:
+    """One engine kept ready for batch after batch, in `slots` buffer sets, so that a batch's copies overlap
+    another's compute: the upload of batch k (its own stream) runs while batch k-1 computes, its outputs come back
+    on a third stream while batch k+1 computes. One execution context runs every slot's batch on the compute
+    stream in turn; a full batch replays the slot's CUDA graph (captured after its first full batch, with its
+    slot's buffers), a partial one is enqueued."""
+
+    def __init__(self, engine, cuda: Cuda, batch_size: int, folder: str, slots: int = 2, cuda_graphs: bool = True):
         self.engine, self.cuda, self.context = engine, cuda, engine.create_execution_context()
         self.input_name = _input_name(engine)
         self.min_batch, highest = _batch_range(engine, self.input_name)
         self.batch_size = max(self.min_batch, min(batch_size, highest))
-        self.names = [n for n, _ in _io_tensors(engine)]
         self.context.set_input_shape(self.input_name,
                                      (self.batch_size, *tuple(engine.get_tensor_shape(self.input_name))[1:]))
-        self.host, self.pointers, self.pinned = {}, {}, []
-        for index, name in enumerate(self.names):
-            shape = (self.batch_size, *tuple(self.context.get_tensor_shape(name))[1:])
-            # a bare mapping, page-aligned as page-locking wants (an .npy header would shift the data)
-            self.host[name] = np.memmap(os.path.join(folder, f"{index}.bin"), _dtype(engine, name), "w+", shape=shape)
-            self.pointers[name] = cuda.alloc(self.host[name].nbytes)
-            self.context.set_tensor_address(name, self.pointers[name])
-            if cuda.pin(self.host[name]):
-                self.pinned.append(name)
-        self.shape_batch = self.batch_size
+        self.shape_batch, self.cuda_graphs = self.batch_size, cuda_graphs
+        self.upload, self.download = cuda.new_stream(), cuda.new_stream()
+        self.slots = [Slot(engine, self.context, cuda, index, self.batch_size, folder) for index in range(slots)]
 
     def describe(self) -> dict:
-        return {"batch_size": self.batch_size, "pinned": self.pinned,
-                "tensors": [{"name": n, "input": n == self.input_name, "file": f"{i}.bin",
-                             "dtype": self.host[n].dtype.str, "shape": list(self.host[n].shape)}
-                            for i, n in enumerate(self.names)]}
+        return {"batch_size": self.batch_size, "input": self.input_name,
+                "pinned": all(len(slot.pinned) == len(slot.host) for slot in self.slots),
+                "slots": [slot.describe(index) for index, slot in enumerate(self.slots)]}
 
-    def run(self, count: int) -> None:
-        """The engine on the first `count` samples of the input file (at least its smallest batch: rows past
-        `count` are whatever the file holds, and their outputs are not read), outputs into the output files."""
+    def enqueue(self, index: int, count: int) -> None:
+        """Puts the engine's run on the first `count` samples of slot `index`'s input file on the GPU (at least
+        its smallest batch: rows past `count` are whatever the file holds, and their outputs are not read), outputs
+        into its output files; `finish(index)` waits for them. The caller refills a slot only after its finish."""
+        slot, cuda = self.slots[index], self.cuda
         rows = max(count, self.min_batch)
-        if rows != self.shape_batch:
-            self.context.set_input_shape(self.input_name, (rows, *self.host[self.input_name].shape[1:]))
-            self.shape_batch = rows
-        self.cuda.to_device_async(self.pointers[self.input_name], self.host[self.input_name][:rows])
-        if not self.context.execute_async_v3(self.cuda.stream.value or 0):
-            raise RuntimeError("TensorRT execution failed")
-        for name in self.names:
+        cuda.wait(self.upload, slot.computed)  # its device input is free once its previous batch has computed
+        cuda.to_device_async(slot.pointers[self.input_name], slot.host[self.input_name][:rows], self.upload)
+        cuda.record(slot.uploaded, self.upload)
+        cuda.wait(None, slot.uploaded)
+        cuda.wait(None, slot.downloaded)  # its device outputs are free once its previous batch's came back
+        self._compute(slot, rows)
+        cuda.record(slot.computed)
+        cuda.wait(self.download, slot.computed)
+        for name, host in slot.host.items():
             if name != self.input_name:
-                self.cuda.to_host_async(self.host[name][:rows], self.pointers[name])
-        self.cuda.synchronize()
+                cuda.to_host_async(host[:rows], slot.pointers[name], self.download)
+        cuda.record(slot.downloaded, self.download)
+
+    def _compute(self, slot: Slot, rows: int) -> None:
+        if rows == self.batch_size and slot.graph is not None:
+            self.cuda.launch(slot.graph)
+            return
+        if rows != self.shape_batch:
+            self.context.set_input_shape(self.input_name, (rows, *slot.host[self.input_name].shape[1:]))
+            self.shape_batch = rows
+        for name, pointer in slot.pointers.items():
+            self.context.set_tensor_address(name, pointer)
+        execute = lambda: self.context.execute_async_v3(self.cuda.stream.value or 0)  # noqa: E731
+        if not execute():
+            raise RuntimeError("TensorRT execution failed")
+        # TensorRT wants one plain run of a shape before a capture; a graph keeps the addresses and shape it saw
+        if rows == self.batch_size and self.cuda_graphs and not slot.capture_tried:
+            slot.capture_tried = True
+            slot.graph = self.cuda.capture(execute)
+
+    def finish(self, index: int) -> None:
+        """Waits until slot `index`'s outputs are in its files."""
+        self.cuda.wait_host(self.slots[index].downloaded)
 
     def close(self) -> None:
-        for name in self.pinned:
-            self.cuda.unpin(self.host[name])
-        for pointer in self.pointers.values():
-            self.cuda.free(pointer)
+        self.cuda.synchronize()
+        for slot in self.slots:
+            slot.free(self.cuda)
 
 
 def serve(requests, replies) -> int:
-    """A session: one JSON line in ({"engine", "batch_size", "folder"}), one JSON line out (`Served.describe`,
-    or {"error"}), then a COUNT per batch, answered by a COUNT of 0 once the outputs are in their files, or by
-    an error message's length and the message."""
+    """A session: one JSON line in ({"engine", "batch_size", "folder", "slots", "cuda_graphs"}), one JSON line
+    out (`Served.describe`, or {"error"}), then a BATCH (slot, count) per batch, each answered in turn by a COUNT
+    of 0 once the outputs are in the slot's files, or by an error message's length and the message; a count of 0
+    or a closed pipe ends it. This thread reads and enqueues while another waits on the GPU and answers, so batch
+    k+1's upload is on its way while batch k computes."""
     request = json.loads(requests.readline())
     served = None
     try:
@@ -557,29 +629,59 @@ def serve(requests, replies) -> int:
             answer = NOT_DESERIALIZED if trt is not None else {"error": f"cannot import tensorrt ({TRT_IMPORT_ERROR})",
                                                                "missing_tensorrt": True}
         else:
-            served = Served(engine, make_cuda(), int(request["batch_size"]), request["folder"])
+            served = Served(engine, make_cuda(), int(request["batch_size"]), request["folder"],
+                            int(request.get("slots", 2)), bool(request.get("cuda_graphs", True)))
             answer = served.describe()
     except Exception as exc:  # TensorRT and CUDA errors: reported with the log, like any other failure
         traceback.print_exc()
         answer = {"error": f"{type(exc).__name__}: {exc}"}
     replies.write((json.dumps(answer) + "\n").encode())
     replies.flush()
-    while served is not None:
-        header = requests.read(COUNT.size)
-        count = COUNT.unpack(header)[0] if len(header) == COUNT.size else 0  # a closed pipe ends it too
+    if served is None:
+        return 0
+    enqueued = queue.Queue()  # (slot, error message or None) per batch, in order; None ends the answering thread
+    answering = threading.Thread(target=_answer, args=(served, enqueued, replies))
+    answering.start()
+    while True:
+        header = _read_exactly(requests, BATCH.size)
+        index, count = BATCH.unpack(header) if len(header) == BATCH.size else (0, 0)
         if count == 0:
             break
         try:
-            served.run(count)
-            replies.write(COUNT.pack(0))
+            served.enqueue(index, count)
+            enqueued.put((index, None))
         except Exception as exc:
             traceback.print_exc()
-            message = f"{type(exc).__name__}: {exc}".encode()
-            replies.write(COUNT.pack(len(message)) + message)
-        replies.flush()
-    if served is not None:
-        served.close()
+            enqueued.put((index, f"{type(exc).__name__}: {exc}"))
+    enqueued.put(None)
+    answering.join()
+    served.close()
     return 0
+
+
+def _answer(served: Served, enqueued: queue.Queue, replies) -> None:
+    served.cuda.make_current()
+    for index, error in iter(enqueued.get, None):
+        if error is None:
+            try:
+                served.finish(index)
+            except Exception as exc:
+                traceback.print_exc()
+                error = f"{type(exc).__name__}: {exc}"
+        message = (error or "").encode()
+        replies.write(COUNT.pack(len(message)) + message)
+        replies.flush()
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    """`size` bytes from an unbuffered pipe, fewer only where it closed."""
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _time(cuda: Cuda, run, runs: int) -> dict:

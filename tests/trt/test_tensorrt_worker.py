@@ -3,8 +3,10 @@ emulates TensorRT 8.6, 10.13 or 11.4 (tests/fake_trt, built from the real bindin
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -273,10 +275,55 @@ def test_a_session_runs_every_batch_in_one_process_and_ends_it(fake_trt, tmp_pat
             x = rng.standard_normal((count, 1, 4, 4)).astype(np.float32)
             np.testing.assert_allclose(session.run(x)["logits"], np.repeat(fake_logits(x)[:, None], 3, axis=1),
                                        rtol=1e-5)
-        assert {p.name for p in folder.iterdir()} >= {"0.bin", "1.bin"}
+        assert {p.name for p in folder.iterdir()} == {"0.0.bin", "0.1.bin", "1.0.bin", "1.1.bin"}  # 2 slots
     assert process.poll() is not None and not folder.exists()
     runs = fake.calls("execute")
     assert [run["batch"] for run in runs] == [1, 8, 3, 8, 8, 3] and len({run["pid"] for run in runs}) == 1
+    # slot 0's first full batch ran plainly and was captured; its next full batch replayed the graph; slot 1's
+    # first full batch (the 19's second) ran plainly
+    assert [run["graph"] for run in runs] == [False, False, False, True, False, False]
+
+
+def test_a_session_keeps_one_batch_in_flight_per_slot_and_replays_each_slots_graph(fake_trt, tmp_path):
+    """Batch k+1 is sent before batch k's answer comes (two slots: two batches in flight), every full batch after
+    a slot's first replays that slot's graph, with that slot's buffers: the outputs are every sample's own."""
+    fake = fake_trt()
+    engine, rng = tiny_engine(fake, tmp_path), np.random.default_rng(1)
+    with TensorRTSession(engine, batch_size=8, worker=fake.worker) as session:
+        pipe = []
+        send, receive = session._send, session._receive
+        session._send = lambda data, step: (pipe.append("send"), send(data, step))[1]
+        session._receive = lambda size, step: (pipe.append("answer"), receive(size, step))[1]
+        x = rng.standard_normal((45, 1, 4, 4)).astype(np.float32)  # 5 full batches and one of 5
+        np.testing.assert_allclose(session.run(x)["logits"], np.repeat(fake_logits(x)[:, None], 3, axis=1),
+                                   rtol=1e-5)
+        assert pipe == ["send", "send"] + ["answer", "send"] * 4 + ["answer", "answer"]
+        assert session.run(x[:0])["logits"].shape == (0, 3)  # nothing to run: no batch is sent
+    runs = fake.calls("execute")
+    assert [(run["batch"], run["graph"]) for run in runs] == [(8, False), (8, False), (8, True), (8, True),
+                                                              (8, True), (5, False)]
+    fake = fake_trt()
+    with TensorRTSession(engine, batch_size=8, worker=fake.worker, cuda_graphs=False) as session:
+        np.testing.assert_allclose(session.run(x)["logits"][:, 0], fake_logits(x), rtol=1e-5)
+    assert not any(run["graph"] for run in fake.calls("execute")[6:])
+
+
+@pytest.mark.slow
+def test_a_session_whose_worker_is_killed_mid_batch_ends_that_call_only(fake_trt, tmp_path):
+    """The worker dies (SIGKILL) while a batch is on it: that run raises one line and removes the session's
+    files; the caller's process goes on, and a new session on the same engine serves."""
+    fake = fake_trt(mode="run-hang")  # the third execution never returns: the batch is on the worker for good
+    engine = tiny_engine(fake, tmp_path)
+    session = TensorRTSession(engine, batch_size=2, worker=fake.worker)
+    x = np.ones((6, 1, 4, 4), np.float32)
+    killer = threading.Timer(1.0, os.kill, (session._process.pid, signal.SIGKILL))
+    killer.start()
+    with pytest.raises(BridgeError, match=r"^TensorRT session crashed with signal 9 at its run \(log: ") as error:
+        session.run(x)
+    killer.join()
+    assert "\n" not in str(error.value) and not Path(session._folder.name).exists()
+    with TensorRTSession(engine, batch_size=2, worker=fake_trt().worker) as again:
+        np.testing.assert_allclose(again.run(x)["logits"][:, 0], fake_logits(x), rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -297,7 +344,7 @@ def test_as_torch_module_keeps_one_session_across_calls(fake_trt, tmp_path):
 @pytest.mark.parametrize("mode, message", [
     ("run-crash", r"TensorRT session crashed with signal 11 at its run \(log: "),
     ("run-hang", r"TensorRT session timed out after 3 s at its run"),
-    ("run-fails", r"TensorRT session run failed: RuntimeError: TensorRT execution failed")])
+    ("run-fails", r"TensorRT session run failed: RuntimeError: cuGraphLaunch failed with CUDA error 719")])
 def test_a_session_whose_worker_crashes_hangs_or_fails_raises_one_line(fake_trt, tmp_path, mode, message):
     """The third run goes wrong: a one-line BridgeError; a crashed or hung worker is gone afterwards."""
     fake = fake_trt(mode=mode)
