@@ -19,6 +19,8 @@
 #                                                      TensorRT's error; ARGS: options of qdq_bridge build, e.g.
 #                                                      --builder-optimization-level 0: the iterations that build take
 #                                                      longest); cut short, it keeps the last failing cut
+#   bash tools/gpu_session.sh serving SECONDS [ARGS]   benchmarks/serving.py (ARGS: its options); its tables and
+#                                                      results.json come back in $OUT
 #   bash tools/gpu_session.sh models DIR SECONDS       convert every DIR/NAME.pt with DIR/NAME.npz, --engine require,
 #                                                      both placements, four at a time; a line each, models.json in $OUT
 #   bash tools/gpu_session.sh variants ROW SECONDS [ARGS] benchmarks/build_variants.py on a matrix row's engine ONNX:
@@ -64,6 +66,11 @@ pt2e)
   timeout "$1" python3 benchmarks/pt2e_vs_eager.py --out benchmarks/out/pt2e_vs_eager --convert-args \
     "--builder-optimization-level 1" 2>&1 | grep -v "Warning\|calibrating\|W1202"
   cp benchmarks/out/pt2e_vs_eager/pt2e_vs_eager.json "$OUT/" 2>/dev/null
+  exit 0 ;;
+serving)
+  timeout "$1" python3 benchmarks/serving.py --out benchmarks/out/serving "${@:2}" 2>&1 |
+    grep -v "Warning\|calibrating\|W1202" | tee "$OUT/serving.txt"
+  cp benchmarks/out/serving/results.json "$OUT/serving.json" 2>/dev/null
   exit 0 ;;
 models)
   # four conversions at a time (each its own TensorRT worker; 16 cores)
