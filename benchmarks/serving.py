@@ -24,6 +24,7 @@ images/s); results.json in --out. Needs a GPU and TensorRT (QDQ_BRIDGE_TRT_PYTHO
 
 Usage: python benchmarks/serving.py [--networks resnet50,resnet18,mobilenet_v2] [--routes uint8,float,trt-int8]
                                     [--images 2048] [--builder-optimization-level N] [--out DIR]
+       python benchmarks/serving.py --report benchmarks/results/.../serving.json
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import argparse
 import copy
 import ctypes
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -131,9 +131,9 @@ class Utilisation:
                 self.samples.append(rates[0])
 
     def _cpu_seconds(self) -> float:
-        own = os.times()
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return own.user + own.system + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """This process's CPU time and the worker's, every thread's, in ns (clock ticks are too coarse at batch 1)."""
+        threads = Path(f"/proc/{self.pid}/task").glob("*/schedstat")
+        return time.process_time() + sum(int(t.read_text().split()[0]) for t in threads) / 1e9
 
     def __enter__(self) -> Utilisation:
         self.thread = threading.Thread(target=self._sample)
@@ -253,7 +253,16 @@ def main() -> None:
     parser.add_argument("--builder-optimization-level", type=int, help="TensorRT's (default: TensorRT's, 3)")
     parser.add_argument("--trt-python", help="interpreter that has tensorrt (default: $QDQ_BRIDGE_TRT_PYTHON)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/serving"))
+    parser.add_argument("--report", type=Path, help="print the tables of this results.json (no GPU)")
     args = parser.parse_args()
+    if args.report:
+        results = json.loads(args.report.read_text())
+        for result in results["networks"].values():  # JSON's keys are strings
+            for row in result["routes"].values():
+                for mode in ("device", "end_to_end"):
+                    row[mode] = {int(batch): value for batch, value in row.get(mode, {}).items()}
+        print_tables(results, results["card"])
+        return
     routes = args.routes.split(",")
     for choice, offered in ((args.networks.split(","), NETWORKS), (routes, ROUTES)):
         unknown = set(choice) - set(offered)
