@@ -20,7 +20,8 @@ While end_to_end runs: the GPU's utilisation (NVML, sampled every 10 ms) and the
 the worker, by their CPU times over the wall time).
 Printed side by side: end_to_end / device of each engine, uint8 / float and uint8 / each peer end to end, and
 ResNet-50's uint8 end to end at 256 against MLPerf Inference v4.0's offline ResNet-50 result per H100 (88,714
-images/s); results.json in --out. Needs a GPU and TensorRT (QDQ_BRIDGE_TRT_PYTHON or --trt-python).
+images/s); results.json in --out (a later run into the same --out, on the same card and builder level, keeps
+the networks it does not run). Needs a GPU and TensorRT (QDQ_BRIDGE_TRT_PYTHON or --trt-python).
 
 Usage: python benchmarks/serving.py [--networks resnet50,resnet18,mobilenet_v2] [--routes uint8,float,trt-int8]
                                     [--images 2048] [--builder-optimization-level N] [--out DIR]
@@ -272,6 +273,11 @@ def main() -> None:
                            text=True).stdout.strip() if shutil.which("nvidia-smi") else "") or "no GPU"
     results = {"card": card, "builder_optimization_level": args.builder_optimization_level, "networks": {}}
     args.out.mkdir(parents=True, exist_ok=True)
+    earlier = args.out / "results.json"
+    if earlier.exists():  # a run split over calls (each under a time limit): the other networks' rows stay
+        kept = json.loads(earlier.read_text())
+        if (kept["card"], kept["builder_optimization_level"]) == (card, args.builder_optimization_level):
+            results["networks"] = {n: r for n, r in kept["networks"].items() if n not in args.networks.split(",")}
 
     def save() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
