@@ -21,6 +21,9 @@
 #                                                      longest); cut short, it keeps the last failing cut
 #   bash tools/gpu_session.sh serving SECONDS [ARGS]   benchmarks/serving.py (ARGS: its options); its tables and
 #                                                      results.json come back in $OUT
+#   bash tools/gpu_session.sh levels SECONDS [ARGS]    benchmarks/builder_levels.py (ARGS: its options, e.g.
+#                                                      --families resnet18,googlenet --levels 1,2,3); tables and
+#                                                      results.json come back in $OUT
 #   bash tools/gpu_session.sh models DIR SECONDS       convert every DIR/NAME.pt with DIR/NAME.npz, --engine require,
 #                                                      both placements, four at a time; a line each, models.json in $OUT
 #   bash tools/gpu_session.sh variants ROW SECONDS [ARGS] benchmarks/build_variants.py on a matrix row's engine ONNX:
@@ -71,6 +74,11 @@ serving)
   timeout "$1" python3 benchmarks/serving.py --out benchmarks/out/serving "${@:2}" 2>&1 |
     grep -v "Warning\|calibrating\|W1202" | tee "$OUT/serving.txt"
   cp benchmarks/out/serving/results.json "$OUT/serving.json" 2>/dev/null
+  exit 0 ;;
+levels)
+  timeout "$1" python3 benchmarks/builder_levels.py --out benchmarks/out/builder_levels "${@:2}" 2>&1 |
+    grep -v "Warning\|calibrating\|W1202" | tee "$OUT/builder_levels.txt"
+  cp benchmarks/out/builder_levels/results.json "$OUT/builder_levels.json" 2>/dev/null
   exit 0 ;;
 models)
   # four conversions at a time (each its own TensorRT worker; 16 cores)
