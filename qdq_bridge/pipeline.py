@@ -34,7 +34,7 @@ from .graph.activations import as_report as activations_report
 from .graph.activations import notes as activation_notes
 from .graph.image_input import PixelInput
 from .graph.lint import Violation, error_violations, lint_model
-from .graph.passes import run_passes
+from .graph.passes import pytorch_emulation, run_passes
 from .graph.runtime import onnxruntime_runner
 from .measures import Judging
 from .options import ConvertOptions
@@ -414,8 +414,9 @@ def _convert(source: Path | torch.export.ExportedProgram, name: str, output_dir:
         _check_labels(checks, heads, outputs, judging, label_notes)
         sample = check_sample(heads, input_shape)
         if program is None:  # a PT2E program runs in float, on no quantized backend: nothing to cross-check
+            emulation = pytorch_emulation(exported)
             cross_check(reference, sample,
-                        lambda x: run_onnxruntime(exported, datasets.Dataset("sample", x), optimize=False,
+                        lambda x: run_onnxruntime(emulation, datasets.Dataset("sample", x), optimize=False,
                                                   logits=logits),
                         output_step(exported, logits), options.torch_backends, logits)
     # an engine of 8-bit pixels: the parity data's preprocessing goes inside it (arrays: pixels / 255 alone)

@@ -158,6 +158,41 @@ def fixed_range_outputs_on_pytorch_grid(graph: gs.Graph) -> gs.Graph:
     return tidy(graph)
 
 
+AVERAGE_POOLS = ("GlobalAveragePool", "AveragePool")
+
+
+def average_pools_on_pytorch_grid(graph: gs.Graph) -> gs.Graph:
+    """Average pools of a quantized tensor computed on its integer steps and rounded half to even, as PyTorch's.
+
+    PyTorch's quantized average pools (avg_pool2d, adaptive_avg_pool2d) average the stored values less the
+    zero-point and round the mean half to even (every backend, on the channels-last tensors its quantized
+    convolutions give; x86, fbgemm and onednn round the stored values' mean on contiguous ones, the same wherever
+    the zero-point is even). The float pool of dequantized values puts a tie on either side by float error, and
+    ties are frequent on small maps: 1 in 4 outputs of a 2 x 2 window, 1 in 18 of a 4 x 4 mean (MobileNetV3's
+    squeeze-excite at 64 pixels, where 3.4 % of the pooled values differed from PyTorch's by one step and moved
+    every later layer). Here the pool reads the integer steps (DQ x / scale, rounded: exact), their mean is exact
+    in float32 at a tie, and Round (half to even) and the scale put it on PyTorch's value, before the same Q/DQ.
+    """
+    for pool in [n for n in graph.nodes if n.op in AVERAGE_POOLS]:
+        dq = producer(pool.inputs[0], "DequantizeLinear")
+        quantizers = list(pool.outputs[0].outputs)
+        if (dq is None or not _per_tensor(dq) or not quantizers or pool.outputs[0] in graph.outputs or
+                not all(c.op == "QuantizeLinear" and _same_quantization(c, dq) for c in quantizers)):
+            continue
+        scale = scale_of(dq)
+        steps = _float_op(graph, "Mul", pool, [pool.inputs[0], gs.Constant(f"{pool.name}_steps",
+                                                                           np.array(1.0 / scale, np.float32))])
+        pool.inputs[0] = _float_op(graph, "Round", pool, [steps])
+        mean = gs.Variable(f"{pool.outputs[0].name}_steps", np.float32)
+        pool.outputs = [mean]
+        rounded = _float_op(graph, "Round", pool, [mean])
+        on_grid = _float_op(graph, "Mul", pool, [rounded, gs.Constant(f"{pool.name}_scale",
+                                                                      np.array(scale, np.float32))])
+        for q in quantizers:
+            q.inputs[0] = on_grid
+    return tidy(graph)
+
+
 def is_fixed_range_quantizer(node: gs.Node) -> bool:
     """A QuantizeLinear of a Sigmoid/HardSigmoid output onto eager mode's fixed uint8 grid (zero-point 0, one
     constant scale): PyTorch's, not the qconfig's, so no affine activation."""
@@ -550,9 +585,10 @@ PASSES: tuple[GraphPass, ...] = tuple(GraphPass(f.__name__, f, f in FAST_ONLY) f
     remove_cast_between_q_dq,
     fold_bias_dequantize,
     fixed_range_outputs_on_pytorch_grid,
+    spatial_mean_as_global_average_pool,
+    average_pools_on_pytorch_grid,
     int8_zero_point,
     quantize_weight_constants,
-    spatial_mean_as_global_average_pool,
     fold_weight_transpose,
     drop_redundant_dq_q,
     drop_activation_clamps,
@@ -583,6 +619,17 @@ def run_passes(model: onnx.ModelProto, disabled: Iterable[str] = (),
             graph = graph_pass.run(graph)
             applied.append(graph_pass.name)
     return export_like(graph, model), applied
+
+
+# the passes that make the graph round where PyTorch's quantized kernels round (the rest map its form for TensorRT)
+PYTORCH_ARITHMETIC = ("spatial_mean_as_global_average_pool", "fixed_range_outputs_on_pytorch_grid",
+                      "average_pools_on_pytorch_grid")
+
+
+def pytorch_emulation(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The exported Q/DQ graph computing what PyTorch's kernels compute, in float (the reference's cross-check runs
+    it on ONNX Runtime): only the PYTORCH_ARITHMETIC passes, so nothing is legalized or moved for TensorRT."""
+    return run_passes(model, [name for name in PASS_NAMES if name not in PYTORCH_ARITHMETIC])[0]
 
 
 def export_like(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:

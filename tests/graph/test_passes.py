@@ -420,3 +420,38 @@ def test_spatial_mean_as_global_average_pool_leaves_other_means():
     before = model(graph.copy(), opset=18)
     after = model(passes.spatial_mean_as_global_average_pool(gs.import_onnx(before)), opset=18)
     assert before.graph == after.graph
+
+
+@pytest.mark.parametrize("zp", [128, 3])
+@pytest.mark.parametrize("pool", ["global", "window"])
+def test_average_pools_round_the_stored_integers_mean_half_to_even_as_pytorch(pool, zp):
+    """A 2 x 2 average (a tie in 1 of 4 outputs) and a 4 x 4 global one, with an even and an odd zero-point: after
+    the pass, ONNX Runtime gives PyTorch's quantized pool (x86, on channels-last input as its convolutions give it)
+    exactly; the float pool before it did not."""
+    torch = pytest.importorskip("torch")
+    scale = 0.05
+    x = gs.Variable("input", np.float32, (64, 8, 4, 4))
+    nodes: list = []
+    dq = q_dq(nodes, x, "in", scale=scale, zp=zp)
+    pooled = gs.Variable("pooled", np.float32)
+    nodes.append(gs.Node("GlobalAveragePool" if pool == "global" else "AveragePool", "/pool/Pool",
+                         {} if pool == "global" else {"kernel_shape": [2, 2], "strides": [2, 2]}, [dq], [pooled]))
+    y = q_dq(nodes, pooled, "out", scale=scale, zp=zp)
+    graph = gs.Graph(nodes, [x], [y], opset=13)
+    graph.outputs[0].shape = None
+    before, after = apply_twice(passes.average_pools_on_pytorch_grid, graph)
+    assert ops(after).count("Round") == 2 and ops(after).count("QuantizeLinear") == 2
+    values = np.random.default_rng(0).integers(0, 256, (64, 8, 4, 4))
+    inputs = ((values - zp) * scale).astype(np.float32)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    try:
+        quantized = torch.quantize_per_tensor(torch.from_numpy(inputs), scale, zp, torch.quint8).contiguous(
+            memory_format=torch.channels_last)
+        pooled = (torch.nn.functional.adaptive_avg_pool2d(quantized, 1) if pool == "global"
+                  else torch.nn.functional.avg_pool2d(quantized, 2))
+    finally:
+        torch.backends.quantized.engine = previous
+    expected = pooled.dequantize().numpy()
+    np.testing.assert_array_equal(run(after, inputs), expected)
+    assert (run(before, inputs) != expected).any()  # the float pool misses PyTorch's ties
