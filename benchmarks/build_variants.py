@@ -8,7 +8,9 @@ Polygraphy's bisection (README, TensorRT) finds a failing cut without knowing th
 another; for Inception v3 it ran past 420 s. This tries the hypotheses at once:
 - variants (rewrites of the whole model): as converted; with fp32 float compute; each Concat that reads another,
   requantized Concat flattened, exactly (the inner inputs each requantized at the inner scale) and not (the inner
-  requantization dropped); the dilations `separate_sibling_convs` gives sibling convolutions reset;
+  requantization dropped); the dilations `separate_sibling_convs` gives sibling convolutions reset; the floors
+  `int8_zero_point` puts before affine activations' Qs (the Max in MobileNetV3's x86-default builder crash)
+  dropped (the fast placement's form), written as Relu(x - c) + c, or moved past their Q/DQ (exact);
 - prefixes: the model up to the end of each block (a Concat whose output reaches no other Concat but through a
   convolution), its requantized output the graph's output: the first prefix that fails names the block.
 Writes OUT/NAME.onnx, OUT/NAME.log (TensorRT's VERBOSE log) and OUT/variants.json; prints a table whose failed rows
@@ -29,7 +31,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qdq_bridge.graph.passes import conv_weight, export_like, requantized, tidy
+from qdq_bridge.graph.passes import (conv_weight, drop_activation_clamps, export_like, is_grid_floor,
+                                     requantized, tidy)
 
 # the log lines that say what TensorRT's optimizer did last before a failure
 FUSION_WORDS = ("Fusing", "Running:", "Eliminating", "Swapping", "Removing", "QDQ", "Merging")
@@ -76,12 +79,50 @@ def sibling_dilations_reset(graph: gs.Graph) -> gs.Graph:
     return graph
 
 
+def _floors(graph: gs.Graph) -> list[gs.Node]:
+    return [n for n in graph.nodes if is_grid_floor(n)]
+
+
+def activation_floors_as_relu(graph: gs.Graph) -> gs.Graph:
+    """Each affine activation's floor Max(x, c) as Relu(x - c) + c (equal to float rounding; another fusion)."""
+    for floor in _floors(graph):
+        x, bound = floor.inputs
+        shifted = graph.layer(op="Sub", name=f"{floor.name}_relu_sub", inputs=[x, bound],
+                              outputs=[gs.Variable(f"{floor.name}_shifted", np.float32)])[0]
+        raised = graph.layer(op="Relu", name=f"{floor.name}_relu", inputs=[shifted],
+                             outputs=[gs.Variable(f"{floor.name}_raised", np.float32)])[0]
+        floor.op, floor.inputs = "Add", [raised, bound]
+    return tidy(graph)
+
+
+def activation_floors_after_dequantize(graph: gs.Graph) -> gs.Graph:
+    """Each floor moved past its Q/DQ and requantized: Q(max(x, c)) = max(Q(x), Q(c)), so DQ(Q(x)) -> Max(c) -> Q
+    -> DQ is exact, and the Max no longer sits between the layer before it and its Q."""
+    for floor in _floors(graph):
+        x, bound = floor.inputs
+        for q in list(floor.outputs[0].outputs):
+            q.inputs[0] = x
+            for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
+                floored_output = dq.outputs[0]  # a graph output keeps its name: the requantized floor writes it
+                dq.outputs = [gs.Variable(f"{dq.name}_unfloored", np.float32)]
+                raised = graph.layer(op="Max", name=f"{dq.name}_floor", inputs=[dq.outputs[0], bound],
+                                     outputs=[gs.Variable(f"{dq.name}_floored", np.float32)])[0]
+                again = graph.layer(op="QuantizeLinear", name=f"{dq.name}_floor_q", inputs=[raised, *q.inputs[1:]],
+                                    outputs=[gs.Variable(f"{dq.name}_floor_q", q.outputs[0].dtype)])[0]
+                graph.layer(op="DequantizeLinear", name=f"{dq.name}_floor_dq", inputs=[again, *dq.inputs[1:]],
+                            outputs=[floored_output])
+    return tidy(graph)
+
+
 VARIANTS: dict[str, tuple[Callable[[gs.Graph], gs.Graph] | None, list[str]]] = {
     "as_converted": (None, []),
     "fp32_float_compute": (None, ["--float-precision", "fp32"]),
     "nested_concats_flattened": (nested_concats_flattened, []),
     "nested_concats_spliced": (nested_concats_spliced, []),
     "sibling_dilations_reset": (sibling_dilations_reset, []),
+    "activation_floors_dropped": (drop_activation_clamps, []),
+    "activation_floors_as_relu": (activation_floors_as_relu, []),
+    "activation_floors_after_dequantize": (activation_floors_after_dequantize, []),
 }
 
 
@@ -113,10 +154,13 @@ def prefix(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
 
 
 def variant_models(model: onnx.ModelProto) -> dict[str, tuple[onnx.ModelProto, list[str]]]:
-    """Every variant and prefix, by name, with the build options of each."""
+    """Every variant and prefix, by name, with the build options of each; a rewrite that finds nothing to change
+    (no nested Concat, no affine floor) is left out rather than built twice."""
     models = {}
     for name, (rewrite, options) in VARIANTS.items():
-        models[name] = (export_like(rewrite(gs.import_onnx(model)), model) if rewrite else model, options)
+        rewritten = export_like(rewrite(gs.import_onnx(model)), model) if rewrite else model
+        if rewrite is None or rewritten.graph != export_like(gs.import_onnx(model), model).graph:
+            models[name] = (rewritten, options)
     for index, output in enumerate(block_ends(model)):
         models[f"prefix_{index + 1:02d}_{output.strip('/').replace('/', '_')}"] = (prefix(model, output), [])
     return models

@@ -15,7 +15,7 @@ from qdq_bridge.graph import passes
 from qdq_bridge.trt.trt_protocol import CUDA_ENV
 
 from helpers import FAKE_TRT, ROOT
-from helpers.graphs import inception_like, model, run, sample_input
+from helpers.graphs import conv_graph, inception_like, model, run, sample_input
 
 SCRIPT = ROOT / "benchmarks" / "build_variants.py"
 
@@ -46,6 +46,21 @@ def test_flattening_is_exact_and_splicing_within_a_step(variants):
     assert np.abs(run(spliced, x) - run(block, x)).max() <= 0.2 + 1e-6  # one step of the output's scale
     reset = model(variants.sibling_dilations_reset(gs.import_onnx(block)))
     assert all(a.ints == [1, 1] for n in reset.graph.node for a in n.attribute if a.name == "dilations")
+
+
+def test_affine_floor_variants_keep_the_floor_exactly_or_within_rounding(variants):
+    """A conv whose input and output are affine (uint8, zero-point 5): int8_zero_point floors each at -5 steps.
+    Moved past its Q/DQ the floor is exact, as Relu(x - c) + c within one step, dropped it lets values below
+    through (what the fast placement does)."""
+    floored = passes.int8_zero_point(passes.remove_cast_between_q_dq(conv_graph(zp=5)))
+    assert [n.op for n in floored.nodes].count("Max") == 2
+    base = model(floored.copy())
+    x = 3 * sample_input()
+    after, relu, dropped = (model(variants.VARIANTS[f"activation_floors_{form}"][0](gs.import_onnx(base)))
+                            for form in ("after_dequantize", "as_relu", "dropped"))
+    np.testing.assert_array_equal(run(after, x), run(base, x))
+    assert "Relu" in [n.op_type for n in relu.graph.node] and np.abs(run(relu, x) - run(base, x)).max() <= 0.1 + 1e-6
+    assert run(base, x).min() >= -0.5 - 1e-6 > run(dropped, x).min()  # the floor: -5 steps of 0.1
 
 
 def test_prefixes_end_at_each_block(variants):

@@ -610,6 +610,9 @@ class Served:
         self.cuda.wait_host(self.slots[index].downloaded)
 
     def close(self) -> None:
+        for slot in self.slots:  # no copy may still run into memory about to be freed (after a failed batch)
+            self.cuda.wait_host(slot.uploaded)
+            self.cuda.wait_host(slot.downloaded)
         self.cuda.synchronize()
         for slot in self.slots:
             slot.free(self.cuda)
