@@ -129,7 +129,8 @@ def _export_torch(module: nn.Module, input_shape: tuple[int, ...], opset: int, d
 
 def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     """The Q/DQ model without quantization: weights dequantized into float initializers, activation Q/DQ pairs
-    removed. It is the FP32/FP16 baseline with the very same weights, for engines built for comparison."""
+    and the passes' rounding onto PyTorch's grids (Round) removed. It is the FP32/FP16 baseline with the very same
+    weights, for engines built for comparison."""
     import onnx_graphsurgeon as gs
 
     from ..graph.passes import constant_values, dequantize_constant, export_like, reroute
@@ -143,4 +144,7 @@ def float_twin(model: onnx.ModelProto) -> onnx.ModelProto:
             source = dq.inputs[0].inputs[0].inputs[0]
             if not reroute(graph, dq.outputs[0], source):  # a graph output keeps its name through an Identity
                 dq.op, dq.attrs, dq.inputs = "Identity", {}, [source]
+    for rounding in [n for n in graph.nodes if n.op == "Round"]:
+        if not reroute(graph, rounding.outputs[0], rounding.inputs[0]):
+            rounding.op = "Identity"
     return export_like(graph.cleanup().toposort(), model)

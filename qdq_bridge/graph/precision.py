@@ -14,7 +14,8 @@ data. A Cast between a DQ and its consumer stops those fusions: TensorRT 8.6 bui
 top-1 agreement. Casts therefore sit only where INT8 compute meets float compute.
 
 Which float ops stay float32 is measured, not guessed: ONNX Runtime runs the float32 model on sample inputs with
-every intermediate tensor as an output, and an op whose input or output reaches |x| > max_abs keeps float32.
+every intermediate tensor as an output, and an op whose input or output reaches |x| > max_abs keeps float32. So
+does the float arithmetic that rounds onto PyTorch's grid (`grid_arithmetic`), which float16 would not keep exact.
 """
 from __future__ import annotations
 
@@ -50,12 +51,13 @@ def mixed_precision(model: onnx.ModelProto, sample: np.ndarray, *,
     graph = gs.import_onnx(model)
     ranges = measured_ranges(model, sample)
     int8 = int8_compute(graph)
+    grid = grid_arithmetic(graph, int8)
     kept: dict[str, str] = {}
     fp16_nodes = []
     for node in graph.nodes:
         if node.op in UNCONVERTED_OPS or id(node) in int8 or not _float32_outputs(node, ranges):
             continue
-        reason = _fp32_reason(node, opset, ranges, max_abs)
+        reason = GRID_REASON if id(node) in grid else _fp32_reason(node, opset, ranges, max_abs)
         if reason:
             kept[node.name] = reason
         else:
@@ -83,6 +85,33 @@ def int8_compute(graph: gs.Graph) -> set[int]:
         if int8:
             found.add(id(node))
     return found
+
+
+GRID_REASON = "rounds onto PyTorch's integer grid (Round): float16 holds neither 256 x a gate nor a pool's sum exactly"
+
+
+def grid_arithmetic(graph: gs.Graph, int8: set[int]) -> set[int]:
+    """ids of the float ops in each float island (bounded by Q/DQ, Casts and INT8 compute) that holds a Round: the
+    passes that make the graph round as PyTorch does (a fixed 1/256 grid, average pools on integer steps) write
+    them, and they are exact only in float32."""
+    island: set[int] = set()
+    pending = [n for n in graph.nodes if n.op == "Round"]
+    while pending:
+        node = pending.pop()
+        if id(node) in island or node.op in UNCONVERTED_OPS or id(node) in int8:
+            continue
+        island.add(id(node))
+        pending += [p for t in node.inputs if isinstance(t, gs.Variable) for p in t.inputs]
+        pending += [c for t in node.outputs for c in t.outputs]
+    return island
+
+
+def grid_layers(model: onnx.ModelProto) -> list[str]:
+    """The names of `model`'s grid_arithmetic nodes: the layers a weakly typed build with the FP16 flag keeps
+    float32 (BuildSettings.float32_layers)."""
+    graph = gs.import_onnx(model)
+    island = grid_arithmetic(graph, int8_compute(graph))
+    return [node.name for node in graph.nodes if id(node) in island]
 
 
 def _refuse_float16(model: onnx.ModelProto) -> None:

@@ -18,12 +18,14 @@ import tempfile
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BridgeError
+from ..graph.lint import read_onnx
+from ..graph.precision import grid_layers
 from .trt_protocol import BATCH, COUNT, BenchmarkResponse, BuildResponse, ProbeResponse
 
 WORKER = Path(__file__).with_name("trt_worker.py")
@@ -60,6 +62,9 @@ class BuildSettings:
     # None keeps TensorRT's default (3)
     optimization_level: int | None = None
     mark_outputs: list[str] = field(default_factory=list)  # extra network outputs, for divergence analysis
+    # ONNX nodes whose layers compute in float32 even where the FP16 flag is on (weak typing): the arithmetic that
+    # rounds onto PyTorch's grids (precision.grid_arithmetic), exact only in float32
+    float32_layers: list[str] = field(default_factory=list)
     # implicit INT8 of a float ONNX (TensorRT 8.6-10.x, precision int8, weak typing): a .npy of inputs for
     # TensorRT's entropy calibrator, its batch, and a calibration cache file (read if present, then written)
     calibration_data: str | None = None
@@ -181,8 +186,11 @@ class BuiltEngine:
 def build_engine(onnx_path: Path, engine_path: Path, settings: BuildSettings, worker: TensorRTWorker,
                  log_path: Path | None = None) -> BuiltEngine:
     """Builds the engine of an ONNX file with its layer report beside it (`<engine>.layers.json`) and, if asked,
-    TensorRT's log of the build at `log_path`; a build TensorRT refuses raises BridgeError with TensorRT's reason."""
+    TensorRT's log of the build at `log_path`; a build TensorRT refuses raises BridgeError with TensorRT's reason.
+    An INT8 build whose float ops may run fp16 keeps the ONNX's grid arithmetic float32 (precision.grid_layers)."""
     layers_path = engine_path.with_name(f"{engine_path.name.removesuffix('.engine')}.layers.json")
+    if settings.precision == "int8" and settings.fp16_fallback and not settings.float32_layers:
+        settings = replace(settings, float32_layers=grid_layers(read_onnx(onnx_path)))
     build = worker.build(onnx_path, engine_path, settings, layers_path, log_path)
     if not layers_path.exists():
         return BuiltEngine(build, None, summarize_layers({}))

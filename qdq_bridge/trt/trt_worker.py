@@ -301,6 +301,7 @@ def build(request: dict) -> BuildResponse:
         if tensor is not None and not tensor.is_network_output:
             network.mark_output(tensor)
     config = _builder_config(builder, network, feats, route["flags"], request)
+    float32_layers = _keep_float32(network, config, request.get("float32_layers") or [], route["flags"])
     calibrator = None
     if request.get("calibration_data"):
         if not (feats["int8_calibrator"] and "INT8" in route["flags"]):
@@ -326,11 +327,30 @@ def build(request: dict) -> BuildResponse:
             json.dump(_layer_report(engine), f, indent=1)
     response = {"build_seconds": seconds, "engine_bytes": int(serialized.nbytes), "features": feats,
                 "network_flags": network_flags, "optimization_level": config.builder_optimization_level,
-                "timing_cache": cache, **route}
+                "timing_cache": cache, "float32_layers": float32_layers, **route}
     if calibrator is not None:
         response["calibration"] = {"batches": calibrator.batches, "batch_size": calibrator.batch_size,
                                    "from_cache": calibrator.from_cache}
     return response
+
+
+def _keep_float32(network, config, names: list, flags: list):
+    """Layers named in `names` (ONNX node names, which the parser gives its layers) computed in float32 where the
+    FP16 flag would let TensorRT pick float16 for them: their precision and output types set, with
+    PREFER_PRECISION_CONSTRAINTS (a layer without a float32 kernel is then warned of, not fatal). A weakly typed
+    build only: strongly typed ones take each tensor's type from the ONNX. {"asked", "set"}, or None."""
+    if not names or "FP16" not in flags or "PREFER_PRECISION_CONSTRAINTS" not in trt.BuilderFlag.__members__:
+        return None
+    wanted, found = set(names), 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name in wanted:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            found += 1
+    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    return {"asked": len(wanted), "set": found}
 
 
 def _user_timing_cache(request: dict, version: str):

@@ -12,7 +12,7 @@ from qdq_bridge import lint_model, run_passes
 from qdq_bridge.errors import BridgeError
 from qdq_bridge.export.exporter import export_onnx, float_twin
 from qdq_bridge.graph.lint import error_violations
-from qdq_bridge.graph.precision import DEFAULT_MAX_ABS, mixed_precision
+from qdq_bridge.graph.precision import DEFAULT_MAX_ABS, GRID_REASON, mixed_precision
 from qdq_bridge.pytorch import quantize
 from qdq_bridge.testing import zoo
 
@@ -126,7 +126,8 @@ def test_a_float_island_between_int8_ops_runs_fp16_with_casts_at_its_borders_onl
 @pytest.mark.slow
 def test_layers_kept_float_by_ptq_become_an_fp16_island():
     """quantize_ptq(keep_float=("layer4",)) leaves ResNet-18's last stage float between a DQ and a Q: its five
-    convolutions turn fp16 in the copy, with one Cast in and one out, and the INT8 stages stay as they were."""
+    convolutions turn fp16 in the copy, with one Cast in and one out, and the INT8 stages stay as they were; the
+    average pool's rounding on its integer steps (average_pools_on_pytorch_grid) stays float32."""
     shape = (1, 3, 32, 32)
     calibration = zoo.template_task(shape, 16, seed=1)
     model = quantize.quantize_ptq(zoo.torchvision_float("resnet18", 10), calibration.batches(8), keep_float=("layer4",))
@@ -135,7 +136,8 @@ def test_layers_kept_float_by_ptq_become_an_fp16_island():
     types = tensor_types(mixed)
     fp16_convs = sorted(n.name for n in mixed.graph.node if n.op_type == "Conv" and types[n.output[0]] == FLOAT16)
     assert len(fp16_convs) == 5 and all(name.startswith("/layer4/") for name in fp16_convs)
-    assert (report["kept_fp32"], report["casts_added"]) == ({}, 2)
+    assert report["casts_added"] == 2 and len(report["kept_fp32"]) == 4  # Round, pool, Round, Mul(scale)
+    assert all(name.startswith("/avgpool/") and reason == GRID_REASON for name, reason in report["kept_fp32"].items())
     assert quantization_constants(mixed) == quantization_constants(exported)
     assert error_violations(lint_model(mixed)) == []
     expected = graphs.run(exported, calibration.x[:4])
@@ -205,11 +207,15 @@ def test_float_twin_turns_fp16_between_a_float32_input_and_output(conv_model):
 def test_a_quantized_model_keeps_int8_compute_as_it_was_and_runs_elu_fp16(modules2d):
     """The quantized modules' ops (convs, linears, BatchNorm, Hardswish, LeakyReLU, pools, add, mul, cat) sit
     between a DQ and a Q, or are DQ'd Gemms writing the float logits: TensorRT runs them in INT8. ELU it runs in
-    float (the linter warns of it), so ELU alone turns fp16, between two Casts."""
+    float (the linter warns of it), so ELU alone turns fp16, between two Casts; the pools' rounding on their
+    integer steps stays float32."""
     model, sample = modules2d
     mixed, report = mixed_precision(model, sample)
     compute_ops = sum(op_output_types(model).values())
-    assert (report["int8_nodes"], report["fp16_nodes"], report["casts_added"]) == (compute_ops - 1, 1, 2)
+    grid = report["kept_fp32"]
+    assert set(grid.values()) == {GRID_REASON} and {n.op_type for n in model.graph.node if n.name in grid} == \
+        {"Round", "AveragePool", "Mul"}
+    assert (report["int8_nodes"] + len(grid), report["fp16_nodes"], report["casts_added"]) == (compute_ops - 1, 1, 2)
     assert op_output_types(mixed) == op_output_types(model) - collections.Counter({("Elu", FLOAT32): 1}) \
         + collections.Counter({("Elu", FLOAT16): 1})
     assert quantization_constants(mixed) == quantization_constants(model) and error_violations(lint_model(mixed)) == []
@@ -238,3 +244,14 @@ def test_a_constant_shared_by_two_fp16_ops_becomes_one_float16_initializer():
     mixed, report = mixed_precision(model, RNG.standard_normal((1, 8)).astype(np.float32))
     assert report["fp16_nodes"] == 2 and report["casts_added"] == 2  # into the first Mul, out of the second
     assert [(i.name, i.data_type) for i in mixed.graph.initializer] == [("half_float16", FLOAT16)]
+
+
+def test_the_float_twin_leaves_out_the_rounding_onto_pytorchs_grid(modules2d):
+    """The twin of a graph whose pools round on their integer steps has neither Q/DQ nor Round: its pools average
+    floats, and the FP16 comparison engine is the float network's."""
+    model, sample = modules2d
+    twin = float_twin(model)
+    assert "Round" in {n.op_type for n in model.graph.node}
+    assert not {"Round", "QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in twin.graph.node}
+    _, report = mixed_precision(twin, sample)
+    assert report["fp16_nodes"] > 0 and GRID_REASON not in report["kept_fp32"].values()

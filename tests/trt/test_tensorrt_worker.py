@@ -11,17 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
 from qdq_bridge.trt.engine import (BuildSettings, TensorRTSession, TensorRTUnavailable, TensorRTWorker, as_torch_module,
-                               summarize_layers)
+                                   build_engine, summarize_layers)
 from qdq_bridge.errors import BridgeError
+from qdq_bridge.graph import passes
 from qdq_bridge.trt.divergence import LOCATOR_BUILDS_PER_HALVING
 from qdq_bridge.trt.divergence import quantized_tensors
 from qdq_bridge.trt.trt_protocol import CUDA_ENV
 
-from helpers import FAKE_TRT, TRT_API, run_cli
+from helpers import FAKE_TRT, TRT_API, graphs, run_cli
 
 API_LISTS = {"8.6": "tensorrt-8.6.1.txt", "10.13": "tensorrt-10.13.0.35.txt", "11.4": "tensorrt-11.4.0.106.txt"}
 
@@ -644,3 +646,30 @@ def test_build_command_without_tensorrt_says_how_to_enable_it(tmp_path):
     result = run_cli("build", str(tiny_onnx(tmp_path / "m.onnx")))
     assert result.returncode == 2
     assert "no TensorRT under" in result.stderr and "QDQ_BRIDGE_TRT_PYTHON" in result.stderr
+
+
+@pytest.mark.parametrize("api, constrained", [("8.6", True), ("10.13", True), ("11.4", False)])
+def test_grid_arithmetic_builds_float32_where_the_fp16_flag_would_choose(fake_trt, tmp_path, api, constrained):
+    """An INT8 build with float ops in fp16 keeps the Round chain of an average pool on PyTorch's grid float32:
+    weakly typed (8.6, 10.13), each of its layers gets float32 precision and outputs, with
+    PREFER_PRECISION_CONSTRAINTS; strongly typed (11.4) takes types from the ONNX and sets none."""
+    fake = fake_trt(api=api)
+    x = gs.Variable("x", np.float32, (-1, 2, 4, 4))
+    nodes: list = []
+    dq = graphs.q_dq(nodes, x, "in", zp=0, zp_dtype=np.int8)
+    pooled = gs.Variable("pooled", np.float32)
+    nodes.append(gs.Node("GlobalAveragePool", "/pool/GlobalAveragePool", inputs=[dq], outputs=[pooled]))
+    logits = graphs.q_dq(nodes, pooled, "out", zp=0, zp_dtype=np.int8)
+    graph = passes.average_pools_on_pytorch_grid(gs.Graph(nodes, [x], [logits], opset=13))
+    graph.outputs[0].name, graph.outputs[0].shape = "logits", (-1, 2, 1, 1)
+    onnx.save(graphs.model(graph), str(tmp_path / "pool.onnx"))
+    result = build_engine(tmp_path / "pool.onnx", tmp_path / "pool.engine", BuildSettings(typing="weak" if
+                          constrained else "auto"), fake.worker).build
+    grid = {"/pool/GlobalAveragePool", *(n.name for n in graph.nodes if n.op in ("Round", "Mul") and
+                                         not n.inputs[0].inputs[0].op == "DequantizeLinear")}
+    if constrained:
+        assert result["float32_layers"] == {"asked": 4, "set": 4} and "PREFER_PRECISION_CONSTRAINTS" in fake.flags_set()
+        assert {c["layer"] for c in fake.calls("layer_precision")} == grid
+        assert {c["dtype"] for c in fake.calls("layer_output_type")} == {"FLOAT"}
+    else:
+        assert result["float32_layers"] is None and fake.calls("layer_precision") == []

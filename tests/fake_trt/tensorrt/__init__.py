@@ -54,6 +54,7 @@ LayerInformationFormat = _enum("LayerInformationFormat")
 TensorIOMode = _enum("TensorIOMode")
 DataType = _enum("DataType")
 
+float32 = DataType.FLOAT  # the real module's aliases of DataType members
 _NUMPY = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
           DataType.UINT8: np.uint8}
 _ONNX_TYPES = {1: DataType.FLOAT, 10: DataType.HALF, 2: DataType.UINT8}  # onnx.TensorProto.FLOAT, FLOAT16, UINT8
@@ -126,6 +127,15 @@ class ILayer:
 
     def get_output(self, index: int) -> ITensor:
         return self._outputs[index]
+
+    if "ILayer.precision" in _NAMES:  # weak typing's per-layer constraints (gone in 11.x)
+        def _set_precision(self, precision) -> None:
+            _record("layer_precision", layer=self._name, precision=DataType(precision).name)
+
+        precision = property(lambda self: DataType.FLOAT, _set_precision)
+
+        def set_output_type(self, index: int, dtype) -> None:
+            _record("layer_output_type", layer=self._name, index=index, dtype=DataType(dtype).name)
 
 
 class INetworkDefinition:
