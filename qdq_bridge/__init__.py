@@ -19,7 +19,7 @@ _HOMES = {"ConvertOptions": "options", "ConvertResult": "pipeline", "convert": "
           "as_torch_module": "trt.engine", "assert_parity": "testing.parity"}
 
 __all__ = ["BridgeError", *sorted(_HOMES)]
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def __getattr__(name: str):
