@@ -650,26 +650,36 @@ def test_build_command_without_tensorrt_says_how_to_enable_it(tmp_path):
 
 @pytest.mark.parametrize("api, constrained", [("8.6", True), ("10.13", True), ("11.4", False)])
 def test_grid_arithmetic_builds_float32_where_the_fp16_flag_would_choose(fake_trt, tmp_path, api, constrained):
-    """An INT8 build with float ops in fp16 keeps the Round chain of an average pool on PyTorch's grid float32:
-    weakly typed (8.6, 10.13), each of its layers gets float32 precision and outputs, with
-    PREFER_PRECISION_CONSTRAINTS; strongly typed (11.4) takes types from the ONNX and sets none."""
+    """An INT8 build with float ops in fp16 keeps a gate's rounding onto the 1/256 grid float32: weakly typed (8.6,
+    10.13), each layer of it gets float32 precision and outputs, with PREFER_PRECISION_CONSTRAINTS; an average
+    pool's rounding is left to TensorRT (constrained, TensorRT 8.6 could not build MobileNetV3); strongly typed
+    (11.4) takes types from the ONNX and sets none."""
     fake = fake_trt(api=api)
     x = gs.Variable("x", np.float32, (-1, 2, 4, 4))
     nodes: list = []
     dq = graphs.q_dq(nodes, x, "in", zp=0, zp_dtype=np.int8)
     pooled = gs.Variable("pooled", np.float32)
     nodes.append(gs.Node("GlobalAveragePool", "/pool/GlobalAveragePool", inputs=[dq], outputs=[pooled]))
-    logits = graphs.q_dq(nodes, pooled, "out", zp=0, zp_dtype=np.int8)
-    graph = passes.average_pools_on_pytorch_grid(gs.Graph(nodes, [x], [logits], opset=13))
-    graph.outputs[0].name, graph.outputs[0].shape = "logits", (-1, 2, 1, 1)
-    onnx.save(graphs.model(graph), str(tmp_path / "pool.onnx"))
-    result = build_engine(tmp_path / "pool.onnx", tmp_path / "pool.engine", BuildSettings(typing="weak" if
+    gate_in = graphs.q_dq(nodes, pooled, "pooled", zp=0, zp_dtype=np.int8)
+    gate = gs.Variable("gate", np.float32)
+    nodes.append(gs.Node("HardSigmoid", "/gate/HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, [gate_in], [gate]))
+    gated = graphs.q_dq(nodes, gate, "gate", scale=1 / 256, zp=0)
+    scaled = gs.Variable("scaled", np.float32)
+    nodes.append(gs.Node("Mul", "/gate/Mul", inputs=[dq, gated], outputs=[scaled]))
+    logits = graphs.q_dq(nodes, scaled, "out", zp=0, zp_dtype=np.int8)
+    graph = gs.Graph(nodes, [x], [logits], opset=13)
+    graph = passes.average_pools_on_pytorch_grid(passes.fixed_range_outputs_on_pytorch_grid(graph))
+    graph.outputs[0].name, graph.outputs[0].shape = "logits", (-1, 2, 4, 4)
+    onnx.save(graphs.model(graph), str(tmp_path / "gate.onnx"))
+    result = build_engine(tmp_path / "gate.onnx", tmp_path / "gate.engine", BuildSettings(typing="weak" if
                           constrained else "auto"), fake.worker).build
-    grid = {"/pool/GlobalAveragePool", *(n.name for n in graph.nodes if n.op in ("Round", "Mul") and
-                                         not n.inputs[0].inputs[0].op == "DequantizeLinear")}
+    # the gate's grid after the ops TensorRT runs on int8 data (HardSigmoid, Mul by 256): Round, Clip, Mul by 1/256
+    grid = {n.name for n in graph.nodes if n.op in ("Round", "Clip") and n.name.startswith("/gate/")}
+    grid |= {c.name for n in graph.nodes if n.op == "Clip" for c in n.outputs[0].outputs}
+    assert len(grid) == 3
     if constrained:
-        assert result["float32_layers"] == {"asked": 4, "set": 4} and "PREFER_PRECISION_CONSTRAINTS" in fake.flags_set()
-        assert {c["layer"] for c in fake.calls("layer_precision")} == grid
+        assert result["float32_layers"] == {"asked": 3, "set": 3} and "PREFER_PRECISION_CONSTRAINTS" in fake.flags_set()
+        assert {c["layer"] for c in fake.calls("layer_precision")} == grid  # no layer of the pool's
         assert {c["dtype"] for c in fake.calls("layer_output_type")} == {"FLOAT"}
     else:
         assert result["float32_layers"] is None and fake.calls("layer_precision") == []
