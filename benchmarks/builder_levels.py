@@ -19,7 +19,6 @@ Usage: python benchmarks/builder_levels.py [--families resnet18,mobilenet_v2,goo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -40,8 +39,8 @@ GOAL_SHARE = 0.98
 def engine_onnx(family: str, folder: Path) -> Path:
     size = max(64, zoo.MIN_INPUT_SIZE.get(family, 0))
     shape = (1, 3, size, size)
-    model = zoo.torchvision_float(family, num_classes=10).eval()
-    quantized = quantize_ptq(copy.deepcopy(model), zoo.template_task(shape, 64, seed=1).batches(16), progress=False)
+    quantized = quantize_ptq(zoo.torchvision_float(family, num_classes=10).eval(),
+                             zoo.template_task(shape, 64, seed=1).batches(16), progress=False)
     path = folder / f"{family}.onnx"
     onnx.save(run_passes(export_onnx(quantized, shape), placement="fast")[0], str(path))
     return path

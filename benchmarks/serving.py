@@ -58,24 +58,18 @@ BATCHES = (1, 32, 256)
 SHAPE = (1, 3, 224, 224)
 MLPERF_RESNET50_H100 = 88_714  # images/s, MLPerf Inference v4.0 datacenter, offline, per H100
 IMAGENET = PRESETS["imagenet"]
+PIXELS = PixelInput("nchw", IMAGENET["mean"], IMAGENET["std"])  # ImageNet's ToTensor + Normalize, in the engine
 
 
 def images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, *SHAPE[1:]), dtype=np.uint8)
 
 
-def preprocess(pixels: np.ndarray) -> np.ndarray:
-    """ImageNet's ToTensor + Normalize, in float32 (as the uint8 engine computes it inside)."""
-    mean = np.array(IMAGENET["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.array(IMAGENET["std"], np.float32).reshape(-1, 1, 1)
-    return ((pixels.astype(np.float32) / np.float32(255) - mean) / std).astype(np.float32)
-
-
 def onnx_files(name: str, routes: list[str], folder: Path) -> dict[str, dict]:
     """Each route's ONNX (and the trt-int8 route's calibration inputs), written into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     model = zoo.torchvision_float(name, num_classes=1000).eval()
-    calibration = preprocess(images(64, seed=1))
+    calibration = PIXELS.preprocessed(images(64, seed=1))
     files: dict[str, dict] = {}
     if {"uint8", "float"} & set(routes):
         start = time.perf_counter()
@@ -83,7 +77,7 @@ def onnx_files(name: str, routes: list[str], folder: Path) -> dict[str, dict]:
                                  progress=False)
         fast = run_passes(export_onnx(quantized, SHAPE), placement="fast")[0]
         onnx.save(fast, str(folder / "float.qdq.onnx"))
-        onnx.save(PixelInput("nchw", IMAGENET["mean"], IMAGENET["std"]).model(fast), str(folder / "uint8.qdq.onnx"))
+        onnx.save(PIXELS.model(fast), str(folder / "uint8.qdq.onnx"))
         print(f"  {name}: PTQ, export and passes in {time.perf_counter() - start:.0f} s", flush=True)
         files["uint8"], files["float"] = {"onnx": folder / "uint8.qdq.onnx"}, {"onnx": folder / "float.qdq.onnx"}
     if {"trt-int8", "modelopt"} & set(routes):
@@ -180,7 +174,7 @@ def run_network(name: str, routes: list[str], args, result: dict, save) -> None:
     folder = args.out / name
     result["routes"] = {}
     pixels = images(args.images, seed=7)
-    floats = None if routes == ["uint8"] else preprocess(pixels)
+    floats = None if routes == ["uint8"] else PIXELS.preprocessed(pixels)
     builder, worker = TensorRTWorker(args.trt_python, timeout_s=1800), TensorRTWorker(args.trt_python)
     for route, entry in onnx_files(name, routes, folder).items():
         row = result["routes"][route] = {}

@@ -90,8 +90,11 @@ class PixelInput:
 
     def random_images(self, shape: tuple[int, ...], count: int, seed: int = 0) -> np.ndarray:
         """`count` random 8-bit images of the model's input `shape`, preprocessed (float32 N x C x H x W)."""
-        pixels = np.random.default_rng(seed).integers(0, 256, (count, *shape[1:])).astype(np.float32)
-        x = pixels / np.float32(255)
+        return self.preprocessed(np.random.default_rng(seed).integers(0, 256, (count, *shape[1:])))
+
+    def preprocessed(self, pixels: np.ndarray) -> np.ndarray:
+        """8-bit images, N x C x H x W, as the engine's preprocessing makes them (float32, in the same order)."""
+        x = pixels.astype(np.float32) / np.float32(255)
         if self.mean:
             x = (x - np.array(self.mean, np.float32).reshape(-1, 1, 1)) / np.array(self.std, np.float32).reshape(
                 -1, 1, 1)

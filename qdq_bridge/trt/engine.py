@@ -249,7 +249,6 @@ class TensorRTSession:
         self.batch_size, self.pinned, self.input_name = answer["batch_size"], answer["pinned"], answer["input"]
         self._slots = [{t["name"]: np.memmap(Path(self._folder.name) / t["file"], np.dtype(t["dtype"]), "r+",
                                              shape=tuple(t["shape"])) for t in tensors} for tensors in answer["slots"]]
-        self.input_dtype = self._slots[0][self.input_name].dtype
         self.output_names = [name for name in self._slots[0] if name != self.input_name]
 
     def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:

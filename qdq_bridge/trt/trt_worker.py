@@ -541,11 +541,12 @@ class Slot:
     compute and download; its CUDA graph of a full batch, once captured."""
 
     def __init__(self, engine, context, cuda: Cuda, index: int, batch_size: int, folder: str):
-        self.host, self.pointers, self.pinned = {}, {}, []
+        self.host, self.files, self.pointers, self.pinned = {}, {}, {}, []
         for number, (name, _) in enumerate(_io_tensors(engine)):
             shape = (batch_size, *tuple(context.get_tensor_shape(name))[1:])
+            self.files[name] = f"{index}.{number}.bin"
             # a bare mapping, page-aligned as page-locking wants (an .npy header would shift the data)
-            self.host[name] = np.memmap(os.path.join(folder, f"{index}.{number}.bin"), _dtype(engine, name), "w+",
+            self.host[name] = np.memmap(os.path.join(folder, self.files[name]), _dtype(engine, name), "w+",
                                         shape=shape)
             self.pointers[name] = cuda.alloc(self.host[name].nbytes)
             if cuda.pin(self.host[name]):
@@ -553,9 +554,9 @@ class Slot:
         self.uploaded, self.computed, self.downloaded = (cuda.event(timed=False) for _ in range(3))
         self.graph, self.capture_tried = None, False
 
-    def describe(self, index: int) -> list:
-        return [{"name": name, "file": f"{index}.{number}.bin", "dtype": array.dtype.str, "shape": list(array.shape)}
-                for number, (name, array) in enumerate(self.host.items())]
+    def describe(self) -> list:
+        return [{"name": name, "file": self.files[name], "dtype": array.dtype.str, "shape": list(array.shape)}
+                for name, array in self.host.items()]
 
     def free(self, cuda: Cuda) -> None:
         if self.graph is not None:
@@ -587,7 +588,7 @@ class Served:
     def describe(self) -> dict:
         return {"batch_size": self.batch_size, "input": self.input_name,
                 "pinned": all(len(slot.pinned) == len(slot.host) for slot in self.slots),
-                "slots": [slot.describe(index) for index, slot in enumerate(self.slots)]}
+                "slots": [slot.describe() for slot in self.slots]}
 
     def enqueue(self, index: int, count: int) -> None:
         """Puts the engine's run on the first `count` samples of slot `index`'s input file on the GPU (at least
@@ -666,7 +667,7 @@ def serve(requests, replies) -> int:
     answering = threading.Thread(target=_answer, args=(served, enqueued, replies))
     answering.start()
     while True:
-        header = _read_exactly(requests, BATCH.size)
+        header = requests.read(BATCH.size)  # a buffered pipe: the whole header, or less where it closed
         index, count = BATCH.unpack(header) if len(header) == BATCH.size else (0, 0)
         if count == 0:
             break
@@ -694,17 +695,6 @@ def _answer(served: Served, enqueued: queue.Queue, replies) -> None:
         message = (error or "").encode()
         replies.write(COUNT.pack(len(message)) + message)
         replies.flush()
-
-
-def _read_exactly(stream, size: int) -> bytes:
-    """`size` bytes from an unbuffered pipe, fewer only where it closed."""
-    data = b""
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _time(cuda: Cuda, run, runs: int) -> dict:
